@@ -1,0 +1,26 @@
+"""Typed requests: what the middleware and authentication guarantee to views."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.http import HttpRequest
+from django_htmx.middleware import HtmxDetails
+from rest_framework.request import Request
+
+from accounts.models import ApiKey, Membership, Organization
+
+
+class AuthedHtmxRequest(HttpRequest):
+    user: User
+    htmx: HtmxDetails
+    organization: Organization
+    membership: Membership
+
+
+class AuthedApiRequest(Request):
+    auth: ApiKey
+
+
+def api_org(request: Request) -> Organization:
+    """The organization a /v1 request acts for: its API key's."""
+    return request.auth.organization

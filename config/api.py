@@ -1,0 +1,157 @@
+"""The /v1 error contract: every error is OpenAI's envelope, whatever raised it.
+
+    {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
+
+Services raise Django's ValidationError({"param": "message"}) or `ApiError`; DRF's own
+exceptions (auth, 404, 405, parse errors, throttling) are translated here too, and the
+project-wide handler404/handler500 answer JSON for any path under /v1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from rest_framework import exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+
+
+class ApiError(exceptions.APIException):
+    """An error with OpenAI's fields, raised anywhere below a /v1 view."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = INVALID_REQUEST,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+        self.headers = headers or {}
+
+
+def not_found(kind: str, object_id: str, *, param: str = "id") -> ApiError:
+    return ApiError(f"No such {kind} object: {object_id}", status=404, param=param)
+
+
+def error_body(
+    message: str, *, type: str = INVALID_REQUEST, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(
+    message: str,
+    *,
+    status: int,
+    type: str = INVALID_REQUEST,
+    param: str | None = None,
+    code: str | None = None,
+) -> JsonResponse:
+    return JsonResponse(error_body(message, type=type, param=param, code=code), status=status)
+
+
+def _first_validation_error(detail: Any) -> tuple[str | None, str]:
+    """Flatten DRF/Django validation details into (param, message) for the envelope."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            param, message = _first_validation_error(value)
+            if key == "non_field_errors":
+                return param, message
+            return (f"{key}.{param}" if param else str(key)), message
+    if isinstance(detail, list) and detail:
+        return _first_validation_error(detail[0])
+    return None, str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: map every known exception to the OpenAI envelope."""
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        param, message = _first_validation_error(detail)
+        return Response(error_body(message, param=param), status=400)
+    if isinstance(exc, ApiError):
+        body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
+        return Response(body, status=exc.status_code, headers=exc.headers)
+    if isinstance(exc, Http404):
+        return Response(error_body(str(exc) or "Not found.", param="id"), status=404)
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        message = str(exc.detail)
+        return Response(error_body(message, code="invalid_api_key"), status=401)
+    if isinstance(exc, DjangoPermissionDenied | exceptions.PermissionDenied):
+        message = str(getattr(exc, "detail", "") or exc) or "You do not have permission."
+        body = error_body(message, type="permission_error", code="insufficient_permissions")
+        return Response(body, status=403)
+    if isinstance(exc, exceptions.ValidationError):
+        param, message = _first_validation_error(exc.detail)
+        return Response(error_body(message, param=param), status=400)
+    if isinstance(exc, exceptions.Throttled):
+        wait = int(exc.wait or 1)
+        body = error_body(
+            f"Rate limit reached for requests. Try again in {wait}s.",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+        )
+        return Response(body, status=429, headers={"Retry-After": str(wait)})
+    if isinstance(exc, exceptions.APIException):
+        return Response(error_body(str(exc.detail)), status=exc.status_code)
+    return None  # unexpected: Django's handler500 answers (JSON under /v1)
+
+
+def is_api_path(request: HttpRequest) -> bool:
+    return request.path.startswith("/v1/") or request.path == "/v1"
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if is_api_path(request):
+        return error_response(
+            f"Invalid URL ({request.method} {request.path})", status=404, code="not_found"
+        )
+    return render(request, "404.html", status=404)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request):
+        return error_response(
+            "The server had an error while processing your request.",
+            status=500,
+            type="server_error",
+        )
+    return render(request, "500.html", status=500)
+
+
+def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Catch-all for unknown /v1 paths: JSON even with DEBUG on (Django's debug 404 is HTML)."""
+    return handler404(request)
+
+
+class ApiExceptionMiddleware:
+    """Unexpected exceptions under /v1 become OpenAI's 500 envelope, with DEBUG on or off."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_api_path(request) or isinstance(exception, Http404):
+            return None
+        logger.exception("Unhandled error in %s %s", request.method, request.path)
+        return handler500(request)

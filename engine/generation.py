@@ -1,0 +1,705 @@
+"""Text generation with every OpenAI completions parameter (reference §6).
+
+`generate` and `generate_stream` run one hand-written sampling loop rather than
+`model.generate`, so that penalties, logit bias, logprobs, stop strings and best_of behave
+exactly as OpenAI documents them. All `n` (or `best_of`) candidates share one prompt forward
+and then advance together, one batched forward per step over a shared KV cache.
+
+The caller owns the model: it must be in eval mode and must not be used by another thread
+during a call (the inference pool in `engine.pool` holds a per-base lock for that).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+MAX_STOP_SEQUENCES = 4
+MAX_LOGPROBS = 5
+MAX_N = 128
+MAX_BEST_OF = 20
+LOGIT_BIAS_LIMIT = 100.0
+PENALTY_LIMIT = 2.0
+# Prompt tokens decoded ahead of the completion, so that tokenizers which drop a leading space
+# at the start of a decode (SentencePiece) still give the completion its leading space.
+_DECODE_CONTEXT_TOKENS = 5
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+class InvalidRequestError(ValueError):
+    """A request parameter is out of range; `param` names it for the API's 400 error."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class GenerateRequest:
+    """The parameters of `POST /v1/completions`, with OpenAI's defaults and ranges.
+
+    Exactly one of `prompt` (text) and `prompt_tokens` (token ids) is given. Set
+    `add_special_tokens=False` for prompts that already carry them, such as `chat_prompt`'s.
+    """
+
+    prompt: str | None = None
+    prompt_tokens: list[int] | None = None
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    best_of: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    seed: int | None = None
+    stop_on_eos: bool = True
+    add_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.prompt_tokens is None):
+            raise InvalidRequestError("prompt", "give exactly one of prompt and prompt_tokens")
+        # OpenAI accepts a bare string for `stop`; empty strings would match everywhere.
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        self.stop = [s for s in stops if s]
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise InvalidRequestError("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        # JSON object keys arrive as strings ("50256": -100).
+        self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+        _check_range("max_tokens", self.max_tokens, 0, None)
+        _check_range("temperature", self.temperature, 0.0, 2.0)
+        _check_range("top_p", self.top_p, 0.0, 1.0)
+        _check_range("n", self.n, 1, MAX_N)
+        _check_range("presence_penalty", self.presence_penalty, -PENALTY_LIMIT, PENALTY_LIMIT)
+        _check_range("frequency_penalty", self.frequency_penalty, -PENALTY_LIMIT, PENALTY_LIMIT)
+        for bias in self.logit_bias.values():
+            _check_range("logit_bias", bias, -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT)
+        if self.logprobs is not None:
+            _check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.best_of is not None:
+            _check_range("best_of", self.best_of, 1, MAX_BEST_OF)
+            if self.best_of < self.n:
+                raise InvalidRequestError("best_of", "best_of must be greater than or equal to n")
+
+    @property
+    def num_candidates(self) -> int:
+        return self.best_of if self.best_of is not None else self.n
+
+
+def _check_range(param: str, value: float, low: float, high: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidRequestError(param, f"{param} must be a number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InvalidRequestError(param, f"{param} must be {bound}, got {value}")
+
+
+@dataclass
+class Logprobs:
+    """OpenAI's `logprobs` object: one entry per token of the returned text.
+
+    `text_offset[i]` is where `tokens[i]` starts in the choice's text, and the tokens
+    concatenate to the text (before any suffix). Logprobs are the model's own distribution,
+    before penalties, logit bias and temperature, so they score text the same way under any
+    sampling settings (as vLLM's default does).
+    """
+
+    tokens: list[str] = field(default_factory=list)
+    token_logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = field(default_factory=list)
+    text_offset: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def extend(self, other: Logprobs) -> None:
+        self.tokens += other.tokens
+        self.token_logprobs += other.token_logprobs
+        self.top_logprobs += other.top_logprobs
+        self.text_offset += other.text_offset
+
+
+@dataclass
+class Choice:
+    text: str
+    index: int
+    finish_reason: str  # "stop" | "length"
+    logprobs: Logprobs | None = None
+    # The sampled token ids (including a final EOS), for callers that post-process tokens.
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass
+class GenerateResult:
+    choices: list[Choice]
+    usage: Usage
+
+
+@dataclass
+class StreamDelta:
+    """New text for one choice. `finish_reason` is set on that choice's last delta only;
+    `usage` is set on the last delta of the whole stream."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: Logprobs | None = None
+    usage: Usage | None = None
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> str:
+    """Render chat messages with the tokenizer's template, ready for the assistant's turn.
+
+    The text already holds the template's special tokens, so generate from it with
+    `add_special_tokens=False`.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidRequestError(
+            "model", "this model has no chat template; use /v1/completions with a plain prompt"
+        )
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    return str(text)
+
+
+def generate(model: Any, tokenizer: Any, request: GenerateRequest) -> GenerateResult:
+    run = _Run(model, tokenizer, request)
+    for _ in run.steps():
+        pass
+    candidates = run.candidates
+    if request.best_of is not None and request.best_of > request.n:
+        # OpenAI: "the one with the highest log probability per token" (stable: ties keep order).
+        candidates = sorted(candidates, key=lambda c: -c.mean_logprob())[: request.n]
+    choices = []
+    for index, cand in enumerate(candidates):
+        lp = run.prompt_logprobs() if request.echo and request.logprobs is not None else None
+        if lp is not None:
+            lp.extend(cand.logprobs_slice(0, None, run.echo_text_len))
+        elif request.logprobs is not None:
+            lp = cand.logprobs_slice(0, None, run.echo_text_len)
+        text = run.echo_text + cand.visible_text() + (request.suffix or "")
+        choices.append(Choice(text, index, cand.finish_reason or "length", lp, list(cand.ids)))
+    return GenerateResult(choices, run.usage())
+
+
+def generate_stream(
+    model: Any, tokenizer: Any, request: GenerateRequest
+) -> Iterator[StreamDelta]:
+    """Yield text as it is generated; the deltas of each index concatenate to `generate`'s text.
+
+    Text that could be the start of a stop string is held back until it is known not to be
+    one, so stop text never leaks. `best_of > n` cannot be streamed (as at OpenAI).
+    """
+    if request.best_of is not None and request.best_of > request.n:
+        raise InvalidRequestError("best_of", "best_of cannot be streamed unless it equals n")
+    run = _Run(model, tokenizer, request)
+    want_logprobs = request.logprobs is not None
+    if request.echo:
+        for index in range(request.n):
+            lp = run.prompt_logprobs() if want_logprobs else None
+            yield StreamDelta(index, run.echo_text, None, lp)
+    pending = request.n
+    for _ in run.steps():
+        for index, cand in enumerate(run.candidates):
+            if cand.reported:
+                continue
+            if cand.finish_reason is None:
+                upto = cand.releasable_tokens(request.stop)
+                if upto > cand.released:
+                    yield cand.release(upto, run.echo_text_len, want_logprobs)
+                continue
+            delta = cand.release(None, run.echo_text_len, want_logprobs)
+            delta.text += request.suffix or ""
+            delta.finish_reason = cand.finish_reason
+            cand.reported = True
+            pending -= 1
+            if pending == 0:
+                delta.usage = run.usage()
+            yield delta
+
+
+class _IncrementalDecoder:
+    """Turns token ids into text pieces that concatenate to the decoded text.
+
+    Decodes a short sliding window and emits only what the new token added, holding back a
+    trailing U+FFFD (a UTF-8 character split across byte tokens) until it completes.
+    """
+
+    def __init__(self, tokenizer: Any, context: list[int]) -> None:
+        self._tokenizer = tokenizer
+        self._ids = list(context)
+        self._prefix = 0
+        self._read = len(self._ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(
+            self._tokenizer.decode(
+                ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+        )
+
+    def step(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        return self._advance(final=True)
+
+    def _advance(self, *, final: bool) -> str:
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
+        if len(new_text) <= len(prefix_text):
+            return ""
+        if new_text.endswith(_REPLACEMENT_CHAR) and not final:
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return new_text[len(prefix_text) :]
+
+
+class _Candidate:
+    """One sampled sequence: its tokens, their text pieces and logprobs, and its stop state."""
+
+    def __init__(self, decoder: _IncrementalDecoder) -> None:
+        self.decoder = decoder
+        self.ids: list[int] = []
+        self.sampled_logprobs: list[float] = []  # every sampled token, EOS included
+        # Visible tokens only (not EOS): text piece, logprob, top alternatives.
+        self.pieces: list[str] = []
+        self.piece_ends: list[int] = []
+        self.piece_logprobs: list[float] = []
+        self.piece_tops: list[dict[str, float]] = []
+        self.text = ""
+        self.cut: int | None = None  # where a stop string starts, in completion text
+        self.finish_reason: str | None = None
+        self.released = 0  # tokens already streamed
+        self.released_chars = 0
+        self.reported = False
+
+    def mean_logprob(self) -> float:
+        if not self.sampled_logprobs:
+            return 0.0
+        return sum(self.sampled_logprobs) / len(self.sampled_logprobs)
+
+    def add_piece(self, piece: str, logprob: float, top: dict[str, float]) -> None:
+        self.pieces.append(piece)
+        self.text += piece
+        self.piece_ends.append(len(self.text))
+        self.piece_logprobs.append(logprob)
+        self.piece_tops.append(top)
+
+    def append_text(self, extra: str) -> None:
+        """Add flushed text to the last visible token (there is none without tokens)."""
+        if not extra or not self.pieces:
+            return
+        self.pieces[-1] += extra
+        self.text += extra
+        self.piece_ends[-1] = len(self.text)
+
+    def find_stop(self, stops: list[str], searched_upto: int) -> bool:
+        """Look for the earliest stop string that ends after `searched_upto`."""
+        best: int | None = None
+        for stop in stops:
+            pos = self.text.find(stop, max(0, searched_upto - len(stop) + 1))
+            if pos >= 0 and (best is None or pos < best):
+                best = pos
+        if best is not None:
+            self.cut = best
+        return best is not None
+
+    def visible_text(self) -> str:
+        return self.text if self.cut is None else self.text[: self.cut]
+
+    def visible_token_count(self) -> int:
+        """Tokens that start before the stop string (all of them without a stop)."""
+        if self.cut is None:
+            return len(self.pieces)
+        count = 0
+        while count < len(self.pieces) and self.piece_start(count) < self.cut:
+            count += 1
+        return count
+
+    def piece_start(self, i: int) -> int:
+        return self.piece_ends[i] - len(self.pieces[i])
+
+    def releasable_tokens(self, stops: list[str]) -> int:
+        """How many leading tokens can be streamed without risking a partial stop string."""
+        held = 0
+        for stop in stops:
+            for size in range(min(len(stop) - 1, len(self.text)), held, -1):
+                if self.text.endswith(stop[:size]):
+                    held = size
+                    break
+        safe_end = len(self.text) - held
+        count = self.released
+        while count < len(self.pieces) and self.piece_ends[count] <= safe_end:
+            count += 1
+        # A trailing empty piece may be bytes of a split character that a later token (or
+        # the final flush) completes onto it: keep it until then.
+        while count > self.released and not self.pieces[count - 1]:
+            count -= 1
+        return count
+
+    def logprobs_slice(self, start: int, stop: int | None, base_offset: int) -> Logprobs:
+        """Logprobs of visible tokens [start, stop), the last one trimmed at a stop string."""
+        stop = self.visible_token_count() if stop is None else stop
+        limit = len(self.visible_text())
+        lp = Logprobs()
+        for i in range(start, stop):
+            begin = self.piece_start(i)
+            lp.tokens.append(self.pieces[i][: max(0, limit - begin)])
+            lp.token_logprobs.append(self.piece_logprobs[i])
+            lp.top_logprobs.append(self.piece_tops[i])
+            lp.text_offset.append(base_offset + begin)
+        return lp
+
+    def release(
+        self, index: int, upto: int | None, base_offset: int, with_logprobs: bool
+    ) -> StreamDelta:
+        """Stream tokens [released, upto); None means everything left (the choice ended)."""
+        end = self.visible_token_count() if upto is None else upto
+        text_end = len(self.visible_text()) if upto is None else self.piece_ends[end - 1]
+        lp = self.logprobs_slice(self.released, end, base_offset) if with_logprobs else None
+        text = self.visible_text()[self.released_chars : text_end]
+        self.released, self.released_chars = max(end, self.released), text_end
+        return StreamDelta(index, text, None, lp)
+
+
+class _Run:
+    """The state of one request: prompt, cache and candidates; `steps()` advances them."""
+
+    def __init__(self, model: Any, tokenizer: Any, request: GenerateRequest) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.request = request
+        self.device = _model_device(model)
+        self.prompt_ids = self._prompt_ids()
+        self.vocab_limit = len(tokenizer)
+        self._check_lengths()
+        self._token_texts: dict[int, str] = {}
+        self._prompt_logits: torch.Tensor | None = None
+        self._prompt_lp: Logprobs | None = None
+        self.eos_ids = _eos_ids(model, tokenizer) if request.stop_on_eos else set()
+        self.candidates = [
+            _Candidate(_IncrementalDecoder(tokenizer, self.prompt_ids[-_DECODE_CONTEXT_TOKENS:]))
+            for _ in range(request.num_candidates)
+        ]
+        # The echoed prompt is the decoder's view of the prompt tokens, so text offsets agree
+        # with the tokens even where a tokenizer does not round-trip its input exactly.
+        self.prompt_pieces = _decode_pieces(tokenizer, self.prompt_ids)
+        self.echo_text = "".join(self.prompt_pieces) if request.echo else ""
+        self.echo_text_len = len(self.echo_text)
+
+    def _prompt_ids(self) -> list[int]:
+        req = self.request
+        if req.prompt_tokens is not None:
+            ids = [int(t) for t in req.prompt_tokens]
+            if any(t < 0 or t >= len(self.tokenizer) for t in ids):
+                raise InvalidRequestError("prompt", "prompt contains a token id outside the vocab")
+        else:
+            encoded = self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)
+            ids = list(encoded["input_ids"])
+        if not ids:
+            # OpenAI's default prompt is the document separator: start a fresh document.
+            start = self.tokenizer.bos_token_id
+            start = self.tokenizer.eos_token_id if start is None else start
+            if start is None:
+                raise InvalidRequestError("prompt", "the prompt is empty")
+            ids = [int(start)]
+        return ids
+
+    def _check_lengths(self) -> None:
+        context = _context_length(self.model)
+        total = len(self.prompt_ids) + self.request.max_tokens
+        if context is not None and total > context:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"This model's maximum context length is {context} tokens, however you "
+                f"requested {total} tokens ({len(self.prompt_ids)} in your prompt; "
+                f"{self.request.max_tokens} for the completion).",
+            )
+        for token_id in self.request.logit_bias:
+            if not 0 <= token_id < self.vocab_limit:
+                raise InvalidRequestError("logit_bias", f"token id {token_id} is not in the vocab")
+
+    def usage(self) -> Usage:
+        return Usage(len(self.prompt_ids), sum(len(c.ids) for c in self.candidates))
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_texts.get(token_id)
+        if text is None:
+            # Keep special tokens visible here so distinct alternatives keep distinct keys.
+            text = str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+            self._token_texts[token_id] = text
+        return text
+
+    def top_dict(self, ids: list[int], values: list[float], chosen: int, lp: float) -> dict:
+        top: dict[str, float] = {}
+        for token_id, value in zip(ids, values, strict=True):
+            top.setdefault(self.token_text(token_id), value)
+        # OpenAI returns the sampled token among the alternatives even outside the top k.
+        top.setdefault(self.token_text(chosen), lp)
+        return top
+
+    def prompt_logprobs(self) -> Logprobs:
+        """Echoed prompt logprobs; the first token has no context, so it gets None/None."""
+        if self._prompt_lp is None:
+            assert self._prompt_logits is not None, "steps() computes the prompt logits first"
+            k = self.request.logprobs or 0
+            logp = torch.log_softmax(self._prompt_logits.float(), dim=-1)
+            targets = torch.tensor(self.prompt_ids[1:], device=logp.device)
+            chosen = logp[:-1].gather(1, targets[:, None]).squeeze(1).tolist()
+            top_vals, top_ids = (
+                logp[:-1].topk(k, dim=-1) if k else (logp[:-1, :0], logp[:-1, :0].long())
+            )
+            lp = Logprobs()
+            offset = 0
+            for i, piece in enumerate(self.prompt_pieces):
+                lp.tokens.append(piece)
+                lp.text_offset.append(offset)
+                offset += len(piece)
+                if i == 0:
+                    lp.token_logprobs.append(None)
+                    lp.top_logprobs.append(None)
+                    continue
+                lp.token_logprobs.append(chosen[i - 1])
+                lp.top_logprobs.append(
+                    self.top_dict(
+                        top_ids[i - 1].tolist(),
+                        top_vals[i - 1].tolist(),
+                        self.prompt_ids[i],
+                        chosen[i - 1],
+                    )
+                )
+            self._prompt_lp = lp
+        return Logprobs(
+            list(self._prompt_lp.tokens),
+            list(self._prompt_lp.token_logprobs),
+            [dict(t) if t is not None else None for t in self._prompt_lp.top_logprobs],
+            list(self._prompt_lp.text_offset),
+        )
+
+    def steps(self) -> Iterator[None]:
+        """Sample one token for every live candidate per step; yield after each step."""
+        req = self.request
+        want_prompt_logits = req.echo and req.logprobs is not None
+        num = len(self.candidates)
+        forward = _Forward(self.model)
+        with torch.inference_mode():
+            prompt = torch.tensor([self.prompt_ids], device=self.device)
+            logits = forward(prompt, keep_all=want_prompt_logits)
+            if want_prompt_logits:
+                self._prompt_logits = logits[0]
+            logits = logits[:, -1, :]
+            if num > 1:
+                # One prompt forward, shared by all candidates through the repeated cache.
+                forward.cache.batch_repeat_interleave(num)
+                logits = logits.expand(num, -1)
+            sampler = _Sampler(req, logits.shape[-1], self.vocab_limit, self.device, num)
+        live = list(range(num))
+        for step in range(req.max_tokens):
+            with torch.inference_mode():
+                tokens, chosen_lp, top_ids, top_vals = sampler.sample(logits, live)
+            for row, cand_index in enumerate(live):
+                self._advance(self.candidates[cand_index], tokens, chosen_lp, top_ids, top_vals, row)
+                if step + 1 == req.max_tokens and self.candidates[cand_index].finish_reason is None:
+                    self._finish(self.candidates[cand_index], "length")
+            keep = [row for row, c in enumerate(live) if self.candidates[c].finish_reason is None]
+            live = [live[row] for row in keep]
+            yield
+            if not live:
+                return
+            with torch.inference_mode():
+                if len(keep) < len(tokens):
+                    # Drop finished rows so their compute stops (the cache shrinks with them).
+                    index = torch.tensor(keep, device=self.device)
+                    forward.cache.batch_select_indices(index)
+                    sampler.select(index)
+                    next_tokens = torch.tensor(tokens, device=self.device)[index]
+                else:
+                    next_tokens = torch.tensor(tokens, device=self.device)
+                logits = forward(next_tokens[:, None], keep_all=False)[:, -1, :]
+        # max_tokens == 0: nothing is sampled (echo-only scoring requests).
+        for cand in self.candidates:
+            if cand.finish_reason is None:
+                self._finish(cand, "length")
+        yield
+
+    def _advance(
+        self,
+        cand: _Candidate,
+        tokens: list[int],
+        chosen_lp: list[float],
+        top_ids: list[list[int]],
+        top_vals: list[list[float]],
+        row: int,
+    ) -> None:
+        token = tokens[row]
+        cand.ids.append(token)
+        cand.sampled_logprobs.append(chosen_lp[row])
+        if token in self.eos_ids:
+            self._finish(cand, "stop")
+            return
+        before = len(cand.text)
+        top = self.top_dict(top_ids[row], top_vals[row], token, chosen_lp[row])
+        cand.add_piece(cand.decoder.step(token), chosen_lp[row], top)
+        if cand.find_stop(self.request.stop, before):
+            cand.finish_reason = "stop"
+
+    def _finish(self, cand: _Candidate, reason: str) -> None:
+        before = len(cand.text)
+        cand.append_text(cand.decoder.flush())
+        # Flushed bytes may complete a stop string; it still counts as a stop.
+        cand.finish_reason = "stop" if cand.find_stop(self.request.stop, before) else reason
+
+
+class _Forward:
+    """Calls the model with a KV cache, under whatever name this transformers uses for it."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
+        self.cache = DynamicCache(config=model.config)
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._can_trim_logits = "logits_to_keep" in params
+
+    def __call__(self, input_ids: torch.Tensor, *, keep_all: bool) -> torch.Tensor:
+        kwargs: dict[str, Any] = {self._cache_kwarg: self.cache, "use_cache": True}
+        if self._can_trim_logits and not keep_all:
+            # Only the last position is sampled; skip the [seq, vocab] projection for the rest.
+            kwargs["logits_to_keep"] = 1
+        return self.model(input_ids=input_ids, **kwargs).logits.float()
+
+
+class _Sampler:
+    """Applies OpenAI's logit adjustments and samples, for a batch of live candidates."""
+
+    def __init__(
+        self,
+        request: GenerateRequest,
+        logits_size: int,
+        vocab_limit: int,
+        device: torch.device,
+        rows: int,
+    ) -> None:
+        self.request = request
+        self.vocab_limit = min(vocab_limit, logits_size)
+        self.counts = torch.zeros(rows, logits_size, device=device)
+        self.bias: torch.Tensor | None = None
+        if request.logit_bias:
+            self.bias = torch.zeros(logits_size, device=device)
+            for token_id, value in request.logit_bias.items():
+                self.bias[token_id] = value
+        self.generator = torch.Generator(device=device)
+        if request.seed is not None:
+            self.generator.manual_seed(request.seed)
+        else:
+            self.generator.seed()
+
+    def select(self, index: torch.Tensor) -> None:
+        self.counts = self.counts[index]
+
+    def sample(
+        self, logits: torch.Tensor, live: list[int]
+    ) -> tuple[list[int], list[float], list[list[int]], list[list[float]]]:
+        req = self.request
+        # Embedding matrices are often padded past the tokenizer; those ids decode to nothing.
+        logits = logits.clone()
+        logits[:, self.vocab_limit :] = -math.inf
+        logp = torch.log_softmax(logits, dim=-1)
+        # OpenAI: mu[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty.
+        adjusted = logits - (
+            self.counts * req.frequency_penalty + (self.counts > 0) * req.presence_penalty
+        )
+        if self.bias is not None:
+            adjusted = adjusted + self.bias
+        if req.temperature == 0:
+            tokens = adjusted.argmax(dim=-1)
+        else:
+            probs = torch.softmax(adjusted / req.temperature, dim=-1)
+            if req.top_p < 1.0:
+                probs = _nucleus(probs, req.top_p)
+            tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None]).float())
+        chosen = logp.gather(1, tokens[:, None]).squeeze(1)
+        k = req.logprobs or 0
+        if k:
+            top_vals, top_ids = logp.topk(k, dim=-1)
+            return tokens.tolist(), chosen.tolist(), top_ids.tolist(), top_vals.tolist()
+        empty: list[list[Any]] = [[] for _ in live]
+        return tokens.tolist(), chosen.tolist(), empty, empty
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p (at least one)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    sorted_probs[:, 0] = torch.where(
+        sorted_probs.sum(dim=-1) > 0, sorted_probs[:, 0], torch.ones_like(sorted_probs[:, 0])
+    )
+    return torch.zeros_like(probs).scatter(1, order, sorted_probs)
+
+
+def _decode_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    decoder = _IncrementalDecoder(tokenizer, [])
+    pieces = [decoder.step(token_id) for token_id in ids]
+    if pieces:
+        pieces[-1] += decoder.flush()
+    return pieces
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _context_length(model: Any) -> int | None:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids from the generation config (chat models list several) and tokenizer."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids

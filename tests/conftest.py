@@ -1,0 +1,119 @@
+"""Shared fixtures: personas (owner, member, outsider), API clients and a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from accounts import services
+from accounts.models import Membership, Organization
+from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Playwright's sync API runs an event loop in the test thread; Django's ORM calls from the test
+# body are still synchronous and safe.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Persona:
+    user: User
+    org: Organization
+    key: str  # an API key secret acting for this user in `org`
+
+    def api(self) -> ApiClient:
+        return ApiClient(self.key)
+
+
+class ApiClient(Client):
+    """Django's test client with a Bearer key on every request."""
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        super().__init__(HTTP_AUTHORIZATION=f"Bearer {key}", **kwargs)
+
+
+def _persona(username: str, org: Organization, role: str) -> Persona:
+    user = UserFactory.create(username=username)
+    MembershipFactory.create(user=user, organization=org, role=role)
+    key = services.api_key_create(organization=org, name=f"{username}-key", created_by=user)
+    return Persona(user=user, org=org, key=key.secret)
+
+
+@pytest.fixture
+def acme(db: None) -> Organization:
+    return OrganizationFactory.create(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def owner(acme: Organization) -> Persona:
+    """Owns the acme organization and everything under test."""
+    return _persona("olivia", acme, Membership.Role.OWNER)
+
+
+@pytest.fixture
+def member(acme: Organization) -> Persona:
+    """A plain member of acme: may use things, may not manage keys or delete models."""
+    return _persona("mike", acme, Membership.Role.MEMBER)
+
+
+@pytest.fixture
+def outsider(db: None) -> Persona:
+    """Owner of another organization; must never see acme's objects."""
+    other = OrganizationFactory.create(name="Globex", slug="globex")
+    return _persona("oscar", other, Membership.Role.OWNER)
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+def login(page: Any, live_server: Any, username: str, password: str = PASSWORD) -> None:
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")

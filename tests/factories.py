@@ -1,0 +1,35 @@
+"""factory_boy factories for the core objects."""
+
+from __future__ import annotations
+
+import factory
+from django.contrib.auth.models import User
+from factory.django import DjangoModelFactory
+
+from accounts.models import Membership, Organization
+
+
+class UserFactory(DjangoModelFactory[User]):
+    class Meta:
+        model = User
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.django.Password("correct horse battery")
+
+
+class OrganizationFactory(DjangoModelFactory[Organization]):
+    class Meta:
+        model = Organization
+
+    name = factory.Sequence(lambda n: f"Org {n}")
+    slug = factory.Sequence(lambda n: f"org-{n}")
+
+
+class MembershipFactory(DjangoModelFactory[Membership]):
+    class Meta:
+        model = Membership
+
+    organization = factory.SubFactory(OrganizationFactory)
+    user = factory.SubFactory(UserFactory)
+    role = Membership.Role.MEMBER
