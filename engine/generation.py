@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -223,6 +224,7 @@ def generate_stream(
     run = _Run(model, tokenizer, request)
     want_logprobs = request.logprobs is not None
     if request.echo:
+        run.prefill()  # the echoed prompt's logprobs come from the prompt forward
         for index in range(request.n):
             lp = run.prompt_logprobs() if want_logprobs else None
             yield StreamDelta(index, run.echo_text, None, lp)
@@ -234,9 +236,9 @@ def generate_stream(
             if cand.finish_reason is None:
                 upto = cand.releasable_tokens(request.stop)
                 if upto > cand.released:
-                    yield cand.release(upto, run.echo_text_len, want_logprobs)
+                    yield cand.release(index, upto, run.echo_text_len, want_logprobs)
                 continue
-            delta = cand.release(None, run.echo_text_len, want_logprobs)
+            delta = cand.release(index, None, run.echo_text_len, want_logprobs)
             delta.text += request.suffix or ""
             delta.finish_reason = cand.finish_reason
             cand.reported = True
@@ -268,12 +270,12 @@ class _IncrementalDecoder:
 
     def step(self, token_id: int) -> str:
         self._ids.append(token_id)
-        return self._advance(final=False)
+        return self._emit(final=False)
 
     def flush(self) -> str:
-        return self._advance(final=True)
+        return self._emit(final=True)
 
-    def _advance(self, *, final: bool) -> str:
+    def _emit(self, *, final: bool) -> str:
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         new_text = self._decode(self._ids[self._prefix :])
         if len(new_text) <= len(prefix_text):
@@ -404,8 +406,9 @@ class _Run:
         self.vocab_limit = len(tokenizer)
         self._check_lengths()
         self._token_texts: dict[int, str] = {}
-        self._prompt_logits: torch.Tensor | None = None
+        self._forward = _Forward(model)
         self._prompt_lp: Logprobs | None = None
+        self._first_logits: torch.Tensor | None = None
         self.eos_ids = _eos_ids(model, tokenizer) if request.stop_on_eos else set()
         self.candidates = [
             _Candidate(_IncrementalDecoder(tokenizer, self.prompt_ids[-_DECODE_CONTEXT_TOKENS:]))
@@ -413,8 +416,8 @@ class _Run:
         ]
         # The echoed prompt is the decoder's view of the prompt tokens, so text offsets agree
         # with the tokens even where a tokenizer does not round-trip its input exactly.
-        self.prompt_pieces = _decode_pieces(tokenizer, self.prompt_ids)
-        self.echo_text = "".join(self.prompt_pieces) if request.echo else ""
+        self.prompt_pieces = _decode_pieces(tokenizer, self.prompt_ids) if request.echo else []
+        self.echo_text = "".join(self.prompt_pieces)
         self.echo_text_len = len(self.echo_text)
 
     def _prompt_ids(self) -> list[int]:
@@ -453,14 +456,20 @@ class _Run:
         return Usage(len(self.prompt_ids), sum(len(c.ids) for c in self.candidates))
 
     def token_text(self, token_id: int) -> str:
+        """A token's key in `top_logprobs`: its text, or OpenAI's "bytes:\\x.." form for a
+        token that is only part of a UTF-8 character (so such alternatives stay distinct)."""
         text = self._token_texts.get(token_id)
         if text is None:
-            # Keep special tokens visible here so distinct alternatives keep distinct keys.
+            # Special tokens stay visible here so that distinct alternatives keep distinct keys.
             text = str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+            if _REPLACEMENT_CHAR in text:
+                text = _token_bytes_key(self.tokenizer.convert_ids_to_tokens(token_id), text)
             self._token_texts[token_id] = text
         return text
 
-    def top_dict(self, ids: list[int], values: list[float], chosen: int, lp: float) -> dict:
+    def top_dict(
+        self, ids: list[int], values: list[float], chosen: int, lp: float
+    ) -> dict[str, float]:
         top: dict[str, float] = {}
         for token_id, value in zip(ids, values, strict=True):
             top.setdefault(self.token_text(token_id), value)
@@ -468,84 +477,89 @@ class _Run:
         top.setdefault(self.token_text(chosen), lp)
         return top
 
-    def prompt_logprobs(self) -> Logprobs:
+    def prefill(self) -> None:
+        """Run the prompt once and share its cache with every candidate."""
+        if self._first_logits is not None:
+            return
+        req = self.request
+        want_prompt_logprobs = req.echo and req.logprobs is not None
+        with torch.inference_mode():
+            prompt = torch.tensor([self.prompt_ids], device=self.device)
+            logits = self._forward(prompt, keep_all=want_prompt_logprobs)
+            if want_prompt_logprobs:
+                self._prompt_lp = self._score_prompt(logits[0])
+            logits = logits[:, -1, :]
+            num = len(self.candidates)
+            if num > 1:
+                self._forward.cache.batch_repeat_interleave(num)
+                logits = logits.expand(num, -1)
+        self._first_logits = logits
+
+    def _score_prompt(self, logits: torch.Tensor) -> Logprobs:
         """Echoed prompt logprobs; the first token has no context, so it gets None/None."""
-        if self._prompt_lp is None:
-            assert self._prompt_logits is not None, "steps() computes the prompt logits first"
-            k = self.request.logprobs or 0
-            logp = torch.log_softmax(self._prompt_logits.float(), dim=-1)
-            targets = torch.tensor(self.prompt_ids[1:], device=logp.device)
-            chosen = logp[:-1].gather(1, targets[:, None]).squeeze(1).tolist()
-            top_vals, top_ids = (
-                logp[:-1].topk(k, dim=-1) if k else (logp[:-1, :0], logp[:-1, :0].long())
-            )
-            lp = Logprobs()
-            offset = 0
-            for i, piece in enumerate(self.prompt_pieces):
-                lp.tokens.append(piece)
-                lp.text_offset.append(offset)
-                offset += len(piece)
-                if i == 0:
-                    lp.token_logprobs.append(None)
-                    lp.top_logprobs.append(None)
-                    continue
-                lp.token_logprobs.append(chosen[i - 1])
-                lp.top_logprobs.append(
-                    self.top_dict(
-                        top_ids[i - 1].tolist(),
-                        top_vals[i - 1].tolist(),
-                        self.prompt_ids[i],
-                        chosen[i - 1],
-                    )
-                )
-            self._prompt_lp = lp
-        return Logprobs(
-            list(self._prompt_lp.tokens),
-            list(self._prompt_lp.token_logprobs),
-            [dict(t) if t is not None else None for t in self._prompt_lp.top_logprobs],
-            list(self._prompt_lp.text_offset),
-        )
+        k = self.request.logprobs or 0
+        logits = logits.clone()
+        logits[:, self.vocab_limit :] = -math.inf
+        logp = torch.log_softmax(logits[:-1], dim=-1)
+        targets = torch.tensor(self.prompt_ids[1:], device=logp.device)
+        chosen = logp.gather(1, targets[:, None]).squeeze(1).tolist()
+        top_ids: list[list[int]] = [[] for _ in chosen]
+        top_vals: list[list[float]] = [[] for _ in chosen]
+        if k:
+            values, indices = logp.topk(k, dim=-1)
+            top_vals, top_ids = values.tolist(), indices.tolist()
+        lp = Logprobs()
+        offset = 0
+        for i, piece in enumerate(self.prompt_pieces):
+            lp.tokens.append(piece)
+            lp.text_offset.append(offset)
+            offset += len(piece)
+            if i == 0:
+                lp.token_logprobs.append(None)
+                lp.top_logprobs.append(None)
+            else:
+                token, value = self.prompt_ids[i], chosen[i - 1]
+                lp.token_logprobs.append(value)
+                lp.top_logprobs.append(self.top_dict(top_ids[i - 1], top_vals[i - 1], token, value))
+        return lp
+
+    def prompt_logprobs(self) -> Logprobs:
+        """A fresh copy of the echoed prompt's logprobs (each choice gets its own)."""
+        assert self._prompt_lp is not None, "prefill() scores the prompt"
+        lp = self._prompt_lp
+        tops = [dict(t) if t is not None else None for t in lp.top_logprobs]
+        return Logprobs(list(lp.tokens), list(lp.token_logprobs), tops, list(lp.text_offset))
 
     def steps(self) -> Iterator[None]:
         """Sample one token for every live candidate per step; yield after each step."""
         req = self.request
-        want_prompt_logits = req.echo and req.logprobs is not None
-        num = len(self.candidates)
-        forward = _Forward(self.model)
-        with torch.inference_mode():
-            prompt = torch.tensor([self.prompt_ids], device=self.device)
-            logits = forward(prompt, keep_all=want_prompt_logits)
-            if want_prompt_logits:
-                self._prompt_logits = logits[0]
-            logits = logits[:, -1, :]
-            if num > 1:
-                # One prompt forward, shared by all candidates through the repeated cache.
-                forward.cache.batch_repeat_interleave(num)
-                logits = logits.expand(num, -1)
-            sampler = _Sampler(req, logits.shape[-1], self.vocab_limit, self.device, num)
-        live = list(range(num))
+        self.prefill()
+        logits = self._first_logits
+        assert logits is not None
+        live = list(range(len(self.candidates)))
+        sampler = _Sampler(req, logits.shape[-1], self.vocab_limit, self.device, len(live))
         for step in range(req.max_tokens):
             with torch.inference_mode():
-                tokens, chosen_lp, top_ids, top_vals = sampler.sample(logits, live)
+                tokens, chosen_lp, top_ids, top_vals = sampler.sample(logits)
             for row, cand_index in enumerate(live):
-                self._advance(self.candidates[cand_index], tokens, chosen_lp, top_ids, top_vals, row)
-                if step + 1 == req.max_tokens and self.candidates[cand_index].finish_reason is None:
-                    self._finish(self.candidates[cand_index], "length")
+                cand = self.candidates[cand_index]
+                self._advance(cand, tokens[row], chosen_lp[row], top_ids[row], top_vals[row])
+                if step + 1 == req.max_tokens and cand.finish_reason is None:
+                    self._finish(cand, "length")
             keep = [row for row, c in enumerate(live) if self.candidates[c].finish_reason is None]
             live = [live[row] for row in keep]
             yield
             if not live:
                 return
             with torch.inference_mode():
+                next_tokens = torch.tensor(tokens, device=self.device)
                 if len(keep) < len(tokens):
                     # Drop finished rows so their compute stops (the cache shrinks with them).
                     index = torch.tensor(keep, device=self.device)
-                    forward.cache.batch_select_indices(index)
+                    self._forward.cache.batch_select_indices(index)
                     sampler.select(index)
-                    next_tokens = torch.tensor(tokens, device=self.device)[index]
-                else:
-                    next_tokens = torch.tensor(tokens, device=self.device)
-                logits = forward(next_tokens[:, None], keep_all=False)[:, -1, :]
+                    next_tokens = next_tokens[index]
+                logits = self._forward(next_tokens[:, None], keep_all=False)[:, -1, :]
         # max_tokens == 0: nothing is sampled (echo-only scoring requests).
         for cand in self.candidates:
             if cand.finish_reason is None:
@@ -553,23 +567,16 @@ class _Run:
         yield
 
     def _advance(
-        self,
-        cand: _Candidate,
-        tokens: list[int],
-        chosen_lp: list[float],
-        top_ids: list[list[int]],
-        top_vals: list[list[float]],
-        row: int,
+        self, cand: _Candidate, token: int, logprob: float, top_ids: list[int], top_vals: list[float]
     ) -> None:
-        token = tokens[row]
         cand.ids.append(token)
-        cand.sampled_logprobs.append(chosen_lp[row])
+        cand.sampled_logprobs.append(logprob)
         if token in self.eos_ids:
             self._finish(cand, "stop")
             return
         before = len(cand.text)
-        top = self.top_dict(top_ids[row], top_vals[row], token, chosen_lp[row])
-        cand.add_piece(cand.decoder.step(token), chosen_lp[row], top)
+        top = self.top_dict(top_ids, top_vals, token, logprob)
+        cand.add_piece(cand.decoder.step(token), logprob, top)
         if cand.find_stop(self.request.stop, before):
             cand.finish_reason = "stop"
 
@@ -628,7 +635,7 @@ class _Sampler:
         self.counts = self.counts[index]
 
     def sample(
-        self, logits: torch.Tensor, live: list[int]
+        self, logits: torch.Tensor
     ) -> tuple[list[int], list[float], list[list[int]], list[list[float]]]:
         req = self.request
         # Embedding matrices are often padded past the tokenizer; those ids decode to nothing.
@@ -654,7 +661,7 @@ class _Sampler:
         if k:
             top_vals, top_ids = logp.topk(k, dim=-1)
             return tokens.tolist(), chosen.tolist(), top_ids.tolist(), top_vals.tolist()
-        empty: list[list[Any]] = [[] for _ in live]
+        empty: list[list[Any]] = [[] for _ in range(logits.shape[0])]
         return tokens.tolist(), chosen.tolist(), empty, empty
 
 
@@ -675,6 +682,34 @@ def _decode_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
     if pieces:
         pieces[-1] += decoder.flush()
     return pieces
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: printable stand-ins for the 256 byte values."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _token_bytes_key(raw: str, text: str) -> str:
+    """Recover a partial character's bytes from a byte-level or byte-fallback token."""
+    if match := _BYTE_FALLBACK.fullmatch(raw or ""):
+        data = bytes([int(match.group(1), 16)])
+    elif raw and all(ch in _BYTE_LEVEL for ch in raw):
+        data = bytes(_BYTE_LEVEL[ch] for ch in raw)
+    else:
+        return raw or text
+    return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
 
 
 def _model_device(model: Any) -> torch.device:

@@ -16,3 +16,51 @@ def job_list_for_org(*, organization: Organization) -> QuerySet[FineTuneJob]:
 
 def job_find_for_org(*, organization: Organization, job_id: str) -> FineTuneJob | None:
     return job_list_for_org(organization=organization).filter(public_id=job_id).first()
+
+
+# Training speed to assume before this installation has finished any job (tokens/s):
+# measured with SmolLM2-135M LoRA on a 2-core CPU; a GPU worker is far faster.
+DEFAULT_TOKENS_PER_SECOND = 600.0
+
+
+def measured_tokens_per_second(*, base_model_id: int) -> float | None:
+    """The speed of the latest finished job on this base model: what this worker really does."""
+    job = (
+        FineTuneJob.objects.filter(
+            base_model_id=base_model_id,
+            status=FineTuneJob.Status.SUCCEEDED,
+            tokens_per_second__isnull=False,
+        )
+        .order_by("-finished_at")
+        .first()
+    )
+    return job.tokens_per_second if job else None
+
+
+def job_preflight(
+    *,
+    examples: int,
+    tokens: int,
+    base_model_id: int,
+    n_epochs: int | None,
+    batch_size: int | None,
+    learning_rate_multiplier: float | None,
+) -> dict[str, object]:
+    """The auto hyperparameters and a time estimate, shown on the create form."""
+    import engine
+
+    n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
+        examples, n_epochs, batch_size, learning_rate_multiplier
+    )
+    measured = measured_tokens_per_second(base_model_id=base_model_id)
+    speed = measured or DEFAULT_TOKENS_PER_SECOND
+    to_train = tokens * n_epochs
+    return {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": lrm,
+        "tokens_to_train": to_train,
+        "tokens_per_second": speed,
+        "speed_is_measured": measured is not None,
+        "seconds": to_train / speed if speed else None,
+    }

@@ -7,7 +7,8 @@ if [ "${TUNERY_TEST_SERVICES:-auto}" != "off" ]; then
     export DATABASE_URL="postgres://postgres@127.0.0.1:5432/tunery"
   fi
   if [ -z "${CELERY_BROKER_URL:-}" ] && _port_open 6379; then
-    export CELERY_BROKER_URL="redis://127.0.0.1:6379/0"
+    # A Redis db of its own, flushed by the worker fixture: no stale messages from other runs.
+    export CELERY_BROKER_URL="redis://127.0.0.1:6379/15"
   fi
 else
   unset DATABASE_URL CELERY_BROKER_URL

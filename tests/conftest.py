@@ -117,3 +117,36 @@ def login(page: Any, live_server: Any, username: str, password: str = PASSWORD) 
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server.url}/")
+
+
+# --- tiny models and shared data -------------------------------------------------------------
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: Any) -> str:
+    """A random-init tiny Llama with a real tokenizer and chat template, built once per run."""
+    from engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model"))
+
+
+@pytest.fixture
+def tiny_base(db: None, tiny_model_path: str) -> Any:
+    """Registers the tiny model as a base model named `tiny-llama` (trains in seconds)."""
+    from models_app.models import BaseModel
+
+    base, _ = BaseModel.objects.update_or_create(
+        name="tiny-llama",
+        defaults={"source": tiny_model_path, "context_length": 512, "base_lr_lora": 2e-2},
+    )
+    return base
+
+
+def sms_subset(tmp_path: Any, n: int, *, name: str = "sms.jsonl", split: str = "train") -> Any:
+    """The first n rows of the real SMS spam data (UCI, CC BY 4.0), as a JSONL file."""
+    lines = (SHARED_DATA / "sms_spam" / f"{split}.jsonl").read_text().splitlines()[:n]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path

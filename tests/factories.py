@@ -33,3 +33,29 @@ class MembershipFactory(DjangoModelFactory[Membership]):
     organization = factory.SubFactory(OrganizationFactory)
     user = factory.SubFactory(UserFactory)
     role = Membership.Role.MEMBER
+
+
+class FileFactory(DjangoModelFactory["File"]):
+    """A processed prompt/completion training file (validation already done)."""
+
+    class Meta:
+        model = "datasets.File"
+
+    organization = factory.SubFactory(OrganizationFactory)
+    filename = "train.jsonl"
+    purpose = "fine-tune"
+    status = "processed"
+    format = "prompt_completion"
+    bytes = 100
+    stats = factory.LazyFunction(lambda: {"examples": 8, "tokens": 200})
+    blob = factory.django.FileField(filename="train.jsonl", data=b'{"prompt": "a", "completion": " b"}\n')
+
+
+class BaseModelFactory(DjangoModelFactory["BaseModel"]):
+    class Meta:
+        model = "models_app.BaseModel"
+        django_get_or_create = ("name",)
+
+    name = "tiny-llama"
+    source = "/nonexistent"
+    context_length = 512

@@ -1,0 +1,140 @@
+"""A job as each API shows it: legacy `fine-tune` objects and current `fine_tuning.job` ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets.models import File
+from jobs.models import Checkpoint, FineTuneJob, JobEvent
+
+
+def ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def file_json(file: File) -> dict[str, Any]:
+    return {
+        "id": file.public_id,
+        "object": "file",
+        "bytes": file.bytes,
+        "created_at": ts(file.created_at),
+        "filename": file.filename,
+        "purpose": file.purpose,
+        "status": file.status,
+        "status_details": file.status_details,
+    }
+
+
+LEGACY_STATUS = {FineTuneJob.Status.QUEUED: "pending"}
+
+
+def current_status(job: FineTuneJob) -> str:
+    if job.status == FineTuneJob.Status.QUEUED:
+        files = [job.training_file, job.validation_file]
+        if any(f is not None and f.status == File.Status.UPLOADED for f in files):
+            return "validating_files"
+    return job.status
+
+
+def _resolved(job: FineTuneJob, key: str) -> Any:
+    return job.resolved_hyperparameters.get(key, job.hyperparameters.get(key))
+
+
+def legacy_event_json(event: JobEvent) -> dict[str, Any]:
+    return {
+        "object": "fine-tune-event",
+        "created_at": ts(event.created_at),
+        "level": event.level,
+        "message": event.message,
+    }
+
+
+def legacy_job_json(job: FineTuneJob, *, with_events: bool = True) -> dict[str, Any]:
+    hyperparams: dict[str, Any] = {
+        # None until the worker resolves them, as OpenAI did.
+        "n_epochs": _resolved(job, "n_epochs") or 4,
+        "batch_size": _resolved(job, "batch_size"),
+        "learning_rate_multiplier": _resolved(job, "learning_rate_multiplier"),
+        "prompt_loss_weight": _resolved(job, "prompt_loss_weight"),
+    }
+    if job.classification:
+        hyperparams.update(
+            {k: v for k, v in job.classification.items() if v is not None and k != "classification_betas"}
+        )
+        if job.classification.get("classification_betas"):
+            hyperparams["classification_betas"] = job.classification["classification_betas"]
+    body: dict[str, Any] = {
+        "id": job.public_id,
+        "object": "fine-tune",
+        "model": job.model,
+        "created_at": ts(job.created_at),
+        "updated_at": ts(job.updated_at),
+        "fine_tuned_model": job.fine_tuned_model,
+        "organization_id": job.organization.public_id,
+        "status": LEGACY_STATUS.get(job.status, job.status),
+        "hyperparams": hyperparams,
+        "training_files": [file_json(job.training_file)],
+        "validation_files": [file_json(job.validation_file)] if job.validation_file else [],
+        "result_files": [file_json(job.result_file)] if job.result_file else [],
+    }
+    if with_events:
+        body["events"] = [legacy_event_json(e) for e in job.events.filter(type="message")]
+    return body
+
+
+def current_job_json(job: FineTuneJob) -> dict[str, Any]:
+    hyperparameters = {
+        "n_epochs": _resolved(job, "n_epochs") or "auto",
+        "batch_size": _resolved(job, "batch_size") or "auto",
+        "learning_rate_multiplier": _resolved(job, "learning_rate_multiplier") or "auto",
+    }
+    return {
+        "object": "fine_tuning.job",
+        "id": job.public_id,
+        "model": job.model,
+        "created_at": ts(job.created_at),
+        "finished_at": ts(job.finished_at),
+        "fine_tuned_model": job.fine_tuned_model,
+        "organization_id": job.organization.public_id,
+        "result_files": [job.result_file.public_id] if job.result_file else [],
+        "status": current_status(job),
+        "validation_file": job.validation_file.public_id if job.validation_file else None,
+        "training_file": job.training_file.public_id,
+        "hyperparameters": hyperparameters,
+        "trained_tokens": job.trained_tokens,
+        "integrations": job.integrations,
+        "seed": job.seed,
+        "estimated_finish": ts(job.estimated_finish),
+        "error": job.error,
+        "user_provided_suffix": job.suffix or None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "metadata": job.metadata,
+        # Tunery extensions: clients ignore unknown keys.
+        "training_method": job.method,
+        "progress": round(job.progress, 4),
+    }
+
+
+def current_event_json(event: JobEvent) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.event",
+        "id": event.public_id,
+        "created_at": ts(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data or {},
+    }
+
+
+def checkpoint_json(checkpoint: Checkpoint, job: FineTuneJob) -> dict[str, Any]:
+    name = job.fine_tuned_model or f"ft:{job.base_model.name}:{job.organization.slug}:{job.suffix}:{job.public_id}"
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": checkpoint.public_id,
+        "created_at": ts(checkpoint.created_at),
+        "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{checkpoint.step_number}",
+        "step_number": checkpoint.step_number,
+        "metrics": {"step": checkpoint.step_number, **checkpoint.metrics},
+        "fine_tuning_job_id": job.public_id,
+    }

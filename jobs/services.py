@@ -1,0 +1,297 @@
+"""Web-side use cases for fine-tune jobs: create (both APIs and the form) and cancel."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Organization
+from common.ids import random_id
+from config.api import ApiError
+from datasets.models import File
+from datasets.selectors import file_find_for_org
+from jobs import events, tasks
+from jobs.models import FineTuneJob
+from models_app.models import BaseModel, FineTunedModel
+from models_app.selectors import base_model_find, model_find_for_org
+
+# OpenAI's ranges (reference §3.1 and §5.1).
+N_EPOCHS_RANGE = (1, 50)
+BATCH_SIZE_RANGE = (1, 256)
+LRM_RANGE = (1e-6, 10.0)
+PLW_RANGE = (0.0, 1.0)
+SEED_MAX = 2147483647
+
+
+@dataclass
+class JobRequest:
+    """What a client asked for, in either API's terms, before validation."""
+
+    api: str
+    model: str | None
+    training_file: str | None
+    validation_file: str | None = None
+    n_epochs: Any = None
+    batch_size: Any = None
+    learning_rate_multiplier: Any = None
+    prompt_loss_weight: Any = None
+    compute_classification_metrics: Any = False
+    classification_n_classes: Any = None
+    classification_positive_class: Any = None
+    classification_betas: Any = None
+    suffix: Any = None
+    seed: Any = None
+    metadata: Any = None
+    integrations: Any = None
+    method: str = FineTuneJob.Method.LORA
+    scaling_forecast: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(message, status=400, param=param)
+
+
+def _int_in(value: Any, param: str, lo: int, hi: int) -> int | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(param, f"{param} must be an integer between {lo} and {hi} or 'auto'.")
+    if not lo <= value <= hi:
+        raise _bad(param, f"{param} must be between {lo} and {hi}, got {value}.")
+    return value
+
+
+def _float_in(value: Any, param: str, lo: float, hi: float) -> float | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(param, f"{param} must be a number or 'auto'.")
+    if not lo <= float(value) <= hi:
+        raise _bad(param, f"{param} must be between {lo} and {hi}, got {value}.")
+    return float(value)
+
+
+def slug_suffix(suffix: Any, *, api: str) -> str:
+    """Legacy: lower-case, punctuation/whitespace → '-', ≤ 40 chars. Current: ≤ 64 chars."""
+    if suffix in (None, ""):
+        return ""
+    if not isinstance(suffix, str):
+        raise _bad("suffix", "suffix must be a string.")
+    limit = 40 if api == FineTuneJob.Api.LEGACY else 64
+    if len(suffix) > limit:
+        raise _bad("suffix", f"suffix must be at most {limit} characters, got {len(suffix)}.")
+    if api == FineTuneJob.Api.LEGACY:
+        return re.sub(r"[^a-z0-9]+", "-", suffix.lower()).strip("-")
+    # ':' separates the parts of a current-API model name.
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", suffix).strip("-")
+
+
+def _resolve_model(
+    organization: Organization, name: str | None
+) -> tuple[BaseModel, FineTunedModel | None]:
+    if not name:
+        raise _bad("model", "model is required.")
+    if not isinstance(name, str):
+        raise _bad("model", "model must be a string.")
+    parent = model_find_for_org(organization=organization, name=name)
+    if parent is not None:
+        return parent.base, parent  # continued training of the org's own fine-tune
+    base = base_model_find(name=name)
+    if base is None:
+        raise ApiError(
+            f"The model `{name}` does not exist or you do not have access to it.",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
+    return base, None
+
+
+def _resolve_file(organization: Organization, file_id: Any, param: str, base: BaseModel) -> File:
+    if not isinstance(file_id, str) or not file_id:
+        raise _bad(param, f"{param} must be a file ID.")
+    file = file_find_for_org(organization=organization, file_id=file_id)
+    if file is None:
+        raise ApiError(f"No such File object: {file_id}", status=400, param=param)
+    if file.purpose != File.Purpose.FINE_TUNE:
+        raise _bad(param, f"File {file_id} has purpose {file.purpose!r}, not 'fine-tune'.")
+    if file.status == File.Status.ERROR or file.error_count:
+        raise _bad(
+            param,
+            f"File {file_id} has {file.error_count or 'validation'} error(s) and can't be used "
+            f"for training: {file.status_details or 'see the dataset page'}",
+        )
+    if file.format == File.Format.CHAT and not base.has_chat_template:
+        raise _bad(param, f"File {file_id} is chat data but {base.name} has no chat template.")
+    return file
+
+
+def _classification(req: JobRequest) -> dict[str, Any]:
+    enabled = req.compute_classification_metrics
+    if enabled in (None, False):
+        return {}
+    if enabled is not True:
+        raise _bad("compute_classification_metrics", "compute_classification_metrics must be a boolean.")
+    if not req.validation_file:
+        raise _bad(
+            "validation_file",
+            "compute_classification_metrics needs a validation_file to compute the metrics on.",
+        )
+    n_classes = _int_in(req.classification_n_classes, "classification_n_classes", 2, 10_000)
+    positive = req.classification_positive_class
+    if positive is not None and not isinstance(positive, str):
+        raise _bad("classification_positive_class", "classification_positive_class must be a string.")
+    if positive is None and n_classes is None:
+        raise _bad(
+            "classification_n_classes",
+            "compute_classification_metrics needs classification_positive_class (binary) or "
+            "classification_n_classes (multiclass).",
+        )
+    if positive is not None and n_classes not in (None, 2):
+        raise _bad("classification_positive_class", "classification_positive_class is for binary tasks only.")
+    betas = req.classification_betas
+    if betas is not None:
+        if not isinstance(betas, list) or not all(
+            isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in betas
+        ):
+            raise _bad("classification_betas", "classification_betas must be a list of positive numbers.")
+        if positive is None:
+            raise _bad("classification_betas", "classification_betas apply to binary classification only.")
+    return {
+        "compute_classification_metrics": True,
+        "classification_n_classes": n_classes or (2 if positive is not None else None),
+        "classification_positive_class": positive,
+        "classification_betas": [float(b) for b in betas] if betas else None,
+    }
+
+
+def _validate_integrations(value: Any) -> list[dict[str, Any]]:
+    if value in (None, []):
+        return []
+    if not isinstance(value, list):
+        raise _bad("integrations", "integrations must be a list.")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or item.get("type") != "wandb":
+            raise _bad(f"integrations.{i}.type", "Only integrations of type 'wandb' are supported.")
+        wandb = item.get("wandb")
+        if not isinstance(wandb, dict) or not isinstance(wandb.get("project"), str):
+            raise _bad(f"integrations.{i}.wandb.project", "A wandb integration needs a project.")
+    return value
+
+
+def _validate_metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > 16:
+        raise _bad("metadata", "metadata must be an object of at most 16 string pairs.")
+    for k, v in value.items():
+        if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+            raise _bad("metadata", "metadata keys (≤64 chars) and values (≤512 chars) must be strings.")
+    return value
+
+
+def estimate_cost(base: BaseModel, training: File, n_epochs: int | None) -> Decimal:
+    tokens = int((training.stats or {}).get("tokens") or 0)
+    return base.price_train_per_1k * Decimal(tokens * (n_epochs or 4)) / Decimal(1000)
+
+
+def queue_position(job: FineTuneJob) -> int:
+    """How many queued jobs are ahead of this one (0: next to start)."""
+    return FineTuneJob.objects.filter(
+        status=FineTuneJob.Status.QUEUED, created_at__lt=job.created_at
+    ).count()
+
+
+def job_create(*, organization: Organization, created_by: User | None, req: JobRequest) -> FineTuneJob:
+    """Validate everything, then write the job and its first events and enqueue it.
+
+    Every failure is an ApiError naming its param, raised before any row is written.
+    """
+    base, parent = _resolve_model(organization, req.model)
+    training = _resolve_file(organization, req.training_file, "training_file", base)
+    validation = (
+        _resolve_file(organization, req.validation_file, "validation_file", base)
+        if req.validation_file
+        else None
+    )
+    hyperparameters = {
+        "n_epochs": _int_in(req.n_epochs, "n_epochs", *N_EPOCHS_RANGE),
+        "batch_size": _int_in(req.batch_size, "batch_size", *BATCH_SIZE_RANGE),
+        "learning_rate_multiplier": _float_in(
+            req.learning_rate_multiplier, "learning_rate_multiplier", *LRM_RANGE
+        ),
+        "prompt_loss_weight": _float_in(req.prompt_loss_weight, "prompt_loss_weight", *PLW_RANGE),
+    }
+    if hyperparameters["prompt_loss_weight"] is None:
+        hyperparameters["prompt_loss_weight"] = 0.01  # OpenAI's default since 2022-10
+    classification = _classification(req)
+    if req.method not in FineTuneJob.Method.values:
+        raise _bad("training_method", "training_method must be 'lora' or 'full'.")
+    if parent is not None and parent.method != req.method:
+        raise _bad("model", f"{parent.name} is a {parent.method} fine-tune; continue it the same way.")
+    seed = _int_in(req.seed, "seed", 0, SEED_MAX)
+    if req.scaling_forecast and validation is None:
+        raise _bad("validation_file", "scaling_forecast needs a validation_file to compare on.")
+
+    prefix = "ft-" if req.api == FineTuneJob.Api.LEGACY else "ftjob-"
+    job = FineTuneJob(
+        public_id=random_id(prefix, 24),
+        api=req.api,
+        organization=organization,
+        created_by=created_by,
+        model=req.model or base.name,
+        base_model=base,
+        parent_model=parent,
+        training_file=training,
+        validation_file=validation,
+        method=req.method,
+        hyperparameters=hyperparameters,
+        classification=classification,
+        suffix=slug_suffix(req.suffix, api=req.api),
+        seed=seed if seed is not None else random.randint(0, SEED_MAX),
+        metadata=_validate_metadata(req.metadata),
+        integrations=_validate_integrations(req.integrations),
+        scaling_forecast=req.scaling_forecast,
+        estimated_cost=estimate_cost(base, training, hyperparameters["n_epochs"]),
+    )
+    with transaction.atomic():
+        job.full_clean()
+        job.save()
+        events.emit(job, "created")
+        events.emit(job, "cost", cost=job.estimated_cost)
+        events.emit(job, "enqueued", position=queue_position(job))
+        # After commit, so the worker never looks for a row that isn't there yet.
+        transaction.on_commit(partial(tasks.run_training_job.delay, job.pk))
+    return job
+
+
+def job_cancel(*, job: FineTuneJob) -> bool:
+    """Cancel an unfinished job. Returns False if it had already finished (nothing changes).
+
+    A running worker sees the new status in its should_stop hook and stops within one step.
+    """
+    with transaction.atomic():
+        cancelled = FineTuneJob.objects.filter(
+            pk=job.pk, status__in=FineTuneJob.UNFINISHED
+        ).update(status=FineTuneJob.Status.CANCELLED, finished_at=timezone.now())
+        if cancelled:
+            events.emit(job, "cancelled")
+    job.refresh_from_db()
+    return bool(cancelled)
+
+
+def form_errors_from(exc: ApiError | ValidationError) -> dict[str, str]:
+    """An ApiError from job_create as {param: message}, for the browser form."""
+    if isinstance(exc, ApiError):
+        return {exc.param or "__all__": exc.message}
+    return {k: "; ".join(v) for k, v in exc.message_dict.items()}

@@ -1,0 +1,12 @@
+"""Celery entry points for the model registry: thin, id-taking, work in models_app.processing."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from models_app import processing
+
+
+@shared_task(name="models_app.export_merged_model")
+def export_merged_model(model_id: int) -> None:
+    processing.model_export_merged(model_id=model_id)

@@ -1,0 +1,499 @@
+"""OpenAI's completions wire format: parse request bodies, render responses and SSE chunks.
+
+Shared by the /v1 API (through `playground.services`) and by the engine server
+(`manage.py serve_inference`), so both speak exactly the same dialect (reference §6).
+Parsing raises `ApiError` naming the offending param; range checks are the engine's own
+(`GenerateRequest.__post_init__`), so the API and the engine cannot disagree on limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.generation import (
+    MAX_LOGPROBS,
+    GenerateRequest,
+    GenerateResult,
+    InvalidRequestError,
+    Logprobs,
+    StreamDelta,
+    Usage,
+)
+
+from common.ids import random_id
+from config.api import ApiError
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default (§6.1)
+# OpenAI's chat default is "the rest of the context". On a CPU that can mean minutes for a
+# model that never emits EOS, so an unset max_tokens means this many, clamped to the context.
+CHAT_DEFAULT_MAX_TOKENS = 512
+# n x prompts bounds the work of one request (OpenAI caps n at 128 too).
+MAX_CHOICES = 128
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+@dataclass
+class CompletionCall:
+    """A parsed POST /v1/completions: one engine request per prompt."""
+
+    model: str
+    requests: list[GenerateRequest]
+    stream: bool
+    include_usage: bool
+
+
+@dataclass
+class ChatCall:
+    """A parsed POST /v1/chat/completions. `request` has an empty placeholder prompt; the
+    backend renders `messages` with the model's chat template and fills it in."""
+
+    model: str
+    messages: list[dict[str, str]]
+    request: GenerateRequest
+    max_tokens_given: bool
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    top_logprobs: int
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _type_error(value: Any, kind: str, param: str) -> ApiError:
+    # OpenAI's own wording for schema errors.
+    return ApiError(f"{value!r} is not of type '{kind}' - '{param}'", param=param)
+
+
+def _number(body: Mapping[str, Any], param: str, default: float) -> float:
+    value = body.get(param)
+    if value is None:
+        return default
+    if not _is_number(value):
+        raise _type_error(value, "number", param)
+    return float(value)
+
+
+def _integer(body: Mapping[str, Any], param: str, default: int | None) -> int | None:
+    value = body.get(param)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _type_error(value, "integer", param)
+    return value
+
+
+def _boolean(body: Mapping[str, Any], param: str) -> bool:
+    value = body.get(param)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _type_error(value, "boolean", param)
+    return value
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not model:
+        raise ApiError("you must provide a model parameter", param="model")
+    if not isinstance(model, str):
+        raise _type_error(model, "string", "model")
+    return model
+
+
+def _stop(body: Mapping[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise ApiError("stop must be a string or an array of up to 4 strings", param="stop")
+
+
+def _logit_bias(body: Mapping[str, Any]) -> dict[int, float]:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
+        raise _type_error(bias, "object", "logit_bias")
+    parsed: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise ApiError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+        if not _is_number(value):
+            raise ApiError(f"logit_bias values must be numbers, got {value!r}", param="logit_bias")
+        parsed[token_id] = float(value)
+    return parsed
+
+
+def _include_usage(body: Mapping[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise ApiError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    if not isinstance(options, dict):
+        raise _type_error(options, "object", "stream_options")
+    return _boolean(options, "include_usage")
+
+
+def _prompts(value: Any) -> list[tuple[str | None, list[int] | None]]:
+    """(text, tokens) per prompt, from a string, strings, a token array or token arrays."""
+    if value is None:
+        return [("", None)]  # OpenAI's default prompt: the start of a document
+    if isinstance(value, str):
+        return [(value, None)]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return [(v, None) for v in value]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [(None, list(value))]
+        if all(
+            isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+            for v in value
+        ):
+            return [(None, list(v)) for v in value]
+    raise ApiError(
+        "prompt must be a string, an array of strings, an array of tokens or an array of "
+        "token arrays",
+        param="prompt",
+    )
+
+
+def engine_request(**kwargs: Any) -> GenerateRequest:
+    """Build a GenerateRequest, turning the engine's range errors into 400s naming the param."""
+    try:
+        return GenerateRequest(**kwargs)
+    except InvalidRequestError as exc:
+        raise ApiError(str(exc), param=exc.param) from None
+
+
+def _sampling(body: Mapping[str, Any], *, max_tokens: int | None) -> dict[str, Any]:
+    return {
+        "max_tokens": max_tokens,
+        "temperature": _number(body, "temperature", 1.0),
+        "top_p": _number(body, "top_p", 1.0),
+        "n": _integer(body, "n", 1),
+        "stop": _stop(body),
+        "presence_penalty": _number(body, "presence_penalty", 0.0),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0),
+        "logit_bias": _logit_bias(body),
+        "seed": _integer(body, "seed", None),
+    }
+
+
+def parse_completion(body: Mapping[str, Any], *, model: str | None = None) -> CompletionCall:
+    """Parse a /v1/completions body (`model` comes from the URL for /v1/engines/{e}/...)."""
+    model = model or _model(body)
+    stream = _boolean(body, "stream")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise _type_error(suffix, "string", "suffix")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _type_error(user, "string", "user")
+    params = _sampling(body, max_tokens=_integer(body, "max_tokens", COMPLETION_DEFAULT_MAX_TOKENS))
+    params.update(
+        best_of=_integer(body, "best_of", None),
+        logprobs=_integer(body, "logprobs", None),
+        echo=_boolean(body, "echo"),
+        suffix=suffix,
+    )
+    if stream and params["best_of"] is not None and params["best_of"] > params["n"]:
+        raise ApiError("best_of cannot be used with stream unless it equals n", param="best_of")
+    prompts = _prompts(body.get("prompt"))
+    if len(prompts) * max(params["n"] or 1, params["best_of"] or 1) > MAX_CHOICES:
+        raise ApiError(f"at most {MAX_CHOICES} choices per request (prompts x n)", param="n")
+    requests = [engine_request(prompt=t, prompt_tokens=ids, **params) for t, ids in prompts]
+    return CompletionCall(model, requests, stream, _include_usage(body, stream))
+
+
+def _message_text(content: Any, index: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise ApiError(
+                    "only text content parts are supported", param=f"messages[{index}].content"
+                )
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise _type_error(content, "string", f"messages[{index}].content")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ApiError("messages must be a non-empty array of messages", param="messages")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _type_error(message, "object", f"messages[{index}]")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise ApiError(
+                f"{role!r} is not one of {list(CHAT_ROLES)} - 'messages.{index}.role'",
+                param=f"messages[{index}].role",
+            )
+        messages.append({"role": role, "content": _message_text(message.get("content"), index)})
+    return messages
+
+
+def parse_chat(body: Mapping[str, Any]) -> ChatCall:
+    model = _model(body)
+    messages = _messages(body.get("messages"))
+    stream = _boolean(body, "stream")
+    for unsupported in ("tools", "functions"):
+        if body.get(unsupported):
+            raise ApiError(f"{unsupported} are not supported by this server", param=unsupported)
+    response_format = body.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise ApiError("only response_format {'type': 'text'} is supported", param="response_format")
+    # max_completion_tokens is the current name; max_tokens the deprecated one.
+    max_tokens = _integer(body, "max_completion_tokens", None)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", None)
+    logprobs = _boolean(body, "logprobs")
+    top_logprobs = _integer(body, "top_logprobs", 0) or 0
+    if top_logprobs and not logprobs:
+        raise ApiError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    if not 0 <= top_logprobs <= MAX_LOGPROBS:
+        raise ApiError(
+            f"top_logprobs must be between 0 and {MAX_LOGPROBS} on this server", param="top_logprobs"
+        )
+    params = _sampling(
+        body, max_tokens=CHAT_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    )
+    if params["n"] and params["n"] > MAX_CHOICES:
+        raise ApiError(f"n must be at most {MAX_CHOICES}", param="n")
+    request = engine_request(
+        prompt="", logprobs=top_logprobs if logprobs else None, add_special_tokens=False, **params
+    )
+    return ChatCall(
+        model=model,
+        messages=messages,
+        request=request,
+        max_tokens_given=max_tokens is not None,
+        stream=stream,
+        include_usage=_include_usage(body, stream),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
+
+
+def chat_request(call: ChatCall, *, prompt: str, prompt_length: int, context: int | None) -> GenerateRequest:
+    """The engine request for a rendered chat prompt; an unset max_tokens fits the context."""
+    max_tokens = call.request.max_tokens
+    if not call.max_tokens_given and context is not None:
+        max_tokens = max(1, min(max_tokens, context - prompt_length))
+    return engine_request(
+        **{**_fields(call.request), "prompt": prompt, "max_tokens": max_tokens}
+    )
+
+
+def _fields(request: GenerateRequest) -> dict[str, Any]:
+    return {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def new_completion_id() -> str:
+    return random_id("cmpl-", 24)
+
+
+def new_chat_id() -> str:
+    return random_id("chatcmpl-", 24)
+
+
+def sse(payload: Mapping[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def total_usage(usages: Iterable[Usage]) -> Usage:
+    prompt = completion = 0
+    for usage in usages:
+        prompt += usage.prompt_tokens
+        completion += usage.completion_tokens
+    return Usage(prompt, completion)
+
+
+def completion_json(*, completion_id: str, created: int, model: str, results: list[GenerateResult]) -> dict[str, Any]:
+    choices = []
+    for prompt_index, result in enumerate(results):
+        width = len(result.choices)
+        for choice in result.choices:
+            choices.append(
+                {
+                    "text": choice.text,
+                    "index": prompt_index * width + choice.index,
+                    "logprobs": choice.logprobs.to_dict() if choice.logprobs else None,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+    usage = total_usage(r.usage for r in results)
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage.to_dict(),
+    }
+
+
+def completion_chunks(
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    streams: Iterable[Iterator[StreamDelta]],
+    n: int,
+    include_usage: bool,
+    usage_out: list[Usage],
+) -> Iterator[dict[str, Any]]:
+    """Chunk objects for the deltas of each prompt's stream, in turn; the caller adds [DONE].
+
+    Each prompt's final usage is appended to `usage_out` as it arrives (for accounting).
+    """
+    head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    for prompt_index, deltas in enumerate(streams):
+        for delta in deltas:
+            if delta.usage is not None:
+                usage_out.append(delta.usage)
+            if not (delta.text or delta.finish_reason or (delta.logprobs and delta.logprobs.tokens)):
+                continue
+            choice = {
+                "text": delta.text,
+                "index": prompt_index * n + delta.index,
+                "logprobs": delta.logprobs.to_dict() if delta.logprobs else None,
+                "finish_reason": delta.finish_reason,
+            }
+            chunk: dict[str, Any] = {**head, "choices": [choice]}
+            if include_usage:
+                chunk["usage"] = None
+            yield chunk
+    if include_usage:
+        yield {**head, "choices": [], "usage": total_usage(usage_out).to_dict()}
+
+
+def _token_entry(token: str, logprob: float | None) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def chat_logprobs(logprobs: Logprobs | None, top: int) -> dict[str, Any] | None:
+    """The chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}."""
+    if logprobs is None:
+        return None
+    content = []
+    for token, value, alternatives in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
+    ):
+        entry = _token_entry(token, value)
+        ranked = sorted((alternatives or {}).items(), key=lambda kv: -kv[1])[:top]
+        entry["top_logprobs"] = [_token_entry(t, v) for t, v in ranked]
+        content.append(entry)
+    return {"content": content}
+
+
+def chat_json(
+    *, completion_id: str, created: int, model: str, result: GenerateResult, top_logprobs: int
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": chat_logprobs(choice.logprobs, top_logprobs),
+                "finish_reason": choice.finish_reason,
+            }
+            for choice in result.choices
+        ],
+        "usage": result.usage.to_dict(),
+    }
+
+
+def chat_chunks(
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    deltas: Iterator[StreamDelta],
+    n: int,
+    top_logprobs: int,
+    include_usage: bool,
+    usage_out: list[Usage],
+) -> Iterator[dict[str, Any]]:
+    """chat.completion.chunk objects: a role delta per choice, content deltas, then an empty
+    delta carrying finish_reason, as OpenAI streams them (reference §6.3)."""
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any, finish: str | None) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**head, "system_fingerprint": None, "choices": [choice], **extra}
+
+    for index in range(n):
+        yield chunk(index, {"role": "assistant", "content": ""}, None, None)
+    for delta in deltas:
+        if delta.usage is not None:
+            usage_out.append(delta.usage)
+        if delta.text or (delta.logprobs and delta.logprobs.tokens):
+            yield chunk(
+                delta.index,
+                {"content": delta.text},
+                chat_logprobs(delta.logprobs, top_logprobs),
+                None,
+            )
+        if delta.finish_reason:
+            yield chunk(delta.index, {}, None, delta.finish_reason)
+    if include_usage:
+        yield {**head, "choices": [], "usage": total_usage(usage_out).to_dict()}
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_chunk(exc: Exception) -> dict[str, Any]:
+    """A mid-stream failure: clients raise a data chunk with an "error" key (reference §9.4)."""
+    if isinstance(exc, ApiError):
+        return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    if isinstance(exc, InvalidRequestError):
+        return {"error": {"message": str(exc), "type": "invalid_request_error", "param": exc.param, "code": None}}
+    return {
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }

@@ -1,0 +1,123 @@
+"""The worker side: claiming, waiting for files, limits, the stale-heartbeat reaper."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.utils import timezone
+
+from jobs import runner, services
+from jobs.models import FineTuneJob
+from jobs.services import JobRequest
+from tests.conftest import Persona
+from tests.factories import FileFactory
+
+
+def make_job(owner: Persona, **file_fields: Any) -> FineTuneJob:
+    training = FileFactory.create(organization=owner.org, **file_fields)
+    with mock.patch("jobs.tasks.run_training_job.delay"):
+        return services.job_create(
+            organization=owner.org,
+            created_by=owner.user,
+            req=JobRequest(api="legacy", model="ada", training_file=training.public_id),
+        )
+
+
+@pytest.mark.parametrize("status", ["running", "cancelled", "succeeded"])
+def test_job_run_is_a_noop_unless_queued(owner: Persona, status: str) -> None:
+    # A redelivered or duplicate message must not train twice.
+    job = make_job(owner)
+    FineTuneJob.objects.filter(pk=job.pk).update(status=status)
+
+    with mock.patch("engine.train") as train:
+        assert runner.job_run(job_id=job.pk) == runner.DONE
+
+    train.assert_not_called()
+    job.refresh_from_db()
+    assert job.status == status
+
+
+def test_job_waits_while_its_file_is_validating(owner: Persona) -> None:
+    job = make_job(owner)
+    job.training_file.status = "uploaded"
+    job.training_file.save()
+
+    with mock.patch("engine.train") as train:
+        assert runner.job_run(job_id=job.pk) == runner.WAIT_FOR_FILES
+
+    train.assert_not_called()
+    job.refresh_from_db()
+    assert job.status == "queued"
+
+
+def test_job_fails_clearly_when_its_file_failed_validation(owner: Persona) -> None:
+    job = make_job(owner)
+    job.training_file.status, job.training_file.error_count = "error", 2
+    job.training_file.status_details = "2 errors; line 7: invalid JSON"
+    job.training_file.save()
+
+    runner.job_run(job_id=job.pk)
+
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert "line 7: invalid JSON" in job.error["message"]
+    assert job.events.last().message.startswith("Fine-tune failed: file ")
+
+
+def test_org_limit_defers_the_job(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_MAX_RUNNING_JOBS_PER_ORG = 1
+    running = make_job(owner)
+    FineTuneJob.objects.filter(pk=running.pk).update(status="running")
+    waiting = make_job(owner)
+
+    with mock.patch("engine.train") as train:
+        assert runner.job_run(job_id=waiting.pk) == runner.DEFERRED
+
+    train.assert_not_called()
+    waiting.refresh_from_db()
+    assert waiting.status == "queued"
+
+
+def test_reaper_requeues_a_stale_job_then_gives_up(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_MAX_JOB_ATTEMPTS = 2
+    job = make_job(owner)
+    stale = timezone.now() - timedelta(seconds=settings.TUNERY_HEARTBEAT_STALE_SECONDS + 5)
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=stale, attempts=1)
+
+    assert runner.jobs_requeue_stale() == [job.pk]
+    job.refresh_from_db()
+    assert job.status == "queued"
+    assert "resume from its last checkpoint (attempt 2/2)" in job.events.last().message
+
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=stale, attempts=2)
+    assert runner.jobs_requeue_stale() == []
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error["code"] == "worker_lost"
+
+
+def test_reaper_leaves_live_and_finished_jobs_alone(owner: Persona) -> None:
+    live = make_job(owner)
+    FineTuneJob.objects.filter(pk=live.pk).update(status="running", heartbeat_at=timezone.now())
+    old = timezone.now() - timedelta(days=1)
+    for status in ("cancelled", "succeeded", "failed"):
+        done = make_job(owner)
+        FineTuneJob.objects.filter(pk=done.pk).update(status=status, heartbeat_at=old)
+
+    assert runner.jobs_requeue_stale() == []
+    assert FineTuneJob.objects.filter(status="queued").count() == 0
+
+
+def test_model_names_follow_the_reference(owner: Persona) -> None:
+    job = make_job(owner)
+    job.suffix = "my-model"
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    assert runner.model_name(job, when) == "ada:ft-acme:my-model-2026-01-02-03-04-05"
+    job.suffix = ""
+    assert runner.model_name(job, when) == "ada:ft-acme-2026-01-02-03-04-05"
+    job.api = "current"
+    name = runner.model_name(job, when)
+    assert name.startswith("ft:SmolLM2-135M-Instruct:acme::") and len(name.rsplit(":", 1)[1]) == 8

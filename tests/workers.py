@@ -1,0 +1,88 @@
+"""Real Celery worker processes for tests about the queue (not eager mode, not mocks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment a worker needs to share this test's database and broker."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    else:
+        user = db.get("USER") or "postgres"
+        env["DATABASE_URL"] = f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
+    env["DATA_DIR"] = str(settings.DATA_DIR)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def purge_broker() -> None:
+    """Drop messages left by earlier runs (a killed worker's unacked ones, say)."""
+    from config.celery import app
+
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    else:
+        for sub in ("queue", "processed"):
+            for path in (Path(settings.DATA_DIR) / "broker" / sub).glob("*"):
+                path.unlink(missing_ok=True)
+    app.pool.force_close_all()
+
+
+@contextmanager
+def celery_worker(queues: str = "training,default", log: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `celery worker` as a real process; stop it (SIGTERM, then SIGKILL) afterwards."""
+    log = log or Path(settings.DATA_DIR) / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "config", "worker",
+            "-Q", queues, "--pool", "solo", "--concurrency", "1",
+            "-n", f"test-{time.monotonic_ns()}@%h", "--without-heartbeat", "--without-mingle",
+            "--without-gossip", "--loglevel", "INFO",
+        ],
+        cwd=settings.BASE_DIR,
+        env=subprocess_env(**env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    proc.log_path = log  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
