@@ -70,6 +70,16 @@ class File(models.Model):
         return reverse("datasets:detail", args=[self.public_id])
 
     @property
+    def example_count(self) -> int:
+        return int((self.stats or {}).get("examples") or 0)
+
+    @property
+    def token_count(self) -> int:
+        """Tokens in the file (prompt + completion), as counted by validation; 0 if unknown."""
+        tokens = (self.stats or {}).get("tokens") or {}
+        return int(tokens.get("total") or 0) if isinstance(tokens, dict) else int(tokens)
+
+    @property
     def is_usable_for_training(self) -> bool:
         return (
             self.purpose == self.Purpose.FINE_TUNE

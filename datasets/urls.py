@@ -8,6 +8,11 @@ app_name = "datasets"
 
 urlpatterns = [
     path("", views.file_list, name="list"),
-    path("upload/", views.file_list, name="upload"),
-    path("<str:file_id>/", views.file_list, name="detail"),
+    path("upload/", views.file_upload, name="upload"),
+    path("upload/<str:token>/", views.file_map, name="map"),
+    path("<str:file_id>/", views.file_detail, name="detail"),
+    path("<str:file_id>/fix/", views.file_fix, name="fix"),
+    path("<str:file_id>/download/", views.file_download, name="download"),
+    path("<str:file_id>/export.csv", views.file_export_csv, name="export_csv"),
+    path("<str:file_id>/delete/", views.file_delete, name="delete"),
 ]

@@ -1,18 +1,628 @@
-"""Browser pages for datasets."""
+"""Browser pages for datasets: list, upload (with a column mapping step), detail and fixes.
+
+The pages call the same services as the Files API (`datasets.services.file_create`,
+`file_delete`) and the same analysis as `manage.py prepare_data` (`datasets.prepare`). Every
+failure ends in a message on a page, never a 500; another organization's file is a 404.
+"""
 
 from __future__ import annotations
 
-from django.http import HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+import json
+import logging
+import secrets
+from collections.abc import Iterator
+from pathlib import PurePath
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils.html import escape
+from django.utils.http import content_disposition_header
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
-from datasets import selectors
+from config.api import ApiError
+from datasets import prepare, readers, selectors, services
+from datasets.forms import FixForm, MappingForm, UploadForm
+from datasets.models import File
+
+logger = logging.getLogger(__name__)
+
+LIST = "datasets/list.html"
+UPLOAD = "datasets/upload.html"
+DETAIL = "datasets/detail.html"
+PREVIEW_ROWS = 20
+MAPPING_PREVIEW_ROWS = 5
+# The page reads the whole file to analyse it; beyond this, `manage.py prepare_data` does it.
+ANALYZE_MAX_BYTES = 64 * 1024 * 1024
+STAGED_KEY = "datasets_staged"
+STAGED_MAX = 5  # uploads waiting for their mapping step, per session
+
+
+def _file_or_404(request: AuthedHtmxRequest, file_id: str) -> File:
+    file = selectors.file_find_for_org(organization=request.organization, file_id=file_id)
+    if file is None:
+        raise Http404("No such dataset.")
+    return file
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        return "; ".join(exc.messages)
+    return str(exc)
+
+
+def token_total(stats: dict[str, Any]) -> int | None:
+    """Total tokens from File.stats (a {"total": …} dict from validation, or a plain number)."""
+    tokens = stats.get("tokens")
+    if isinstance(tokens, dict):
+        tokens = tokens.get("total")
+    return tokens if isinstance(tokens, int) else None
+
+
+# --- list -----------------------------------------------------------------------------------
 
 
 @org_required
 @require_GET
+@vary_on_headers("HX-Request")
 def file_list(request: AuthedHtmxRequest) -> HttpResponse:
-    files = selectors.file_list_for_org(organization=request.organization)
-    return render(request, "datasets/list.html", {"files": files})
+    files = list(selectors.file_list_for_org(organization=request.organization)[:500])
+    for file in files:
+        file.token_total = token_total(file.stats)  # type: ignore[attr-defined]
+    # Poll only while a file is still being validated; the last render carries no trigger.
+    polling = any(f.status == File.Status.UPLOADED for f in files)
+    template = f"{LIST}#file-table" if request.htmx else LIST
+    return render(request, template, {"files": files, "polling": polling})
+
+
+# --- upload and the mapping step -------------------------------------------------------------
+
+
+@org_required
+@require_http_methods(["GET", "POST"])
+def file_upload(request: AuthedHtmxRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        if readers.kind_of(upload.name) == "JSONL":
+            try:
+                file = services.file_create(
+                    organization=request.organization,
+                    uploaded_by=request.user,
+                    filename=upload.name,
+                    purpose=File.Purpose.FINE_TUNE,
+                    content=upload,
+                )
+            except (ApiError, ValidationError) as exc:
+                form.add_error("file", _message(exc))
+            else:
+                messages.success(request, f"Uploaded {file.filename}; validating it now.")
+                return redirect(file)
+        else:
+            # Read the start now: a broken file is refused here, not after the mapping step.
+            try:
+                upload.seek(0)
+                readers.read_any(upload.file, upload.name, head=MAPPING_PREVIEW_ROWS)
+            except readers.ReadError as exc:
+                form.add_error("file", exc.message)
+            else:
+                return redirect("datasets:map", _stage(request, upload))
+    status = 400 if form.errors else 200
+    return render(request, UPLOAD, {"form": form}, status=status)
+
+
+def _stage(request: AuthedHtmxRequest, upload: Any) -> str:
+    """Keep an upload until its columns are mapped; the session remembers whose it is.
+
+    The blob goes through the default storage (shared by every web process, S3 in production)
+    under a random name: the user's filename never becomes a path.
+    """
+    token = secrets.token_urlsafe(16)
+    upload.seek(0)
+    path = default_storage.save(f"staging/{request.organization.pk}/{token}", upload)
+    staged: dict[str, dict[str, Any]] = request.session.get(STAGED_KEY, {})
+    staged[token] = {"path": path, "filename": upload.name, "org": request.organization.pk}
+    while len(staged) > STAGED_MAX:
+        _discard_blob(staged.pop(next(iter(staged))))
+    request.session[STAGED_KEY] = staged
+    return token
+
+
+def _staged_or_404(request: AuthedHtmxRequest, token: str) -> dict[str, Any]:
+    staged = request.session.get(STAGED_KEY, {}).get(token)
+    if staged is None or staged["org"] != request.organization.pk:
+        raise Http404("This upload has expired or belongs to another organization.")
+    return staged
+
+
+def _discard(request: AuthedHtmxRequest, token: str) -> None:
+    staged = request.session.get(STAGED_KEY, {})
+    if token in staged:
+        _discard_blob(staged.pop(token))
+        request.session[STAGED_KEY] = staged
+
+
+def _discard_blob(staged: dict[str, Any]) -> None:
+    try:
+        default_storage.delete(staged["path"])
+    except OSError:
+        logger.warning("Could not delete the staged upload %s", staged["path"])
+
+
+def _read_staged(staged: dict[str, Any], *, head: int | None) -> readers.ReadResult:
+    with default_storage.open(staged["path"], "rb") as fh:
+        return readers.read_any(fh.file, staged["filename"], head=head)
+
+
+@org_required
+@require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
+def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
+    """Choose the prompt/completion (or chat) columns of a table, then convert it to JSONL."""
+    staged = _staged_or_404(request, token)
+    posting = request.method == "POST"
+    try:
+        read = _read_staged(staged, head=None if posting else MAPPING_PREVIEW_ROWS + 1)
+    except (readers.ReadError, OSError) as exc:
+        _discard(request, token)
+        messages.error(request, getattr(exc, "message", None) or f"Could not read it: {exc}")
+        return redirect("datasets:upload")
+    columns = read.columns or readers.columns_of(read.rows)
+    chat_as_is = prepare.is_chat(read.rows)
+    data = request.POST if posting else (request.GET if request.htmx else None)
+    form = MappingForm(data, columns=columns)
+
+    if posting and (chat_as_is or form.is_valid()):
+        rows = read.rows if chat_as_is else form.convert(read.rows)
+        name = f"{PurePath(staged['filename']).stem or 'dataset'}.jsonl"
+        try:
+            file = services.file_create(
+                organization=request.organization,
+                uploaded_by=request.user,
+                filename=name,
+                purpose=File.Purpose.FINE_TUNE,
+                content=ContentFile(prepare.jsonl_bytes(rows), name=name),
+            )
+        except (ApiError, ValidationError) as exc:
+            form.add_error(None, _message(exc))
+        else:
+            _discard(request, token)
+            messages.success(
+                request, f"Converted {len(rows):,} rows from {read.kind} to JSONL as {name}."
+            )
+            return redirect(file)
+
+    preview = read.rows[:MAPPING_PREVIEW_ROWS]
+    if chat_as_is:
+        converted = preview
+    elif form.is_bound and form.is_valid():
+        converted = form.convert(preview)
+    else:
+        converted = _default_conversion(form, columns, preview)
+    context = {
+        "token": token,
+        "filename": staged["filename"],
+        "read": read,
+        "columns": columns,
+        "table": [[readers.cell_text(row.get(c)) for c in columns] for row in preview],
+        "form": form,
+        "chat_as_is": chat_as_is,
+        "converted": [json.dumps(r, ensure_ascii=False) for r in converted],
+    }
+    if request.htmx and not posting:
+        return render(request, f"{UPLOAD}#mapping-preview", context)
+    return render(request, UPLOAD, context, status=400 if form.errors else 200)
+
+
+def _default_conversion(
+    form: MappingForm, columns: list[str], rows: list[Any]
+) -> list[dict[str, Any]]:
+    initial = form.initial
+    if initial["mode"] == prepare.CHAT and initial["user"] and initial["assistant"]:
+        return prepare.rows_to_chat(
+            rows,
+            system=initial["system"] or None,
+            system_text="",
+            user=initial["user"],
+            assistant=initial["assistant"],
+        )
+    if not initial["completion"]:
+        return []
+    return prepare.rows_to_prompt_completion(
+        rows, prompt=initial["prompt"] or None, completion=initial["completion"]
+    )
+
+
+# --- detail -----------------------------------------------------------------------------------
+
+
+@org_required
+@require_GET
+@vary_on_headers("HX-Request")
+def file_detail(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    file = _file_or_404(request, file_id)
+    template = f"{DETAIL}#file-body" if request.htmx else DETAIL
+    return render(request, template, _detail_context(request, file))
+
+
+def _detail_context(request: AuthedHtmxRequest, file: File) -> dict[str, Any]:
+    findings, findings_note = _findings(file)
+    stats = file.stats or {}
+    preview = None
+    if file.status != File.Status.UPLOADED:
+        known = findings or {}
+        # Classification labels share endings by chance ("positive"/"negative" → "tive"); the
+        # original ignored the completion ending for them, and so does the highlight.
+        stop = (
+            ""
+            if known.get("task_type") == prepare.CLASSIFICATION
+            else known.get("completion_suffix", "")
+        )
+        preview = _preview(file, known.get("prompt_suffix", ""), stop)
+    derivatives = selectors.file_list_for_org(organization=request.organization).filter(
+        derived_from=file
+    )
+    return {
+        "file": file,
+        "polling": file.status == File.Status.UPLOADED,
+        "summary": _summary(file, stats),
+        "token_rows": [
+            (label, stats[key])
+            for key, label in (
+                ("example_tokens", "per example"),
+                ("prompt_tokens", "prompt"),
+                ("completion_tokens", "completion"),
+            )
+            if isinstance(stats.get(key), dict)
+        ],
+        "charts": _charts(stats),
+        "more_errors": max(file.error_count - len(file.errors or []), 0),
+        "findings": _findings_view(findings) if findings else None,
+        "findings_note": findings_note,
+        "split_id": prepare.SPLIT,
+        "preview": preview,
+        "preview_chat": any("messages" in row for row in preview or []),
+        "derivatives": derivatives,
+        "is_training_data": file.purpose == File.Purpose.FINE_TUNE,
+    }
+
+
+def _summary(file: File, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline numbers of File.stats, as (label, value, note) for the stats grid."""
+    if file.status == File.Status.UPLOADED or not stats:
+        return []
+    items = [{"label": "Examples", "value": f"{stats.get('examples', 0):,}", "note": ""}]
+    total = token_total(stats)
+    if total is not None:
+        items.append({"label": "Tokens", "value": f"{total:,}", "note": stats.get("tokenizer")})
+    if stats.get("task_type"):
+        items.append({"label": "Looks like", "value": stats["task_type"], "note": file.format})
+    duplicates = stats.get("duplicates")
+    if isinstance(duplicates, dict):
+        lines = ", ".join(str(n) for n in duplicates.get("lines", [])[:5])
+        note = f"lines {lines}" if lines else ""
+        items.append({"label": "Duplicates", "value": f"{duplicates['count']:,}", "note": note})
+    over = stats.get("over_context")
+    if isinstance(over, dict):
+        label = f"Over {stats.get('context_length', '?')} tokens"
+        items.append({"label": label, "value": f"{over['count']:,}", "note": ""})
+    return items
+
+
+def _analysis(file: File) -> prepare.Analysis:
+    with file.blob.open("rb") as fh:
+        return prepare.analyze(readers.read_jsonl_lenient(fh))
+
+
+def _findings(file: File) -> tuple[dict[str, Any] | None, str | None]:
+    """The stored analysis, computed and stored on first need: (findings, or why there are none)."""
+    if file.findings:
+        return file.findings, None  # type: ignore[return-value]
+    if file.purpose != File.Purpose.FINE_TUNE or file.status == File.Status.UPLOADED:
+        return None, None
+    if file.bytes > ANALYZE_MAX_BYTES:
+        return None, (
+            f"This file is too large to analyse here (over {ANALYZE_MAX_BYTES // 2**20} MiB). "
+            "Download it and run `python manage.py prepare_data -f FILE` on it."
+        )
+    try:
+        analysis = _analysis(file)
+    except (readers.ReadError, OSError) as exc:
+        logger.warning("Could not analyse %s: %s", file.public_id, exc)
+        return None, f"Could not analyse this file: {getattr(exc, 'message', exc)}"
+    file.findings = analysis.to_json()
+    file.save(update_fields=["findings"])
+    return file.findings, None  # type: ignore[return-value]
+
+
+def _findings_view(findings: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for finding in findings["findings"]:
+        rows.append({**finding, "lines_more": finding["row_count"] - len(finding["lines"] or [])})
+    remediations = [f["remediation"] for f in findings["findings"] if f["remediation"]]
+    return {
+        **findings,
+        "findings": rows,
+        "necessary": [r for r in remediations if r["kind"] == "necessary"],
+        "recommended": [r for r in remediations if r["kind"] == "recommended"],
+    }
+
+
+# --- the first rows, with whitespace made visible ------------------------------------------
+
+
+def visible(text: str, *, ending: str = "", ending_title: str = "") -> SafeString:
+    """HTML for text with its invisible parts shown: ␣ for edge spaces, \\n, \\t, and the
+    common ending (separator or stop sequence) highlighted."""
+    body, tail = text, ""
+    if ending and text.endswith(ending):
+        body, tail = text[: -len(ending)], text[-len(ending) :]
+    html = _marks(body, edges=not tail)
+    if tail:
+        html += (
+            f'<span class="sep" title="{escape(ending_title)}">{_marks(tail, edges=True)}</span>'
+        )
+    return mark_safe(html)  # every piece of text went through escape()
+
+
+def _marks(text: str, *, edges: bool) -> str:
+    space = '<span class="ws">␣</span>'
+    if not text.strip(" "):
+        return space * len(text)
+    lead = len(text) - len(text.lstrip(" "))
+    trail = len(text) - len(text.rstrip(" ")) if edges else 0
+    middle = (
+        escape(text[lead : len(text) - trail])
+        .replace("\n", '<span class="ws">\\n</span>\n')
+        .replace("\t", '<span class="ws">\\t</span>')
+    )
+    return space * lead + middle + space * trail
+
+
+def _preview(file: File, prompt_suffix: str, completion_suffix: str) -> list[dict[str, Any]]:
+    if file.purpose != File.Purpose.FINE_TUNE:
+        return []
+    rows: list[dict[str, Any]] = []
+    try:
+        with file.blob.open("rb") as fh:
+            for number, value in readers.iter_jsonl(fh):
+                rows.append(_preview_row(number, value, prompt_suffix, completion_suffix))
+                if len(rows) >= PREVIEW_ROWS:
+                    break
+    except OSError as exc:
+        logger.warning("Could not read %s: %s", file.public_id, exc)
+        return [{"line": None, "problem": "The stored file could not be read."}]
+    return rows
+
+
+def _preview_row(number: int, value: Any, prompt_suffix: str, completion_suffix: str) -> dict:
+    if isinstance(value, Exception):
+        return {"line": number, "problem": "not valid JSON"}
+    if not isinstance(value, dict):
+        return {"line": number, "problem": "not a JSON object"}
+    if "messages" in value and isinstance(value["messages"], list):
+        messages = [
+            {
+                "role": str(m.get("role", "?")),
+                "content": visible(readers.cell_text(m.get("content"))),
+                "weight": m.get("weight"),
+                "calls": m.get("tool_calls") or m.get("function_call"),
+            }
+            for m in value["messages"]
+            if isinstance(m, dict)
+        ]
+        return {"line": number, "messages": messages}
+    return {
+        "line": number,
+        "prompt": visible(
+            readers.cell_text(value.get("prompt")),
+            ending=prompt_suffix,
+            ending_title="separator (common prompt ending)",
+        ),
+        "completion": visible(
+            readers.cell_text(value.get("completion")),
+            ending=completion_suffix,
+            ending_title="stop sequence (common completion ending)",
+        ),
+    }
+
+
+# --- charts -------------------------------------------------------------------------------
+
+CHART_COLOR = "#3a5bd9"
+
+
+def _layout(title: str, xtitle: str) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"size": 14}},
+        "height": 260,
+        "margin": {"t": 36, "r": 10, "b": 40, "l": 48},
+        "xaxis": {"title": {"text": xtitle}},
+        "yaxis": {"title": {"text": "examples"}},
+        "bargap": 0.05,
+    }
+
+
+def _charts(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plotly figures (plain dicts) for the token-length histograms and the label counts."""
+    charts = []
+    for key, title in (
+        ("example_tokens", "Tokens per example"),
+        ("prompt_tokens", "Prompt tokens"),
+        ("completion_tokens", "Completion tokens"),
+    ):
+        summary = stats.get(key)
+        if not isinstance(summary, dict) or not summary.get("histogram"):
+            continue
+        edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
+        width = (edges[1] - edges[0]) if len(edges) > 1 else 1
+        # Bin i holds lengths edges[i] .. edges[i] + width - 1: centre the bar on them.
+        trace = {
+            "type": "bar",
+            "x": [edges[i] + (width - 1) / 2 for i in range(len(counts))],
+            "y": counts,
+            "width": [width] * len(counts),
+            "marker": {"color": CHART_COLOR},
+            "hovertemplate": "%{x} tokens: %{y} examples<extra></extra>",
+        }
+        charts.append(
+            {"id": f"chart-{key}", "figure": {"data": [trace], "layout": _layout(title, "tokens")}}
+        )
+    labels = stats.get("labels")
+    if isinstance(labels, dict) and labels:
+        names = [json.dumps(label, ensure_ascii=False) for label in labels]
+        trace = {
+            "type": "bar",
+            "x": names,
+            "y": list(labels.values()),
+            "marker": {"color": "#1f8a4c"},
+        }
+        layout = _layout("Label distribution", "completion")
+        layout["xaxis"]["type"] = "category"
+        charts.append({"id": "chart-labels", "figure": {"data": [trace], "layout": layout}})
+    return charts
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+@org_required
+@require_POST
+def file_fix(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    """Apply the chosen fixes to a copy: a NEW file derived from this one, which stays as is."""
+    file = _file_or_404(request, file_id)
+    if file.purpose != File.Purpose.FINE_TUNE:
+        messages.error(request, "Only training files can be fixed.")
+        return redirect(file)
+    if file.bytes > ANALYZE_MAX_BYTES:
+        messages.error(request, "This file is too large to fix here; use `manage.py prepare_data`.")
+        return redirect(file)
+    try:
+        analysis = _analysis(file)
+    except (readers.ReadError, OSError) as exc:
+        messages.error(request, f"Could not read the file: {getattr(exc, 'message', exc)}")
+        return redirect(file)
+    form = FixForm(request.POST, analysis=analysis)
+    if not form.is_valid():
+        messages.error(request, "The file changed since the page was shown; review the fixes.")
+        return redirect(file)
+    try:
+        rows, outputs = prepare.apply(analysis, form.cleaned_data["accept"])
+    except ValueError as exc:
+        messages.error(request, f"These problems can't be fixed automatically: {exc}")
+        return redirect(file)
+    if not outputs.changed and not outputs.split:
+        messages.info(request, "Nothing to change: no fix was selected and none is necessary.")
+        return redirect(file)
+    if not rows:
+        messages.error(request, "The fixes would leave no examples, so nothing was written.")
+        return redirect(file)
+
+    stem = PurePath(file.filename).stem or "dataset"
+    if outputs.split:
+        parts = [
+            (f"{stem}_prepared_train.jsonl", outputs.train or []),
+            (f"{stem}_prepared_valid.jsonl", outputs.valid or []),
+        ]
+    else:
+        parts = [(f"{stem}_prepared.jsonl", rows)]
+    try:
+        # Both halves of a split or neither.
+        with transaction.atomic():
+            created = [
+                services.file_create(
+                    organization=request.organization,
+                    uploaded_by=request.user,
+                    filename=name,
+                    purpose=File.Purpose.FINE_TUNE,
+                    content=ContentFile(prepare.jsonl_bytes(part), name=name),
+                    derived_from=file,
+                )
+                for name, part in parts
+            ]
+    except (ApiError, ValidationError) as exc:
+        messages.error(request, f"Could not save the fixed file: {_message(exc)}")
+        return redirect(file)
+    summary = ", ".join(
+        f"{f.filename} ({len(p):,} examples)" for f, (_, p) in zip(created, parts, strict=True)
+    )
+    text = f"Created {summary}; {file.filename} is unchanged."
+    if outputs.split:
+        text += f" Suggested options for the fine-tune:{outputs.create_options}."
+    messages.success(request, text)
+    return redirect(created[0])
+
+
+@org_required
+@require_GET
+def file_download(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    file = _file_or_404(request, file_id)
+    try:
+        stream = services.file_open(file=file)
+    except ApiError as exc:
+        messages.error(request, exc.message)
+        return redirect(file)
+    return FileResponse(stream, as_attachment=True, filename=file.filename)
+
+
+@org_required
+@require_GET
+def file_export_csv(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    """A prompt/completion file as CSV, with formula-looking cells neutralised."""
+    file = _file_or_404(request, file_id)
+    if file.format != File.Format.PROMPT_COMPLETION:
+        messages.error(request, "Only prompt/completion files can be exported as CSV.")
+        return redirect(file)
+
+    try:
+        stream = services.file_open(file=file)
+    except ApiError as exc:
+        messages.error(request, exc.message)
+        return redirect(file)
+
+    def lines() -> Iterator[bytes]:
+        with stream:
+            yield readers.csv_bytes(["prompt", "completion"], [])
+            batch: list[list[str]] = []
+            for _, value in readers.iter_jsonl(stream):
+                if isinstance(value, dict):
+                    batch.append([readers.cell_text(value.get(k)) for k in readers.FIELDS])
+                if len(batch) == 1000:
+                    yield readers.csv_bytes(None, batch)
+                    batch = []
+            if batch:
+                yield readers.csv_bytes(None, batch)
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    name = f"{PurePath(file.filename).stem or 'dataset'}.csv"
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    return response
+
+
+@org_required
+@require_POST
+def file_delete(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    file = _file_or_404(request, file_id)
+    name = file.filename
+    try:
+        services.file_delete(file=file)
+    except (ApiError, ValidationError) as exc:
+        messages.error(request, f"{name} was not deleted: {_message(exc)}")
+        return redirect(file)
+    except ProtectedError:  # file_delete translates it; kept so a page can never 500 on it
+        messages.error(request, f"{name} was not deleted: a fine-tune job refers to it.")
+        return redirect(file)
+    messages.success(request, f"Deleted {name}.")
+    return redirect("datasets:list")

@@ -201,27 +201,29 @@ def generate(model: Any, tokenizer: Any, request: GenerateRequest) -> GenerateRe
         candidates = sorted(candidates, key=lambda c: -c.mean_logprob())[: request.n]
     choices = []
     for index, cand in enumerate(candidates):
-        lp = run.prompt_logprobs() if request.echo and request.logprobs is not None else None
-        if lp is not None:
+        lp = None
+        if request.logprobs is not None:
+            lp = run.prompt_logprobs() if request.echo else Logprobs()
             lp.extend(cand.logprobs_slice(0, None, run.echo_text_len))
-        elif request.logprobs is not None:
-            lp = cand.logprobs_slice(0, None, run.echo_text_len)
         text = run.echo_text + cand.visible_text() + (request.suffix or "")
         choices.append(Choice(text, index, cand.finish_reason or "length", lp, list(cand.ids)))
     return GenerateResult(choices, run.usage())
 
 
-def generate_stream(
-    model: Any, tokenizer: Any, request: GenerateRequest
-) -> Iterator[StreamDelta]:
+def generate_stream(model: Any, tokenizer: Any, request: GenerateRequest) -> Iterator[StreamDelta]:
     """Yield text as it is generated; the deltas of each index concatenate to `generate`'s text.
 
     Text that could be the start of a stop string is held back until it is known not to be
-    one, so stop text never leaks. `best_of > n` cannot be streamed (as at OpenAI).
+    one, so stop text never leaks. `best_of > n` cannot be streamed (as at OpenAI). Invalid
+    requests raise here, before the first delta, so a server can still answer with a 400.
     """
     if request.best_of is not None and request.best_of > request.n:
         raise InvalidRequestError("best_of", "best_of cannot be streamed unless it equals n")
-    run = _Run(model, tokenizer, request)
+    return _stream(_Run(model, tokenizer, request))
+
+
+def _stream(run: _Run) -> Iterator[StreamDelta]:
+    request = run.request
     want_logprobs = request.logprobs is not None
     if request.echo:
         run.prefill()  # the echoed prompt's logprobs come from the prompt forward
@@ -567,7 +569,12 @@ class _Run:
         yield
 
     def _advance(
-        self, cand: _Candidate, token: int, logprob: float, top_ids: list[int], top_vals: list[float]
+        self,
+        cand: _Candidate,
+        token: int,
+        logprob: float,
+        top_ids: list[int],
+        top_vals: list[float],
     ) -> None:
         cand.ids.append(token)
         cand.sampled_logprobs.append(logprob)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jobs.models import FineTuneJob, JobEvent
@@ -68,8 +69,16 @@ def emit(job: FineTuneJob, kind: str, *, level: str | None = None, **kwargs: Any
     )
 
 
+def finite(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON (and PostgreSQL's jsonb) has no NaN: a metric not computed this step is null."""
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
+    }
+
+
 def emit_metrics(job: FineTuneJob, *, step: int, total_steps: int, row: dict[str, float]) -> None:
     """Current-API `metrics` events, in the shape of OpenAI's (reference §5.3)."""
+    row = finite(row)
     data: dict[str, Any] = {"step": step, "total_steps": total_steps}
     names = {
         "training_loss": "train_loss",

@@ -39,7 +39,7 @@ class JobCreateForm(forms.Form):
         usable = file_list_for_org(organization=organization).filter(
             purpose=File.Purpose.FINE_TUNE, status=File.Status.PROCESSED, error_count=0
         )
-        files = [(f.public_id, f"{f.filename} · {f.stats.get('examples', '?')} examples") for f in usable]
+        files = [(f.public_id, f"{f.filename} · {f.example_count} examples") for f in usable]
         self.fields["training_file"].choices = files
         self.fields["validation_file"].choices = [("", "— none —"), *files]
 

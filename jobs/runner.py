@@ -26,7 +26,7 @@ from datasets.models import File
 from datasets.services import file_create
 from jobs import events
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
-from jobs.services import queue_position
+from jobs.selectors import queue_position
 from models_app.models import FineTunedModel
 
 logger = logging.getLogger(__name__)
@@ -200,14 +200,14 @@ class JobHooks(engine.Hooks):
         )
 
     def on_checkpoint(self, info: Any) -> None:
-        metrics = {
+        metrics = events.finite({
             "train_loss": info.metrics.get("training_loss"),
             "train_mean_token_accuracy": info.metrics.get("training_token_accuracy"),
             "valid_loss": info.metrics.get("validation_loss"),
             "valid_mean_token_accuracy": info.metrics.get("validation_token_accuracy"),
             "full_valid_loss": info.metrics.get("full_validation_loss"),
             "full_valid_mean_token_accuracy": info.metrics.get("full_validation_token_accuracy"),
-        }
+        })
         Checkpoint.objects.update_or_create(
             job=self.job,
             step_number=info.step,
@@ -260,7 +260,7 @@ def _train(job: FineTuneJob) -> None:
     heartbeat.start()
     try:
         spec = _spec(job, work, resume=resume)
-        n_examples = int((job.training_file.stats or {}).get("examples") or 0)
+        n_examples = job.training_file.example_count
         n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
             n_examples, spec.n_epochs, spec.batch_size, spec.learning_rate_multiplier
         )

@@ -14,6 +14,13 @@ def job_list_for_org(*, organization: Organization) -> QuerySet[FineTuneJob]:
     )
 
 
+def queue_position(job: FineTuneJob) -> int:
+    """How many queued jobs are ahead of this one (0: next to start)."""
+    return FineTuneJob.objects.filter(
+        status=FineTuneJob.Status.QUEUED, created_at__lt=job.created_at
+    ).count()
+
+
 def job_find_for_org(*, organization: Organization, job_id: str) -> FineTuneJob | None:
     return job_list_for_org(organization=organization).filter(public_id=job_id).first()
 

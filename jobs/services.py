@@ -20,6 +20,7 @@ from config.api import ApiError
 from datasets.models import File
 from datasets.selectors import file_find_for_org
 from jobs import events, tasks
+from jobs.selectors import queue_position
 from jobs.models import FineTuneJob
 from models_app.models import BaseModel, FineTunedModel
 from models_app.selectors import base_model_find, model_find_for_org
@@ -201,15 +202,9 @@ def _validate_metadata(value: Any) -> dict[str, str] | None:
 
 
 def estimate_cost(base: BaseModel, training: File, n_epochs: int | None) -> Decimal:
-    tokens = int((training.stats or {}).get("tokens") or 0)
-    return base.price_train_per_1k * Decimal(tokens * (n_epochs or 4)) / Decimal(1000)
-
-
-def queue_position(job: FineTuneJob) -> int:
-    """How many queued jobs are ahead of this one (0: next to start)."""
-    return FineTuneJob.objects.filter(
-        status=FineTuneJob.Status.QUEUED, created_at__lt=job.created_at
-    ).count()
+    tokens = training.token_count
+    cost = base.price_train_per_1k * Decimal(tokens * (n_epochs or 4)) / Decimal(1000)
+    return cost.quantize(Decimal("0.0001"))
 
 
 def job_create(*, organization: Organization, created_by: User | None, req: JobRequest) -> FineTuneJob:

@@ -76,8 +76,8 @@ def job_preflight(request: AuthedHtmxRequest) -> HttpResponse:
                 return None
 
         estimate = selectors.job_preflight(
-            examples=int(file.stats.get("examples") or 0),
-            tokens=int(file.stats.get("tokens") or 0),
+            examples=file.example_count,
+            tokens=file.token_count,
             base_model_id=base.pk,
             n_epochs=number("n_epochs", int),  # type: ignore[arg-type]
             batch_size=number("batch_size", int),  # type: ignore[arg-type]
@@ -95,7 +95,7 @@ def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
         "job": job,
         "events": job.events.filter(type="message").order_by("id"),
         "chart_data": json.dumps(charts.chart_data(job)),
-        "queue_position": services.queue_position(job) if job.status == "queued" else None,
+        "queue_position": selectors.queue_position(job) if job.status == "queued" else None,
     }
     template = f"{DETAIL}#job-live" if request.htmx else DETAIL
     return render(request, template, context)

@@ -1,4 +1,4 @@
-"""/v1/models: list and retrieve (deletion lands with the registry work)."""
+"""/v1/models: list, retrieve and (owners only) delete."""
 
 from __future__ import annotations
 
@@ -6,15 +6,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
-from config.api import ApiError
-from models_app import selectors
+from accounts.selectors import role_for_key
+from models_app import selectors, services
 from models_app.serializers import base_model_json, fine_tuned_model_json
-
-
-def model_not_found(name: str) -> ApiError:
-    return ApiError(
-        f"The model `{name}` does not exist", status=404, param="model", code="model_not_found"
-    )
 
 
 class ModelListApi(APIView):
@@ -26,6 +20,8 @@ class ModelListApi(APIView):
 
 
 class ModelDetailApi(APIView):
+    """`model` arrives decoded: 0.28 sends ':' as %3A, 1.x sends it raw; both match here."""
+
     def get(self, request: AuthedApiRequest, model: str) -> Response:
         org = api_org(request)
         fine_tune = selectors.model_find_for_org(organization=org, name=model)
@@ -34,4 +30,14 @@ class ModelDetailApi(APIView):
         base = selectors.base_model_find(name=model)
         if base is not None:
             return Response(base_model_json(base))
-        raise model_not_found(model)
+        raise services.ModelNotFound(model)
+
+    def delete(self, request: AuthedApiRequest, model: str) -> Response:
+        org = api_org(request)
+        target = selectors.model_find_for_org(organization=org, name=model) or (
+            selectors.base_model_find(name=model)
+        )
+        if target is None:
+            raise services.ModelNotFound(model)  # another org's fine-tune looks just like this
+        role = role_for_key(key=request.auth)
+        return Response(services.model_delete(model=target, by_role=role))

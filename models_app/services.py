@@ -7,6 +7,7 @@ continued training all go through it, so a deleted model stops resolving everywh
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -15,10 +16,10 @@ import time
 import zipfile
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -53,15 +54,19 @@ class ModelNotFound(ApiError):
 
 @lru_cache(maxsize=64)
 def _resolve_source(source: str, cache_dir: str) -> Path:
-    import engine
+    from engine.models import resolve_model_source
 
-    return Path(engine.resolve_model_source(source, cache_dir))
+    return Path(resolve_model_source(source, cache_dir))
+
+
+def resolve_source(source: str) -> Path:
+    """A model source's Hugging Face directory. A GGUF or package source is dequantized once
+    into TUNERY_MODEL_CACHE_DIR by the engine; the answer is cached for the process."""
+    return _resolve_source(source, str(settings.TUNERY_MODEL_CACHE_DIR))
 
 
 def base_model_dir(base: BaseModel) -> Path:
-    """The base's Hugging Face directory. A GGUF or package source is dequantized once into
-    TUNERY_MODEL_CACHE_DIR by the engine; the answer is cached for the process."""
-    return _resolve_source(base.source, str(settings.TUNERY_MODEL_CACHE_DIR))
+    return resolve_source(base.source)
 
 
 def artifact_root(model: FineTunedModel) -> Path:
@@ -252,8 +257,16 @@ def base_model_register(
     aliases = [a.strip() for a in (aliases or []) if a.strip()]
     base_model_validate_names(name=name, aliases=aliases)
     info = base_model_inspect_source(source)
-    for field, value in (("price_train_per_1k", price_train_per_1k), ("price_generate_per_1k", price_generate_per_1k)):
-        if Decimal(str(value)) < 0:
+    prices = {}
+    for field, value in (
+        ("price_train_per_1k", price_train_per_1k),
+        ("price_generate_per_1k", price_generate_per_1k),
+    ):
+        try:
+            prices[field] = Decimal(str(value))
+        except InvalidOperation:
+            raise ValidationError({field: f"Not a number: {value!r}."}) from None
+        if prices[field] < 0:
             raise ValidationError({field: "Prices cannot be negative."})
     for field, lr in (("base_lr_lora", base_lr_lora), ("base_lr_full", base_lr_full)):
         if lr is not None and not 0 < lr < 1:
@@ -269,8 +282,7 @@ def base_model_register(
         ),
         base_lr_lora=base_lr_lora,
         base_lr_full=base_lr_full,
-        price_train_per_1k=Decimal(str(price_train_per_1k)),
-        price_generate_per_1k=Decimal(str(price_generate_per_1k)),
+        **prices,
     )
 
 
@@ -282,7 +294,10 @@ def _models_root() -> Path:
 
 
 def exports_dir(model: FineTunedModel) -> Path:
-    return Path(settings.DATA_DIR) / "exports" / str(model.pk)
+    # The name's hash too: a reused primary key (SQLite can reuse the highest one) must never
+    # pick up another model's export.
+    digest = hashlib.sha1(model.name.encode()).hexdigest()[:10]
+    return Path(settings.DATA_DIR) / "exports" / f"{model.pk}-{digest}"
 
 
 def _remove_files(model: FineTunedModel, adapter: Path | None) -> None:
@@ -368,7 +383,7 @@ def usage_record(
 # --- downloads and the merged export --------------------------------------------------------
 
 
-def adapter_zip(*, model: FineTunedModel, into: Path) -> Path:
+def adapter_zip(*, model: FineTunedModel, into: Path | BinaryIO) -> None:
     """Zip the adapter's safetensors and JSON configs (or a full fine-tune's weights)."""
     source = adapter_dir(model) or weights_dir(model)
     if source is None:
@@ -378,7 +393,6 @@ def adapter_zip(*, model: FineTunedModel, into: Path) -> Path:
         for path in sorted(source.iterdir()):
             if path.is_file() and path.suffix in wanted:
                 archive.write(path, arcname=path.name)
-    return into
 
 
 # A worker killed mid-export leaves its marker; after this long a new export may start.

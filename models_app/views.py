@@ -1,21 +1,187 @@
-"""Browser pages for the model registry."""
+"""Browser pages for the model registry: list, detail, delete, downloads and the merged export."""
 
 from __future__ import annotations
 
-from django.http import HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+import json
+import logging
+import tempfile
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
-from accounts.views import org_required
-from models_app import selectors
+from accounts.models import Membership
+from accounts.views import org_required, owner_required
+from config.api import ApiError
+from models_app import selectors, services
+from models_app.models import FineTunedModel
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_COUNT = 2
+SAMPLE_MAX_TOKENS = 32
 
 
 @org_required
 @require_GET
 def model_list(request: AuthedHtmxRequest) -> HttpResponse:
+    org = request.organization
+    usage = selectors.usage_totals_by_model(organization=org)
+    models = list(selectors.model_list_for_org(organization=org))
+    bases = list(selectors.base_model_list())
     context = {
-        "bases": selectors.base_model_list(),
-        "models": selectors.model_list_for_org(organization=request.organization),
+        "models": [(m, usage.get(m.name)) for m in models],
+        "bases": [(b, usage.get(b.name)) for b in bases],
     }
     return render(request, "models_app/list.html", context)
+
+
+def _is_owner(request: AuthedHtmxRequest) -> bool:
+    return request.user.is_superuser or request.membership.is_owner
+
+
+@org_required
+@require_GET
+def model_detail(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    context = {
+        "model": model,
+        "job": model.job,
+        "metrics": selectors.job_final_metrics(job=model.job) if model.job else {},
+        "usage": selectors.usage_by_day(organization=request.organization, model_name=model.name),
+        "is_owner": _is_owner(request),
+        "export": services.export_state(model),
+        "has_files": (services.adapter_dir(model) or services.weights_dir(model)) is not None,
+    }
+    return render(request, "models_app/detail.html", context)
+
+
+def _sample_prompts(model: FineTunedModel) -> list[dict[str, Any]]:
+    """Up to SAMPLE_COUNT prompts from the job's training file (what the model was taught)."""
+    job = model.job
+    if job is None:
+        return []
+    prompts: list[dict[str, Any]] = []
+    try:
+        with job.training_file.blob.open("rb") as handle:
+            for raw in handle:
+                if len(prompts) == SAMPLE_COUNT:
+                    break
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                    prompts.append({"prompt": row["prompt"]})
+                elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+                    # The conversation up to (not including) its last assistant turn.
+                    turns = row["messages"]
+                    while (
+                        turns
+                        and isinstance(turns[-1], dict)
+                        and turns[-1].get("role") == "assistant"
+                    ):
+                        turns = turns[:-1]
+                    if turns:
+                        prompts.append({"messages": turns})
+    except (OSError, ValueError):
+        logger.info("no sample prompts for %s: training file unreadable", model.name)
+    return prompts
+
+
+@org_required
+@require_POST
+def model_samples(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+    """Sample completions from the training prompts, greedy (the #samples fragment)."""
+    from playground import services as inference
+
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    caller = inference.Caller(organization=request.organization, user=request.user)
+    samples = []
+    for prompt in _sample_prompts(model) or [{"prompt": "Hello"}]:
+        body = {"model": model.name, "max_tokens": SAMPLE_MAX_TOKENS, "temperature": 0, **prompt}
+        try:
+            if "messages" in prompt:
+                result = inference.chat_completion_create(caller=caller, body=body)
+                assert isinstance(result, dict)
+                text = result["choices"][0]["message"]["content"]
+                shown = prompt["messages"][-1].get("content", "")
+            else:
+                result = inference.completion_create(caller=caller, body=body)
+                assert isinstance(result, dict)
+                text, shown = result["choices"][0]["text"], prompt["prompt"]
+            samples.append({"prompt": shown, "completion": text, "error": None})
+        except ApiError as exc:
+            samples.append({"prompt": str(prompt), "completion": "", "error": exc.message})
+    return render(request, "models_app/detail.html#samples", {"samples": samples, "model": model})
+
+
+@owner_required
+@require_http_methods(["GET", "POST"])
+def model_delete(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+    """GET asks for confirmation; POST deletes (owners only, as in the API)."""
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    if request.method == "GET":
+        return render(request, "models_app/confirm_delete.html", {"model": model})
+    services.model_delete(model=model, by_role=Membership.Role.OWNER)
+    messages.success(request, f"Deleted {model.name}.")
+    return redirect("models_app:list")
+
+
+@org_required
+@require_GET
+def adapter_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    # An anonymous temp file: gone when the response closes it, never left on disk.
+    handle = tempfile.TemporaryFile(suffix=".zip")  # noqa: SIM115 (FileResponse closes it)
+    try:
+        services.adapter_zip(model=model, into=handle)
+    except ApiError:
+        handle.close()
+        raise Http404("This model has no files.") from None
+    handle.seek(0)
+    kind = "adapter" if model.method == FineTunedModel.Method.LORA else "weights"
+    filename = f"{model.name.replace(':', '_')}-{kind}.zip"
+    return FileResponse(handle, as_attachment=True, filename=filename)
+
+
+@org_required
+@require_POST
+def export_start(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    try:
+        services.model_export_start(model=model)
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    if request.htmx:
+        return _export_fragment(request, model)
+    return redirect("models_app:detail", name=model.name)
+
+
+@org_required
+@require_GET
+@vary_on_headers("HX-Request")
+def export_status(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    return _export_fragment(request, model)
+
+
+def _export_fragment(request: AuthedHtmxRequest, model: FineTunedModel) -> HttpResponse:
+    context = {"model": model, "export": services.export_state(model)}
+    return render(request, "models_app/detail.html#export-status", context)
+
+
+@org_required
+@require_GET
+def merged_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
+    model = selectors.model_get_for_org(organization=request.organization, name=name)
+    path = services.exports_dir(model) / "merged.zip"
+    if not path.is_file():
+        raise Http404("The merged model is not ready.")
+    filename = f"{model.name.replace(':', '_')}-merged.zip"
+    return FileResponse(path.open("rb"), as_attachment=True, filename=filename)  # noqa: SIM115

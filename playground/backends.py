@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import requests
 import torch
 from django.conf import settings
+
+from config.api import ApiError
 from engine.generation import (
     Choice,
     GenerateRequest,
@@ -36,8 +38,6 @@ from engine.generation import (
     generate_stream,
 )
 from engine.pool import ModelPool
-
-from config.api import ApiError
 from playground.protocol import ChatCall, chat_request
 
 logger = logging.getLogger(__name__)
@@ -75,16 +75,16 @@ class Backend(Protocol):
 
 def default_device() -> tuple[str, torch.dtype]:
     if torch.cuda.is_available():
-        return "cuda", torch.bfloat16
-    # float32 on CPU: bf16 matmuls are slower than fp32 on most CPUs without AMX.
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # float32 on CPU: without native bf16 instructions torch emulates bf16 matmuls (slow).
     return "cpu", torch.float32
 
 
 def load_for_inference(model_dir: str) -> tuple[Any, Any]:
-    import engine
+    from engine.models import load_model_and_tokenizer
 
     device, dtype = default_device()
-    return engine.load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
+    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
 
 
 def _context_length(model: Any) -> int | None:
@@ -117,7 +117,9 @@ class LocalBackend:
     def _chat_request(model: Any, tokenizer: Any, call: ChatCall) -> GenerateRequest:
         prompt = chat_prompt(tokenizer, call.messages)
         length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return chat_request(call, prompt=prompt, prompt_length=length, context=_context_length(model))
+        return chat_request(
+            call, prompt=prompt, prompt_length=length, context=_context_length(model)
+        )
 
     def chat(self, target: Target, call: ChatCall) -> GenerateResult:
         with self.pool.lease(self._key(target), target.adapter_dir) as (model, tokenizer):
@@ -243,7 +245,9 @@ class RemoteBackend:
         with self._lock:
             self._loaded.add(key)
 
-    def _call(self, target: Target, path: str, body: dict[str, Any], *, stream: bool) -> requests.Response:
+    def _call(
+        self, target: Target, path: str, body: dict[str, Any], *, stream: bool
+    ) -> requests.Response:
         body = {**body, "model": self._model(target)}
         try:
             return self._post(path, body, stream=stream)
@@ -296,9 +300,13 @@ class RemoteBackend:
         }
 
     def complete(self, target: Target, request: GenerateRequest) -> GenerateResult:
-        data = self._call(target, "/completions", self._completion_body(request), stream=False).json()
+        data = self._call(
+            target, "/completions", self._completion_body(request), stream=False
+        ).json()
         choices = [
-            Choice(c["text"], c["index"], c["finish_reason"], _logprobs_from_json(c.get("logprobs")))
+            Choice(
+                c["text"], c["index"], c["finish_reason"], _logprobs_from_json(c.get("logprobs"))
+            )
             for c in data["choices"]
         ]
         return GenerateResult(choices, _usage_from_json(data["usage"]) or Usage(0, 0))

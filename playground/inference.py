@@ -15,9 +15,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from engine.generation import InvalidRequestError, StreamDelta, Usage
-
 from config.api import ApiError
+from engine.generation import InvalidRequestError, StreamDelta, Usage
 from playground import protocol
 from playground.backends import Backend, Target
 from playground.protocol import ChatCall, CompletionCall
@@ -148,4 +147,6 @@ def run_chat(
         usage_out=usage,
     )
     done = (lambda: on_usage(protocol.total_usage(usage))) if on_usage is not None else None
-    return SseStream(chunks, on_done=done, closers=[deltas.close] if hasattr(deltas, "close") else [])
+    return SseStream(
+        chunks, on_done=done, closers=[deltas.close] if hasattr(deltas, "close") else []
+    )

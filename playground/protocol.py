@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.ids import random_id
+from config.api import ApiError
 from engine.generation import (
     MAX_LOGPROBS,
     GenerateRequest,
@@ -24,9 +26,6 @@ from engine.generation import (
     StreamDelta,
     Usage,
 )
-
-from common.ids import random_id
-from config.api import ApiError
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default (§6.1)
 # OpenAI's chat default is "the rest of the context". On a CPU that can mean minutes for a
@@ -164,7 +163,9 @@ def _prompts(value: Any) -> list[tuple[str | None, list[int] | None]]:
         if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return [(None, list(value))]
         if all(
-            isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+            isinstance(v, list)
+            and v
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
             for v in value
         ):
             return [(None, list(v)) for v in value]
@@ -266,7 +267,9 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
             raise ApiError(f"{unsupported} are not supported by this server", param=unsupported)
     response_format = body.get("response_format")
     if response_format not in (None, {"type": "text"}):
-        raise ApiError("only response_format {'type': 'text'} is supported", param="response_format")
+        raise ApiError(
+            "only response_format {'type': 'text'} is supported", param="response_format"
+        )
     # max_completion_tokens is the current name; max_tokens the deprecated one.
     max_tokens = _integer(body, "max_completion_tokens", None)
     if max_tokens is None:
@@ -277,7 +280,8 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
         raise ApiError("top_logprobs requires logprobs to be true", param="top_logprobs")
     if not 0 <= top_logprobs <= MAX_LOGPROBS:
         raise ApiError(
-            f"top_logprobs must be between 0 and {MAX_LOGPROBS} on this server", param="top_logprobs"
+            f"top_logprobs must be between 0 and {MAX_LOGPROBS} on this server",
+            param="top_logprobs",
         )
     params = _sampling(
         body, max_tokens=CHAT_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
@@ -299,14 +303,14 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
     )
 
 
-def chat_request(call: ChatCall, *, prompt: str, prompt_length: int, context: int | None) -> GenerateRequest:
+def chat_request(
+    call: ChatCall, *, prompt: str, prompt_length: int, context: int | None
+) -> GenerateRequest:
     """The engine request for a rendered chat prompt; an unset max_tokens fits the context."""
     max_tokens = call.request.max_tokens
     if not call.max_tokens_given and context is not None:
         max_tokens = max(1, min(max_tokens, context - prompt_length))
-    return engine_request(
-        **{**_fields(call.request), "prompt": prompt, "max_tokens": max_tokens}
-    )
+    return engine_request(**{**_fields(call.request), "prompt": prompt, "max_tokens": max_tokens})
 
 
 def _fields(request: GenerateRequest) -> dict[str, Any]:
@@ -340,7 +344,9 @@ def total_usage(usages: Iterable[Usage]) -> Usage:
     return Usage(prompt, completion)
 
 
-def completion_json(*, completion_id: str, created: int, model: str, results: list[GenerateResult]) -> dict[str, Any]:
+def completion_json(
+    *, completion_id: str, created: int, model: str, results: list[GenerateResult]
+) -> dict[str, Any]:
     choices = []
     for prompt_index, result in enumerate(results):
         width = len(result.choices)
@@ -384,7 +390,9 @@ def completion_chunks(
         for delta in deltas:
             if delta.usage is not None:
                 usage_out.append(delta.usage)
-            if not (delta.text or delta.finish_reason or (delta.logprobs and delta.logprobs.tokens)):
+            if not (
+                delta.text or delta.finish_reason or (delta.logprobs and delta.logprobs.tokens)
+            ):
                 continue
             choice = {
                 "text": delta.text,
@@ -454,10 +462,17 @@ def chat_chunks(
 ) -> Iterator[dict[str, Any]]:
     """chat.completion.chunk objects: a role delta per choice, content deltas, then an empty
     delta carrying finish_reason, as OpenAI streams them (reference §6.3)."""
-    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    head = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+    }
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
-    def chunk(index: int, delta: dict[str, Any], logprobs: Any, finish: str | None) -> dict[str, Any]:
+    def chunk(
+        index: int, delta: dict[str, Any], logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**head, "system_fingerprint": None, "choices": [choice], **extra}
 
@@ -486,9 +501,23 @@ def now() -> int:
 def error_chunk(exc: Exception) -> dict[str, Any]:
     """A mid-stream failure: clients raise a data chunk with an "error" key (reference §9.4)."""
     if isinstance(exc, ApiError):
-        return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+        return {
+            "error": {
+                "message": exc.message,
+                "type": exc.type,
+                "param": exc.param,
+                "code": exc.code,
+            }
+        }
     if isinstance(exc, InvalidRequestError):
-        return {"error": {"message": str(exc), "type": "invalid_request_error", "param": exc.param, "code": None}}
+        return {
+            "error": {
+                "message": str(exc),
+                "type": "invalid_request_error",
+                "param": exc.param,
+                "code": None,
+            }
+        }
     return {
         "error": {
             "message": "The server had an error while processing your request.",

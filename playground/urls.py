@@ -6,4 +6,8 @@ from playground import views
 
 app_name = "playground"
 
-urlpatterns = [path("", views.index, name="index")]
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("stream", views.stream, name="stream"),
+    path("code", views.code, name="code"),
+]

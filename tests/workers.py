@@ -33,8 +33,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def purge_broker() -> None:
     """Drop messages left by earlier runs (a killed worker's unacked ones, say)."""
-    from config.celery import app
-
     if settings.CELERY_BROKER_URL.startswith("redis"):
         import redis
 
@@ -43,7 +41,6 @@ def purge_broker() -> None:
         for sub in ("queue", "processed"):
             for path in (Path(settings.DATA_DIR) / "broker" / sub).glob("*"):
                 path.unlink(missing_ok=True)
-    app.pool.force_close_all()
 
 
 @contextmanager

@@ -319,7 +319,7 @@ def test_logit_bias_plus_100_forces_a_token(tiny: tuple[Any, Any]) -> None:
 def test_logit_bias_minus_100_bans_tokens(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     greedy_ids = generate(model, tokenizer, _greedy(max_tokens=10)).choices[0].token_ids
-    banned = {t: -100.0 for t in greedy_ids}
+    banned = dict.fromkeys(greedy_ids, -100.0)
 
     result = generate(model, tokenizer, _greedy(max_tokens=10, logit_bias=banned))
 
@@ -413,7 +413,7 @@ def test_stream_refuses_best_of(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
 
     with pytest.raises(InvalidRequestError) as error:
-        list(generate_stream(model, tokenizer, GenerateRequest(prompt=PROMPT, n=1, best_of=2)))
+        generate_stream(model, tokenizer, GenerateRequest(prompt=PROMPT, n=1, best_of=2))
 
     assert error.value.param == "best_of"
 

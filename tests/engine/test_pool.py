@@ -70,9 +70,7 @@ def test_pool_serves_interleaved_adapters_from_threads_like_dedicated_models(
     tiny_model_dir: Path, adapters: list[Path]
 ) -> None:
     variants: list[Path | None] = [None, *adapters]
-    expected = {
-        (str(v), p): _fresh_output(tiny_model_dir, v, p) for v in variants for p in PROMPTS
-    }
+    expected = {(str(v), p): _fresh_output(tiny_model_dir, v, p) for v in variants for p in PROMPTS}
     # Otherwise the test could pass with the adapters ignored.
     assert len({tuple(expected[(str(v), PROMPTS[0])]) for v in variants}) == 3
     loader = CountingLoader(tiny_model_dir)

@@ -140,13 +140,13 @@ def test_killed_worker_resumes_from_checkpoint_on_a_fresh_worker(
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{live_server.url}/v1", api_key=owner.key, max_retries=0)
-    train = client.files.create(file=sms_subset(tmp_path, 200).open("rb"), purpose="fine-tune")
+    train = client.files.create(file=sms_subset(tmp_path, 60).open("rb"), purpose="fine-tune")
     from datasets.models import File
     from datasets.processing import file_validate
 
     file_validate(file_id=File.objects.get(public_id=train.id).pk)
     job = client.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=train.id, hyperparameters={"n_epochs": 4, "batch_size": 1}
+        model="tiny-llama", training_file=train.id, hyperparameters={"n_epochs": 3, "batch_size": 1}
     )
     with celery_worker() as first:
         wait_for(lambda: Checkpoint.objects.filter(job__public_id=job.id).exists(), 180, what="a checkpoint")

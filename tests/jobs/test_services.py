@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 
 from config.api import ApiError
-from jobs import services
+from jobs import selectors, services
 from jobs.models import FineTuneJob, JobEvent
 from jobs.services import JobRequest
 from tests.conftest import Persona
@@ -145,6 +145,6 @@ def test_queue_numbers_count_the_jobs_ahead(owner: Persona, training: Any) -> No
     first = create(owner, training_file=training.public_id)
     second = create(owner, training_file=training.public_id)
 
-    assert services.queue_position(first) == 0
-    assert services.queue_position(second) == 1
+    assert selectors.queue_position(first) == 0
+    assert selectors.queue_position(second) == 1
     assert second.events.filter(message="Fine-tune enqueued. Queue number: 1").exists()

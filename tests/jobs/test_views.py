@@ -64,7 +64,7 @@ def test_create_form_shows_a_service_error_on_its_field(owner: Persona) -> None:
 
 
 def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
-    good = FileFactory.create(organization=owner.org, stats={"examples": 1000, "tokens": 40000})
+    good = FileFactory.create(organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}})
     page = browser_for(owner).get(
         "/jobs/new/preflight/", {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id},
         headers={"HX-Request": "true"},

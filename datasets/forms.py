@@ -1,0 +1,120 @@
+"""Forms of the dataset pages: upload, the column mapping step, and "Apply fixes"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.template.defaultfilters import filesizeformat
+
+from datasets import prepare, readers
+
+NONE = ""  # the "(none)" choice of an optional column
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        help_text="JSONL is stored as is; CSV, TSV, XLSX, JSON and TXT are converted to JSONL "
+        "after you map their columns."
+    )
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        if readers.kind_of(upload.name or "") is None:
+            raise forms.ValidationError(readers.extension_error(upload.name or "the file"))
+        limit = settings.MAX_UPLOAD_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"The file is {filesizeformat(upload.size)}; the upload limit is "
+                f"{filesizeformat(limit)}."
+            )
+        if upload.size == 0:
+            raise forms.ValidationError("The file is empty.")
+        return upload
+
+
+def _guess(columns: list[str], *names: str) -> str:
+    lowered = {c.lower(): c for c in columns}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    return NONE
+
+
+class MappingForm(forms.Form):
+    """Which columns become the prompt and completion, or the chat roles."""
+
+    MODES = [
+        (prepare.PROMPT_COMPLETION, "Prompt and completion"),
+        (prepare.CHAT, "Chat: system, user and assistant messages"),
+    ]
+
+    mode = forms.ChoiceField(choices=MODES, widget=forms.RadioSelect)
+    prompt = forms.ChoiceField(required=False, label="Prompt column")
+    completion = forms.ChoiceField(required=False, label="Completion column")
+    system = forms.ChoiceField(required=False, label="System column")
+    system_text = forms.CharField(
+        required=False,
+        label="…or one system message for every example",
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+    user = forms.ChoiceField(required=False, label="User column")
+    assistant = forms.ChoiceField(required=False, label="Assistant column")
+
+    def __init__(self, *args: Any, columns: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [(NONE, "(none)")] + [(c, c) for c in columns]
+        for name in ("prompt", "completion", "system", "user", "assistant"):
+            self.fields[name].choices = choices  # type: ignore[attr-defined]
+        chatty = bool(_guess(columns, "user", "assistant"))
+        self.initial = {
+            "mode": prepare.CHAT if chatty else prepare.PROMPT_COMPLETION,
+            "prompt": _guess(columns, "prompt", "question", "input", "text"),
+            "completion": _guess(columns, "completion", "answer", "output", "label"),
+            "system": _guess(columns, "system"),
+            "user": _guess(columns, "user", "prompt", "question", "input"),
+            "assistant": _guess(columns, "assistant", "completion", "answer", "output"),
+            **self.initial,
+        }
+        if not self.initial["prompt"] and not self.initial["completion"] and columns:
+            # Nothing recognisable: first column → prompt, second (or only) → completion.
+            self.initial["prompt"] = columns[0] if len(columns) > 1 else NONE
+            self.initial["completion"] = columns[1] if len(columns) > 1 else columns[0]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("mode") == prepare.CHAT:
+            for name in ("user", "assistant"):
+                if not data.get(name):
+                    self.add_error(name, f"Choose the {name} column.")
+        elif not data.get("completion"):
+            self.add_error("completion", "Choose the completion column.")
+        return data
+
+    def convert(self, rows: list[Any]) -> list[dict[str, Any]]:
+        data = self.cleaned_data
+        if data["mode"] == prepare.CHAT:
+            return prepare.rows_to_chat(
+                rows,
+                system=data["system"] or None,
+                system_text=data["system_text"],
+                user=data["user"],
+                assistant=data["assistant"],
+            )
+        return prepare.rows_to_prompt_completion(
+            rows, prompt=data["prompt"] or None, completion=data["completion"]
+        )
+
+
+class FixForm(forms.Form):
+    """The recommended remediations to apply (necessary ones are always applied)."""
+
+    accept = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args: Any, analysis: prepare.Analysis, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [(r.id, r.message) for r in analysis.recommended]
+        if analysis.offers_split:
+            choices.append((prepare.SPLIT, "Split into training and validation set"))
+        self.fields["accept"].choices = choices  # type: ignore[attr-defined]

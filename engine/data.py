@@ -1,0 +1,316 @@
+"""Training data to tensors: formats, loss weights, length policy and packing.
+
+Each example becomes token ids plus a loss weight per token: weight[i] scales the loss of
+predicting token i from the tokens before it. `target[i]` marks the tokens the user wants the model
+to produce (the completion, or the assistant turns); accuracies are measured on those only.
+
+Packing puts several examples into one row with positions restarting at 0 for each, and the
+attention in engine/trainer.py keeps each example's tokens from seeing the others'. So no
+compute is spent on padding, and matmuls see hundreds of rows instead of a few dozen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.spec import TrainingError, TooLongPolicy
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    weights: list[float]  # weights[0] is always 0: nothing predicts the first token
+    target: list[bool]
+    # For classification metrics: the prompt's tokens and the completion text (prompt/completion
+    # data, or the last assistant turn of a chat).
+    prompt_len: int
+    completion: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class DataStats:
+    n_examples: int = 0
+    n_tokens: int = 0
+    n_truncated: int = 0
+    n_dropped: int = 0
+    max_length: int = 0
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed by the with below)
+    except OSError as error:
+        raise TrainingError(f"Cannot read {path}: {error.strerror}") from error
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TrainingError(f"Line {number} of {Path(path).name} is not JSON: {error.msg}")
+            if not isinstance(row, dict):
+                raise TrainingError(f"Line {number} of {Path(path).name} is not a JSON object")
+            rows.append(row)
+    if not rows:
+        raise TrainingError(f"{Path(path).name} contains no examples")
+    return rows
+
+
+class Tokenizing:
+    """Turns rows into `Example`s with one tokenizer; holds what is probed once per tokenizer."""
+
+    def __init__(self, tokenizer: Any, prompt_loss_weight: float) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_loss_weight = float(prompt_loss_weight)
+        self.eos_id = int(tokenizer.eos_token_id)
+        # Tokens the tokenizer adds in front of a text (a BOS for Llama-2 style models, nothing for
+        # SmolLM2). Probing once avoids trusting per-tokenizer flags that differ between versions.
+        with_specials = tokenizer("a")["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        prefix_len = len(with_specials) - len(plain)
+        ok = prefix_len > 0 and with_specials[prefix_len:] == plain
+        self.prefix_ids: list[int] = list(with_specials[:prefix_len]) if ok else []
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The tokens a prompt/completion prompt is fed as, at training and at inference."""
+        return self.prefix_ids + self.encode(prompt)
+
+    def example(self, row: dict[str, Any], where: str) -> Example:
+        if "messages" in row:
+            return self._chat(row["messages"], where)
+        if "prompt" in row and "completion" in row:
+            return self._prompt_completion(row["prompt"], row["completion"], where)
+        raise TrainingError(
+            f"{where}: expected 'prompt' and 'completion' keys or a 'messages' list, "
+            f"got keys {sorted(row)}"
+        )
+
+    def _prompt_completion(self, prompt: Any, completion: Any, where: str) -> Example:
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise TrainingError(f"{where}: 'prompt' and 'completion' must be strings")
+        prompt_ids = self.prompt_ids(prompt)
+        # Tokenized separately, as at inference time, where the prompt arrives alone.
+        completion_ids = self.encode(completion) + [self.eos_id]
+        n_prompt = len(prompt_ids)
+        weights = [self.prompt_loss_weight] * n_prompt + [1.0] * len(completion_ids)
+        target = [False] * n_prompt + [True] * len(completion_ids)
+        weights[0] = 0.0
+        return Example(prompt_ids + completion_ids, weights, target, n_prompt, completion)
+
+    def _chat(self, messages: Any, where: str) -> Example:
+        if not isinstance(messages, list) or not messages:
+            raise TrainingError(f"{where}: 'messages' must be a non-empty list")
+        for message in messages:
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                raise TrainingError(f"{where}: every message needs a string 'content'")
+            if message.get("role") not in ("system", "user", "assistant", "tool"):
+                raise TrainingError(f"{where}: unknown role {message.get('role')!r}")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise TrainingError("This base model has no chat template; use prompt/completion data")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise TrainingError(f"{where}: a chat example needs at least one assistant message")
+
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+
+        def render(upto: int, generation_prompt: bool) -> str:
+            return self.tokenizer.apply_chat_template(
+                plain[:upto], tokenize=False, add_generation_prompt=generation_prompt
+            )
+
+        # Walk the conversation, rendering the template up to each assistant turn. The text an
+        # assistant turn adds (its content and end-of-turn marker) is what carries loss.
+        ids: list[int] = []
+        weights: list[float] = []
+        target: list[bool] = []
+        done = ""
+        prompt_len, completion = 0, ""
+        for index, message in enumerate(plain):
+            if message["role"] != "assistant":
+                continue
+            before = render(index, generation_prompt=True)
+            through = render(index + 1, generation_prompt=False)
+            if not (before.startswith(done) and through.startswith(before)):
+                raise TrainingError(
+                    "The chat template does not render conversations as growing prefixes; "
+                    "loss masks cannot be derived from it"
+                )
+            context = self.encode(before[len(done) :])
+            reply = self.encode(through[len(before) :])
+            weight = 0.0 if messages[index].get("weight", 1) == 0 else 1.0
+            ids += context + reply
+            weights += [0.0] * len(context) + [weight] * len(reply)
+            target += [False] * len(context) + [weight > 0] * len(reply)
+            done = through
+            prompt_len, completion = len(ids) - len(reply), message["content"]
+        rest = self.encode(render(len(plain), generation_prompt=False)[len(done) :])
+        ids += rest
+        weights += [0.0] * len(rest)
+        target += [False] * len(rest)
+        ids = self.prefix_ids + ids
+        weights = [0.0] * len(self.prefix_ids) + weights
+        target = [False] * len(self.prefix_ids) + target
+        weights[0] = 0.0
+        return Example(ids, weights, target, prompt_len + len(self.prefix_ids), completion)
+
+
+def load_examples(
+    path: str | Path,
+    tokenizing: Tokenizing,
+    max_length: int,
+    too_long: TooLongPolicy,
+    limit: int | None = None,
+) -> tuple[list[Example], DataStats]:
+    """Read and tokenize a JSONL file, applying the too-long policy.
+
+    "truncate" keeps the first `max_length` tokens (as Hugging Face truncation does); "drop"
+    leaves the example out. Either way the count is in the returned stats.
+    """
+    rows = read_jsonl(path)
+    if limit is not None:
+        rows = rows[:limit]
+    stats = DataStats()
+    examples: list[Example] = []
+    name = Path(path).name
+    for number, row in enumerate(rows, start=1):
+        example = tokenizing.example(row, f"Line {number} of {name}")
+        if len(example) > max_length:
+            if too_long == "drop":
+                stats.n_dropped += 1
+                continue
+            stats.n_truncated += 1
+            example = Example(
+                example.input_ids[:max_length],
+                example.weights[:max_length],
+                example.target[:max_length],
+                min(example.prompt_len, max_length),
+                example.completion,
+            )
+        examples.append(example)
+        stats.n_tokens += len(example)
+        stats.max_length = max(stats.max_length, len(example))
+    stats.n_examples = len(examples)
+    if not examples:
+        raise TrainingError(f"No example of {name} fits in {max_length} tokens")
+    return examples, stats
+
+
+@dataclass
+class Pack:
+    """Several examples in one row, and where their loss-bearing predictions are."""
+
+    input_ids: torch.Tensor  # [1, L]
+    position_ids: torch.Tensor  # [1, L], restarting at 0 for each example
+    seq_lens: list[int]  # example lengths, in row order (a trailing filler segment included)
+    # One entry per prediction that carries loss (weight > 0):
+    source: torch.Tensor  # row position whose hidden state predicts...
+    labels: torch.Tensor  # ...this token id,
+    weights: torch.Tensor  # with this loss weight;
+    target: torch.Tensor  # bool: counts towards token/sequence accuracy
+    example: torch.Tensor  # index (within the pack) of the example it belongs to
+    n_examples: int
+    n_tokens: int  # real tokens, filler excluded
+
+
+def _pack_rows(examples: Sequence[Example], bucket: int, filler_id: int) -> Pack:
+    ids: list[int] = []
+    positions: list[int] = []
+    source: list[int] = []
+    labels: list[int] = []
+    weights: list[float] = []
+    target: list[bool] = []
+    owner: list[int] = []
+    seq_lens: list[int] = []
+    for index, example in enumerate(examples):
+        offset = len(ids)
+        ids += example.input_ids
+        positions += range(len(example))
+        seq_lens.append(len(example))
+        for i in range(1, len(example)):
+            if example.weights[i] > 0:
+                source.append(offset + i - 1)
+                labels.append(example.input_ids[i])
+                weights.append(example.weights[i])
+                target.append(example.target[i])
+                owner.append(index)
+    n_tokens = len(ids)
+    if bucket > 1 and n_tokens % bucket:
+        # Round the row up to a multiple of `bucket` with a filler segment that is attended only
+        # by itself and carries no loss. Few distinct shapes keep allocator caches and kernel
+        # choices from piling up (see the RSS note in trainer.py).
+        extra = bucket - n_tokens % bucket
+        ids += [filler_id] * extra
+        positions += range(extra)
+        seq_lens.append(extra)
+    return Pack(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=torch.tensor([positions], dtype=torch.long),
+        seq_lens=seq_lens,
+        source=torch.tensor(source, dtype=torch.long),
+        labels=torch.tensor(labels, dtype=torch.long),
+        weights=torch.tensor(weights, dtype=torch.float32),
+        target=torch.tensor(target, dtype=torch.bool),
+        example=torch.tensor(owner, dtype=torch.long),
+        n_examples=len(examples),
+        n_tokens=n_tokens,
+    )
+
+
+def make_packs(
+    examples: Sequence[Example], max_tokens: int, bucket: int = 1, filler_id: int = 0
+) -> Iterator[Pack]:
+    """Split `examples` into packs of at most `max_tokens` tokens (one example longer than that
+    gets a pack of its own), in order, so the result depends only on the input."""
+    group: list[Example] = []
+    size = 0
+    for example in examples:
+        if group and size + len(example) > max_tokens:
+            yield _pack_rows(group, bucket, filler_id)
+            group, size = [], 0
+        group.append(example)
+        size += len(example)
+    if group:
+        yield _pack_rows(group, bucket, filler_id)
+
+
+def prompt_pack(
+    prompts: Sequence[list[int]], max_tokens: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor]]:
+    """Pack prompts for scoring their next token: yields (input_ids, position_ids, seq_lens,
+    last_positions)."""
+    group: list[list[int]] = []
+    size = 0
+
+    def emit() -> tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
+        ids = [t for p in group for t in p]
+        positions = [i for p in group for i in range(len(p))]
+        lens = [len(p) for p in group]
+        ends = torch.tensor(lens).cumsum(0) - 1
+        return (
+            torch.tensor([ids], dtype=torch.long),
+            torch.tensor([positions], dtype=torch.long),
+            lens,
+            ends,
+        )
+
+    for prompt in prompts:
+        if group and size + len(prompt) > max_tokens:
+            yield emit()
+            group, size = [], 0
+        group.append(prompt)
+        size += len(prompt)
+    if group:
+        yield emit()

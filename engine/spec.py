@@ -1,0 +1,160 @@
+"""The training contract: what the caller asks for, how it is told about progress, what it gets.
+
+Everything here is plain data so that `jobs/runner.py` can build a spec from its ORM objects and
+map the results back without the engine knowing about Django.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Method = Literal["lora", "full"]
+TooLongPolicy = Literal["truncate", "drop"]
+
+# Base learning rates, multiplied by `learning_rate_multiplier` (OpenAI's knob). LoRA adapters
+# start at zero and need a much larger step than full weights: with OpenAI's default multipliers
+# (0.05-0.2) these give 2e-4..8e-4 for LoRA and 1e-5..4e-5 for full fine-tuning, the usual ranges.
+DEFAULT_BASE_LEARNING_RATE: dict[str, float] = {"lora": 4e-3, "full": 2e-4}
+
+AUTO_N_EPOCHS = 4
+AUTO_BATCH_FRACTION = 0.002  # OpenAI: "about 0.2% of the training examples"
+AUTO_BATCH_MAX = 256
+
+
+class TrainingError(Exception):
+    """An expected failure (bad data, missing model...). `str(error)` is fit to show a user."""
+
+
+@dataclass
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # "all-linear" is peft's shorthand for every linear layer except the output head.
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class TrainSpec:
+    model_source: str
+    train_path: str
+    output_dir: str
+    validation_path: str | None = None
+    method: Method = "lora"
+    n_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate_multiplier: float | None = None
+    prompt_loss_weight: float = 0.01
+    base_learning_rate: float | None = None  # None: DEFAULT_BASE_LEARNING_RATE[method]
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    seed: int = 42
+    compute_classification_metrics: bool = False
+    classification_n_classes: int | None = None
+    classification_positive_class: str | None = None
+    classification_betas: list[float] | None = None
+    validation_every_n_steps: int = 10
+    too_long: TooLongPolicy = "truncate"
+    max_length: int | None = None  # None: the model's context length
+    resume: bool = False
+    continue_from: str | None = None  # an adapter dir (LoRA) or model dir (full) to keep training
+    cache_dir: str | None = None  # where dequantized GGUF copies are kept
+    device: str = "auto"
+    max_train_examples: int | None = None
+    # Fraction of the optimizer steps spent warming the learning rate up linearly from ~0.
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # Tokens packed into one forward pass. Bigger packs make bigger (faster) matmuls but hold
+    # more activations; a step's examples are split into as many packs as needed and their
+    # gradients accumulated. None: a per-device default (see trainer.py).
+    max_tokens_per_pack: int | None = None
+    # None: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with
+    # AVX512-BF16/AMX), fp32 otherwise. True/False force it.
+    bf16: bool | None = None
+    num_threads: int | None = None  # CPU intra-op threads; None: models.auto_threads()
+
+
+@dataclass
+class CheckpointInfo:
+    epoch: int  # epochs fully completed when the checkpoint was taken
+    step: int
+    path: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Hooks:
+    """Callbacks from a running training. Subclass and override what you need.
+
+    They run on the training thread between steps, so they should be quick; `should_stop` is
+    polled before every optimizer step.
+    """
+
+    def on_event(self, level: str, message: str) -> None:
+        pass
+
+    def on_metrics(self, row: dict[str, float]) -> None:
+        pass
+
+    def on_progress(
+        self, step: int, total_steps: int, tokens: int, eta_seconds: float | None
+    ) -> None:
+        pass
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class TrainResult:
+    status: Literal["succeeded", "stopped"]
+    output_dir: str
+    model_dir: str  # the final adapter (LoRA) or full model directory; a checkpoint when stopped
+    results_csv: str
+    trained_tokens: int
+    steps: int
+    hyperparameters: dict[str, float | int]
+    final_metrics: dict[str, float]
+    checkpoints: list[CheckpointInfo]
+
+
+def auto_learning_rate_multiplier(batch_size: int) -> float:
+    """OpenAI's 0.05 / 0.1 / 0.2 by batch size; the thresholds are ours (OpenAI never published
+    them): below 8 → 0.05, 8 to 63 → 0.1, 64 and above → 0.2. Bigger batches average out more
+    noise, so they can take bigger steps."""
+    if batch_size < 8:
+        return 0.05
+    if batch_size < 64:
+        return 0.1
+    return 0.2
+
+
+def resolve_hyperparameters(
+    n_examples: int,
+    n_epochs: int | None,
+    batch_size: int | None,
+    learning_rate_multiplier: float | None,
+) -> tuple[int, int, float]:
+    """Fill in OpenAI's automatic values where the caller gave None.
+
+    n_epochs: 4. batch_size: round(0.2% of n_examples), at least 1 and at most 256 (and never more
+    than the number of examples). learning_rate_multiplier: see `auto_learning_rate_multiplier`.
+    """
+    epochs = AUTO_N_EPOCHS if n_epochs is None else int(n_epochs)
+    if batch_size is None:
+        batch = min(AUTO_BATCH_MAX, max(1, round(AUTO_BATCH_FRACTION * n_examples)))
+    else:
+        batch = int(batch_size)
+    batch = max(1, min(batch, max(1, n_examples)))
+    if learning_rate_multiplier is None:
+        multiplier = auto_learning_rate_multiplier(batch)
+    else:
+        multiplier = float(learning_rate_multiplier)
+    if epochs < 1:
+        raise TrainingError(f"n_epochs must be at least 1, got {epochs}")
+    if multiplier <= 0:
+        raise TrainingError(f"learning_rate_multiplier must be positive, got {multiplier}")
+    return epochs, batch, multiplier

@@ -1,0 +1,854 @@
+"""The training loop: LoRA or full fine-tuning of a causal LM on packed, padding-free batches.
+
+How a step runs. A step is `batch_size` examples (OpenAI's definition, which the results file's
+`elapsed_examples` counts). Those examples are packed into rows of at most `max_tokens_per_pack`
+tokens; each row goes through the model once with positions restarting per example and an
+attention that never crosses example boundaries (`_packed_attention`), so no padding is ever
+computed. The loss is the weighted mean over the step's loss-bearing tokens,
+sum(w * CE) / sum(w), accumulated over the rows, so a step's gradient does not depend on how
+its examples were split into rows. The output head runs only at positions that carry loss:
+with prompt_loss_weight 0 that skips the 49k-wide vocabulary projection on every prompt token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import checkpoints as ckpt
+from engine import metrics
+from engine.data import Example, Pack, Tokenizing, load_examples, make_packs, prompt_pack
+from engine.models import (
+    auto_threads,
+    context_length,
+    load_model_and_tokenizer,
+    pick_device,
+    resolve_model_source,
+    use_bf16,
+)
+from engine.spec import (
+    DEFAULT_BASE_LEARNING_RATE,
+    CheckpointInfo,
+    Hooks,
+    TrainingError,
+    TrainResult,
+    TrainSpec,
+    resolve_hyperparameters,
+)
+
+ATTENTION = "tunery_packed"
+RESULTS_FILE = "compiled_results.csv"
+
+# Tokens per forward pass. On CPU, rows of ~1-2k tokens already run the matmuls near peak and
+# keep activations small; a GPU needs far bigger rows to be busy.
+DEFAULT_PACK_TOKENS = {"cpu": 2048, "cuda": 16384}
+# With bf16 autocast on CPU, oneDNN builds and caches kernels per input shape: a reference run
+# with unbucketed shapes grew from 2 to 5.7 GB in 75 steps. Rounding rows up to a multiple of this
+# keeps the number of shapes small. In fp32 (and on CUDA) measured RSS stays flat without it.
+BF16_CPU_BUCKET = 64
+# Positions scored by the output head at once: bounds the [positions, vocab] logits in memory.
+HEAD_CHUNK = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# Attention over packed rows
+
+
+def _cuda_varlen() -> Any:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+_VARLEN = {"fn": None, "failed": False, "probed": False}
+
+
+def _packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention inside each example of a packed row ([1, heads, L, dim] tensors).
+
+    On CUDA this is one flash-attention varlen call; elsewhere one SDPA call per example, which
+    costs a few dozen small kernel launches but computes exactly the block-diagonal attention
+    (a dense L x L mask would spend most of its time on blocks that are masked out).
+    """
+    lens: list[int] | None = kwargs.get("tunery_seq_lens")
+    if lens is None:  # an ordinary, unpacked call (e.g. generate()): plain causal attention
+        lens = [query.shape[2]]
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not _VARLEN["failed"]:
+        if not _VARLEN["probed"]:
+            _VARLEN["fn"], _VARLEN["probed"] = _cuda_varlen(), True
+        if _VARLEN["fn"] is not None:
+            try:
+                cu = kwargs.get("tunery_cu_seq_lens")
+                if cu is None:
+                    cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=query.device)
+                out = _VARLEN["fn"](
+                    query[0].transpose(0, 1),
+                    key[0].transpose(0, 1),
+                    value[0].transpose(0, 1),
+                    cu,
+                    cu,
+                    max(lens),
+                    max(lens),
+                    scale=scaling,
+                    window_size=(-1, 0),
+                    enable_gqa=key.shape[1] != query.shape[1],
+                )
+                return out.unsqueeze(0), None
+            except (RuntimeError, TypeError, NotImplementedError):
+                _VARLEN["failed"] = True  # e.g. an older GPU without flash attention
+    gqa = key.shape[1] != query.shape[1]
+    if len(lens) == 1:
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa
+        )
+    else:
+        parts = [
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+            for q, k, v in zip(
+                query.split(lens, 2), key.split(lens, 2), value.split(lens, 2), strict=True
+            )
+        ]
+        out = torch.cat(parts, 2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    # Packed rows never need a mask tensor: `_packed_attention` isolates examples itself.
+    return None
+
+
+def register_packed_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, _packed_attention)
+    AttentionMaskInterface.register(ATTENTION, _no_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Model set-up
+
+
+@dataclass
+class Runtime:
+    model: Any  # the trainable module (a PeftModel for LoRA)
+    core: Any  # the transformer body: hidden states out, no output head
+    head: torch.nn.Module  # the output projection
+    tokenizer: Any
+    device: str
+    bf16: bool
+    model_dir: Path
+    method: str
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+
+
+def _split_model(causal_lm: Any) -> tuple[Any, torch.nn.Module]:
+    core = getattr(causal_lm, causal_lm.base_model_prefix)
+    head = causal_lm.get_output_embeddings()
+    if head is None:
+        raise TrainingError("This model has no language-modelling head")
+    return core, head
+
+
+def _is_adapter_dir(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file()
+
+
+def build_runtime(spec: TrainSpec, model_dir: Path, device: str, resume_from: Path | None) -> Runtime:
+    """Load the base model and make it trainable: a fresh or loaded LoRA adapter, or full weights.
+
+    `resume_from` is a checkpoint's model dir; otherwise `spec.continue_from` if given.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    register_packed_attention()
+    start = resume_from or (Path(spec.continue_from) if spec.continue_from else None)
+    if start is not None and not start.is_dir():
+        raise TrainingError(f"Model to continue from not found: {start}")
+    load_dir = model_dir
+    if spec.method == "full" and start is not None:
+        if _is_adapter_dir(start):
+            raise TrainingError("Full fine-tuning cannot continue from a LoRA adapter")
+        load_dir = start
+    causal_lm, tokenizer = load_model_and_tokenizer(
+        load_dir, device=device, attn_implementation=ATTENTION
+    )
+    causal_lm.config.use_cache = False
+    if spec.method == "full":
+        model = causal_lm
+        model.requires_grad_(True)
+    elif start is not None:
+        if not _is_adapter_dir(start):
+            raise TrainingError(f"{start} is not a LoRA adapter directory")
+        model = PeftModel.from_pretrained(causal_lm, str(start), is_trainable=True)
+    else:
+        config = LoraConfig(
+            r=spec.lora.r,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(causal_lm, config)
+    core, head = _split_model(causal_lm)
+    return Runtime(
+        model=model,
+        core=core,
+        head=head,
+        tokenizer=tokenizer,
+        device=device,
+        bf16=use_bf16(device) if spec.bf16 is None else spec.bf16,
+        model_dir=model_dir,
+        method=spec.method,
+    )
+
+
+def save_trained(runtime: Runtime, out_dir: Path, model_source: str) -> Path:
+    """Write the adapter (LoRA) or the full model, plus the tokenizer, to `out_dir`."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    runtime.model.save_pretrained(out_dir)
+    runtime.tokenizer.save_pretrained(out_dir)
+    config_path = out_dir / "adapter_config.json"
+    if config_path.is_file():
+        # Record the source the user named, not the cache path it resolved to on this machine.
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = model_source
+        config_path.write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Forward passes
+
+
+@dataclass
+class BatchStats:
+    """Sums over one step's (or one validation batch's) examples."""
+
+    weighted_loss: float = 0.0
+    weight: float = 0.0
+    target_tokens: int = 0
+    correct_tokens: int = 0
+    sequences: int = 0
+    correct_sequences: int = 0
+    tokens: int = 0
+    examples: int = 0
+
+    def row(self, prefix: str) -> dict[str, float]:
+        nan = math.nan
+        return {
+            f"{prefix}_loss": self.weighted_loss / self.weight if self.weight else nan,
+            f"{prefix}_sequence_accuracy": (
+                self.correct_sequences / self.sequences if self.sequences else nan
+            ),
+            f"{prefix}_token_accuracy": (
+                self.correct_tokens / self.target_tokens if self.target_tokens else nan
+            ),
+        }
+
+
+def _hidden(runtime: Runtime, input_ids: torch.Tensor, position_ids: torch.Tensor, lens: list[int]) -> torch.Tensor:
+    device = runtime.device
+    kwargs: dict[str, Any] = {"tunery_seq_lens": lens}
+    if device.startswith("cuda"):
+        cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32)
+        kwargs["tunery_cu_seq_lens"] = cu.to(device, non_blocking=True)
+    out = runtime.core(
+        input_ids=input_ids.to(device, non_blocking=True),
+        position_ids=position_ids.to(device, non_blocking=True),
+        use_cache=False,
+        **kwargs,
+    )
+    return out.last_hidden_state[0]
+
+
+def _pack_loss(
+    runtime: Runtime, pack: Pack, total_weight: float, stats: BatchStats
+) -> torch.Tensor | None:
+    """Forward one pack; return its share of the step loss (sum(w*CE) / total_weight) and add its
+    counts to `stats`. None if nothing in the pack carries loss."""
+    device = runtime.device
+    with runtime.autocast():
+        hidden = _hidden(runtime, pack.input_ids, pack.position_ids, pack.seq_lens)
+    stats.tokens += pack.n_tokens
+    stats.examples += pack.n_examples
+    if pack.labels.numel() == 0:
+        return None
+    source = pack.source.to(device)
+    labels = pack.labels.to(device)
+    weights = pack.weights.to(device)
+    target = pack.target.to(device)
+    pieces: list[torch.Tensor] = []
+    correct_parts: list[torch.Tensor] = []
+    for start in range(0, source.numel(), HEAD_CHUNK):
+        part = slice(start, start + HEAD_CHUNK)
+        with runtime.autocast():
+            logits = runtime.head(hidden[source[part]])
+        logits = logits.float()  # the softmax in fp32 whatever the matmul precision
+        ce = F.cross_entropy(logits, labels[part], reduction="none")
+        pieces.append((ce * weights[part]).sum())
+        correct_parts.append(logits.detach().argmax(-1) == labels[part])
+    loss_sum = torch.stack(pieces).sum()
+    correct = torch.cat(correct_parts)
+
+    stats.weighted_loss += float(loss_sum.detach())
+    stats.weight += float(pack.weights.sum())
+    on_target = correct[target].cpu()
+    stats.target_tokens += int(pack.target.sum())
+    stats.correct_tokens += int(on_target.sum())
+    # A sequence is right when every one of its target tokens is.
+    owners = pack.example[pack.target]
+    if owners.numel():
+        wrong = torch.zeros(pack.n_examples, dtype=torch.long)
+        wrong.index_add_(0, owners, (~on_target).long())
+        has_target = torch.zeros(pack.n_examples, dtype=torch.bool)
+        has_target[owners] = True
+        stats.sequences += int(has_target.sum())
+        stats.correct_sequences += int((has_target & (wrong == 0)).sum())
+    return loss_sum / total_weight
+
+
+def _batch_weight(examples: Sequence[Example]) -> float:
+    return float(sum(w for e in examples for w in e.weights[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# Classification metrics
+
+
+@dataclass
+class Classification:
+    kind: str  # "binary" | "multiclass"
+    labels: list[str]
+    label_tokens: list[int]  # first token of each label
+    positive: int | None  # index of the positive label (binary)
+    prompts: list[list[int]] = field(default_factory=list)
+    truth: list[int] = field(default_factory=list)
+    betas: list[float] = field(default_factory=lambda: [1.0])
+
+
+def setup_classification(
+    spec: TrainSpec,
+    tokenizing: Tokenizing,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    hooks: Hooks,
+) -> Classification | None:
+    if not spec.compute_classification_metrics:
+        return None
+    if not validation:
+        hooks.on_event("warn", "Classification metrics need a validation file; skipping them")
+        return None
+    labels = sorted({e.completion for e in validation} | {e.completion for e in train})
+    positive = spec.classification_positive_class
+    if positive is not None:
+        if positive not in labels:
+            hooks.on_event(
+                "warn",
+                f"The positive class {positive!r} is not a completion in the data; "
+                f"skipping classification metrics",
+            )
+            return None
+        kind = "binary"
+    elif len(labels) < 2:
+        hooks.on_event("warn", "Classification needs at least two classes; skipping metrics")
+        return None
+    else:
+        kind = "multiclass"
+        if spec.classification_n_classes and spec.classification_n_classes != len(labels):
+            hooks.on_event(
+                "warn",
+                f"classification_n_classes is {spec.classification_n_classes} but the data has "
+                f"{len(labels)} distinct completions; using those",
+            )
+    first: list[int] = []
+    for label in labels:
+        ids = tokenizing.encode(label)
+        first.append(ids[0] if ids else tokenizing.eos_id)
+    if len(set(first)) != len(first):
+        hooks.on_event(
+            "warn",
+            "Some classes start with the same token, so first-token probabilities cannot tell "
+            "them apart; skipping classification metrics",
+        )
+        return None
+    result = Classification(
+        kind=kind,
+        labels=labels,
+        label_tokens=first,
+        positive=labels.index(positive) if positive is not None else None,
+        betas=[float(b) for b in (spec.classification_betas or [1.0])],
+    )
+    for example in validation:
+        result.prompts.append(example.input_ids[: example.prompt_len])
+        result.truth.append(labels.index(example.completion))
+    return result
+
+
+@torch.no_grad()
+def class_probabilities(
+    runtime: Runtime, prompts: Sequence[list[int]], label_tokens: list[int], pack_tokens: int
+) -> np.ndarray:
+    """P(class) for each prompt: the softmax of the next-token logits restricted to the classes'
+    first tokens. Only the last position of each prompt goes through the output head."""
+    token_index = torch.tensor(label_tokens, device=runtime.device)
+    out: list[np.ndarray] = []
+    for ids, positions, lens, ends in prompt_pack(prompts, pack_tokens):
+        with runtime.autocast():
+            hidden = _hidden(runtime, ids, positions, lens)
+            logits = runtime.head(hidden[ends.to(runtime.device)])
+        class_logits = logits.float()[:, token_index]
+        out.append(torch.softmax(class_logits, -1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def classification_metrics(
+    runtime: Runtime, setup: Classification, pack_tokens: int
+) -> dict[str, float]:
+    probs = class_probabilities(runtime, setup.prompts, setup.label_tokens, pack_tokens)
+    truth = np.asarray(setup.truth)
+    if setup.kind == "binary":
+        assert setup.positive is not None
+        return metrics.binary_metrics(
+            (truth == setup.positive).astype(int), probs[:, setup.positive], setup.betas
+        )
+    return metrics.multiclass_metrics(truth, probs.argmax(-1))
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def _linear_schedule(total_steps: int, warmup_steps: int) -> Any:
+    def factor(step: int) -> float:
+        # `step` counts optimizer steps taken; no step ever runs at learning rate 0.
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    # A function of (seed, epoch) only, so a resumed run replays exactly the same batches.
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class _Plan:
+    n_epochs: int
+    batch_size: int
+    multiplier: float
+    learning_rate: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    pack_tokens: int
+    bucket: int
+
+
+def _batches(
+    examples: Sequence[Example], seed: int, epoch: int, batch_size: int, start: int
+) -> Iterator[tuple[int, list[Example]]]:
+    order = _epoch_order(seed, epoch, len(examples))
+    n_batches = math.ceil(len(examples) / batch_size)
+    for index in range(start, n_batches):
+        chosen = order[index * batch_size : (index + 1) * batch_size]
+        yield index, [examples[i] for i in chosen]
+
+
+class Trainer:
+    def __init__(self, spec: TrainSpec, hooks: Hooks | None = None) -> None:
+        self.spec = spec
+        self.hooks = hooks or Hooks()
+        self.output_dir = Path(spec.output_dir)
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _load_data(self, tokenizer: Any, model_dir: Path) -> None:
+        spec, hooks = self.spec, self.hooks
+        limit = context_length(model_dir)
+        self.max_length = min(spec.max_length or limit, limit)
+        self.tokenizing = Tokenizing(tokenizer, spec.prompt_loss_weight)
+        self.train_examples, stats = load_examples(
+            spec.train_path,
+            self.tokenizing,
+            self.max_length,
+            spec.too_long,
+            limit=spec.max_train_examples,
+        )
+        self._report_length_policy(stats, "training")
+        self.validation_examples: list[Example] = []
+        if spec.validation_path:
+            self.validation_examples, vstats = load_examples(
+                spec.validation_path, self.tokenizing, self.max_length, spec.too_long
+            )
+            self._report_length_policy(vstats, "validation")
+        hooks.on_event(
+            "info",
+            f"Training on {stats.n_examples} examples ({stats.n_tokens} tokens, longest "
+            f"{stats.max_length})",
+        )
+
+    def _report_length_policy(self, stats: Any, which: str) -> None:
+        if stats.n_truncated:
+            self.hooks.on_event(
+                "warn",
+                f"Truncated {stats.n_truncated} {which} examples longer than "
+                f"{self.max_length} tokens",
+            )
+        if stats.n_dropped:
+            self.hooks.on_event(
+                "warn",
+                f"Dropped {stats.n_dropped} {which} examples longer than "
+                f"{self.max_length} tokens",
+            )
+
+    def _plan(self, device: str, bf16: bool) -> _Plan:
+        spec = self.spec
+        n_epochs, batch_size, multiplier = resolve_hyperparameters(
+            len(self.train_examples), spec.n_epochs, spec.batch_size, spec.learning_rate_multiplier
+        )
+        base = spec.base_learning_rate or DEFAULT_BASE_LEARNING_RATE[spec.method]
+        steps_per_epoch = math.ceil(len(self.train_examples) / batch_size)
+        total = steps_per_epoch * n_epochs
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        return _Plan(
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            multiplier=multiplier,
+            learning_rate=base * multiplier,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total,
+            warmup_steps=int(spec.warmup_ratio * total),
+            pack_tokens=spec.max_tokens_per_pack or DEFAULT_PACK_TOKENS[kind],
+            bucket=BF16_CPU_BUCKET if (bf16 and kind == "cpu") else 1,
+        )
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _packs(self, examples: Sequence[Example]) -> Iterator[Pack]:
+        # Longest first, so that one long example doesn't end up alone next to a short pack: rows
+        # come out closer to the token budget, hence fewer and bigger forward passes.
+        ordered = sorted(examples, key=len, reverse=True)
+        filler = int(self.runtime.tokenizer.pad_token_id or 0)
+        return make_packs(ordered, self.plan.pack_tokens, self.plan.bucket, filler)
+
+    def _train_step(self, examples: list[Example]) -> BatchStats:
+        stats = BatchStats()
+        total_weight = _batch_weight(examples)
+        for pack in self._packs(examples):
+            loss = _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+            if loss is not None:
+                loss.backward()
+        if self.spec.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    @torch.no_grad()
+    def _evaluate(self, examples: list[Example]) -> BatchStats:
+        stats = BatchStats()
+        total_weight = _batch_weight(examples)
+        for pack in self._packs(examples):
+            _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+        return stats
+
+    def _validation_batch(self) -> list[Example]:
+        n = len(self.validation_examples)
+        size = min(self.plan.batch_size, n)
+        cursor = self.state.validation_cursor
+        chosen = [self.validation_order[(cursor + i) % n] for i in range(size)]
+        self.state.validation_cursor = (cursor + size) % n
+        return [self.validation_examples[i] for i in chosen]
+
+    def _eval_mode(self) -> AbstractContextManager[Any]:
+        model = self.runtime.model
+
+        class _Eval:
+            def __enter__(self) -> None:
+                model.eval()
+
+            def __exit__(self, *exc: object) -> None:
+                model.train()
+
+        return _Eval()
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint(self, last_row: dict[str, float]) -> CheckpointInfo:
+        path = ckpt.checkpoint_dir(self.output_dir, self.state.step)
+        self.state.seconds = self.seconds_before + (time.perf_counter() - self.started)
+        ckpt.save_checkpoint(
+            path,
+            save_model=lambda d: save_trained(self.runtime, d, self.spec.model_source),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+        )
+        info = CheckpointInfo(
+            epoch=self.state.epoch,
+            step=self.state.step,
+            path=str(path),
+            metrics={k: v for k, v in last_row.items() if not _isnan(v)},
+        )
+        self.checkpoints.append(info)
+        self.hooks.on_checkpoint(info)
+        return info
+
+    # -- main ---------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        spec, hooks = self.spec, self.hooks
+        device = pick_device(spec.device)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = resolve_model_source(spec.model_source, spec.cache_dir)
+
+        resume_path = ckpt.latest_checkpoint(self.output_dir) if spec.resume else None
+        if spec.resume and resume_path is None:
+            hooks.on_event("info", "No checkpoint to resume from; starting from the beginning")
+        if resume_path is not None and not (resume_path / "optimizer.pt").is_file():
+            raise TrainingError(f"Checkpoint {resume_path.name} has no optimizer state")
+
+        _seed_everything(spec.seed)
+        self.runtime = build_runtime(
+            spec, model_dir, device, resume_path / "model" if resume_path else None
+        )
+        runtime = self.runtime
+        self._load_data(runtime.tokenizer, model_dir)
+        self.plan = plan = self._plan(device, runtime.bf16)
+        self.classification = setup_classification(
+            spec, self.tokenizing, self.train_examples, self.validation_examples, hooks
+        )
+        self.validation_order = list(
+            np.random.default_rng([spec.seed, 7919]).permutation(len(self.validation_examples))
+        )
+
+        self.trainable = [p for p in runtime.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=plan.learning_rate, weight_decay=spec.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _linear_schedule(plan.total_steps, plan.warmup_steps)
+        )
+        self.state = ckpt.TrainState()
+        self.checkpoints: list[CheckpointInfo] = []
+        if resume_path is not None:
+            self.state = ckpt.restore_training_state(
+                resume_path, self.optimizer, self.scheduler, device
+            )
+            for path in ckpt.list_checkpoints(self.output_dir):
+                st = ckpt.load_state(path)
+                self.checkpoints.append(CheckpointInfo(st.epoch, st.step, str(path), {}))
+            hooks.on_event("info", f"Resumed from checkpoint at step {self.state.step}")
+
+        kind = (
+            None
+            if self.classification is None
+            else self.classification.kind
+        )
+        betas = self.classification.betas if self.classification else [1.0]
+        columns = metrics.results_columns(kind, betas)
+        results_path = self.output_dir / RESULTS_FILE
+        writer = metrics.ResultsWriter(
+            results_path, columns, keep_until_step=self.state.step if resume_path else None
+        )
+        hyperparameters: dict[str, float | int] = {
+            "n_epochs": plan.n_epochs,
+            "batch_size": plan.batch_size,
+            "learning_rate_multiplier": plan.multiplier,
+            "prompt_loss_weight": spec.prompt_loss_weight,
+        }
+        hooks.on_event(
+            "info",
+            f"Hyperparameters: n_epochs={plan.n_epochs} batch_size={plan.batch_size} "
+            f"learning_rate_multiplier={plan.multiplier} (learning rate "
+            f"{plan.learning_rate:.3g}), {plan.total_steps} steps on {device}"
+            f"{' with bf16 autocast' if runtime.bf16 else ''}",
+        )
+
+        runtime.model.train()
+        self.started = time.perf_counter()
+        self.seconds_before = self.state.seconds
+        steps_this_run = 0
+        last_row: dict[str, float] = {}
+        status = "succeeded"
+        try:
+            while self.state.epoch < plan.n_epochs:
+                epoch = self.state.epoch
+                for index, batch in _batches(
+                    self.train_examples,
+                    spec.seed,
+                    epoch,
+                    plan.batch_size,
+                    self.state.batch_in_epoch,
+                ):
+                    if hooks.should_stop():
+                        status = "stopped"
+                        break
+                    stats = self._train_step(batch)
+                    steps_this_run += 1
+                    state = self.state
+                    state.step += 1
+                    state.batch_in_epoch = index + 1
+                    state.elapsed_tokens += stats.tokens
+                    state.elapsed_examples += stats.examples
+                    row: dict[str, float] = {
+                        "step": state.step,
+                        "elapsed_tokens": state.elapsed_tokens,
+                        "elapsed_examples": state.elapsed_examples,
+                        **stats.row("training"),
+                    }
+                    end_of_epoch = index + 1 == plan.steps_per_epoch
+                    last_step = state.step == plan.total_steps
+                    if self.validation_examples and (
+                        state.step % max(1, spec.validation_every_n_steps) == 0 or last_step
+                    ):
+                        with self._eval_mode():
+                            row.update(self._evaluate(self._validation_batch()).row("validation"))
+                    if end_of_epoch and self.classification is not None:
+                        with self._eval_mode():
+                            row.update(
+                                classification_metrics(
+                                    runtime, self.classification, plan.pack_tokens
+                                )
+                            )
+                    writer.write(row)
+                    hooks.on_metrics(row)
+                    last_row = row
+                    elapsed = time.perf_counter() - self.started
+                    eta = elapsed / steps_this_run * (plan.total_steps - state.step)
+                    hooks.on_progress(state.step, plan.total_steps, state.elapsed_tokens, eta)
+                if status == "stopped":
+                    break
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                self._checkpoint(last_row)
+                hooks.on_event("info", f"Completed epoch {self.state.epoch}/{plan.n_epochs}")
+        finally:
+            writer.close()
+
+        if status == "stopped":
+            latest = ckpt.latest_checkpoint(self.output_dir)
+            if latest is None or ckpt.load_state(latest).step != self.state.step:
+                self._checkpoint(last_row)
+            model_out = Path(self.checkpoints[-1].path) / "model"
+            hooks.on_event("info", f"Stopped at step {self.state.step}")
+        else:
+            model_out = save_trained(runtime, self.output_dir / "model", spec.model_source)
+        final = {k: v for k, v in last_row.items() if not _isnan(v)}
+        return TrainResult(
+            status=status,
+            output_dir=str(self.output_dir),
+            model_dir=str(model_out),
+            results_csv=str(results_path),
+            trained_tokens=self.state.elapsed_tokens,
+            steps=self.state.step,
+            hyperparameters=hyperparameters,
+            final_metrics=final,
+            checkpoints=list(self.checkpoints),
+        )
+
+
+def _isnan(value: float) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def train(spec: TrainSpec, hooks: Hooks | None = None) -> TrainResult:
+    """Fine-tune `spec.model_source` on `spec.train_path`; see TrainSpec and Hooks."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    elif pick_device(spec.device) == "cpu":
+        torch.set_num_threads(auto_threads())
+    try:
+        return Trainer(spec, hooks).run()
+    finally:
+        torch.set_num_threads(threads)  # the setting is process-wide: leave it as we found it
+
+
+def evaluate_classification(
+    model_source: str,
+    validation_path: str,
+    *,
+    adapter_dir: str | None = None,
+    positive_class: str | None = None,
+    betas: list[float] | None = None,
+    cache_dir: str | None = None,
+    device: str = "auto",
+    train_path: str | None = None,
+) -> dict[str, float]:
+    """Classification metrics of a base model (zero-shot) or a fine-tuned adapter on a validation
+    file, computed exactly as during training. The classes are the distinct completions of the
+    validation file (and of `train_path`, if given)."""
+    from peft import PeftModel
+
+    device = pick_device(device)
+    register_packed_attention()
+    model_dir = resolve_model_source(model_source, cache_dir)
+    causal_lm, tokenizer = load_model_and_tokenizer(
+        model_dir, device=device, attn_implementation=ATTENTION
+    )
+    model = causal_lm
+    if adapter_dir:
+        model = PeftModel.from_pretrained(causal_lm, adapter_dir)
+    model.eval()
+    core, head = _split_model(causal_lm)
+    runtime = Runtime(model, core, head, tokenizer, device, use_bf16(device), model_dir, "lora")
+    tokenizing = Tokenizing(tokenizer, 0.0)
+    limit = context_length(model_dir)
+    validation, _ = load_examples(validation_path, tokenizing, limit, "truncate")
+    train_examples: list[Example] = []
+    if train_path:
+        train_examples, _ = load_examples(train_path, tokenizing, limit, "truncate")
+    spec = TrainSpec(
+        model_source=model_source,
+        train_path=train_path or validation_path,
+        output_dir="",
+        compute_classification_metrics=True,
+        classification_positive_class=positive_class,
+        classification_betas=betas,
+    )
+    setup = setup_classification(spec, tokenizing, train_examples, validation, Hooks())
+    if setup is None:
+        raise TrainingError("The validation data does not support classification metrics")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return classification_metrics(runtime, setup, DEFAULT_PACK_TOKENS[kind])

@@ -1,0 +1,479 @@
+"""Dataset pages: upload and mapping, detail with findings, Apply fixes, delete, 404s."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+
+from datasets import prepare
+from datasets.models import File
+from jobs.models import FineTuneJob
+from tests.conftest import Persona
+from tests.factories import BaseModelFactory, FileFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    # The personas' passwords are hashed on creation; a fast hasher keeps these tests quick.
+    # (Blobs go to a per-test MEDIA_ROOT: tests/datasets/conftest.py's media_dir.)
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def browser_client(client: Client, owner: Persona) -> Client:
+    client.force_login(owner.user)
+    return client
+
+
+def _jsonl(rows: list[Any]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _file(owner: Persona, rows: list[Any], **fields: Any) -> File:
+    data = _jsonl(rows)
+    defaults = {"organization": owner.org, "bytes": len(data), "stats": {}}
+    return FileFactory.create(**(defaults | fields), blob__data=data)
+
+
+def _messages(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+UNPREPARED = [{"prompt": f"Question {i}", "completion": f"answer number {i}"} for i in range(6)]
+
+
+# --- access -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "name"),
+    [
+        ("get", "datasets:detail"),
+        ("get", "datasets:download"),
+        ("get", "datasets:export_csv"),
+        ("post", "datasets:fix"),
+        ("post", "datasets:delete"),
+    ],
+)
+def test_another_organizations_file_is_404(
+    client: Client, owner: Persona, outsider: Persona, method: str, name: str
+) -> None:
+    file = _file(owner, UNPREPARED)
+    client.force_login(outsider.user)
+
+    response = getattr(client, method)(reverse(name, args=[file.public_id]))
+
+    assert response.status_code == 404
+    assert File.objects.filter(pk=file.pk).exists()
+
+
+def test_pages_need_a_login(client: Client) -> None:
+    response = client.get(reverse("datasets:list"))
+
+    assert response.status_code == 302
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+def test_list_shows_token_totals_and_polls_only_while_validating(
+    browser_client: Client, owner: Persona
+) -> None:
+    _file(owner, UNPREPARED, stats={"examples": 6, "tokens": {"total": 1234}})
+
+    page = browser_client.get(reverse("datasets:list"))
+    _file(owner, UNPREPARED, status=File.Status.UPLOADED, filename="new.jsonl")
+    fragment = browser_client.get(reverse("datasets:list"), headers={"HX-Request": "true"})
+
+    assert b"1234" in page.content
+    assert b"hx-trigger" not in page.content
+    assert b'id="file-table"' in fragment.content
+    assert b"hx-trigger" in fragment.content
+    assert b"<html" not in fragment.content
+
+
+# --- upload ---------------------------------------------------------------------------------
+
+
+def test_upload_jsonl_creates_the_file(browser_client: Client, owner: Persona) -> None:
+    upload = SimpleUploadedFile("train.jsonl", _jsonl(UNPREPARED))
+
+    response = browser_client.post(reverse("datasets:upload"), {"file": upload})
+
+    file = File.objects.get(organization=owner.org)
+    assert response.status_code == 302
+    assert response["Location"] == file.get_absolute_url()
+    assert file.status == File.Status.UPLOADED
+    assert file.blob.read() == _jsonl(UNPREPARED)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("notes.md", b"x", "which is not supported"),
+        ("data.csv", b"prompt,completion\na,b\na,b,c\n", "line 3: expected 2 fields"),
+        ("empty.jsonl", b"", "The submitted file is empty."),
+        ("bomb.xlsx", b"PK\x03\x04 not really", "not an XLSX (zip) archive"),
+    ],
+)
+def test_upload_refuses_bad_files_with_a_message(
+    browser_client: Client, owner: Persona, name: str, data: bytes, message: str
+) -> None:
+    response = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile(name, data)}
+    )
+
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not File.objects.exists()
+
+
+def _csv(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode()
+
+
+def test_csv_upload_maps_columns_then_converts_to_jsonl(
+    browser_client: Client, owner: Persona, media_dir: Path
+) -> None:
+    data = _csv(
+        [
+            ["id", "question", "answer"],
+            ["1", "What is 2+2?", "4"],
+            ["2", "Capital of France?", "Paris"],
+        ]
+    )
+
+    response = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile("qa.csv", data)}
+    )
+    mapping_url = response["Location"]
+    page = browser_client.get(mapping_url)
+    preview = browser_client.get(
+        mapping_url,
+        {"mode": "chat", "user": "question", "assistant": "answer", "system_text": "Be brief."},
+        headers={"HX-Request": "true"},
+    )
+    done = browser_client.post(
+        mapping_url, {"mode": "prompt_completion", "prompt": "question", "completion": "answer"}
+    )
+
+    assert page.status_code == 200
+    assert b"Based on your file extension, your file is formatted as a CSV file" in page.content
+    # The defaults guess question → prompt, answer → completion.
+    assert b'<option value="question" selected>' in page.content
+    assert b'id="mapping-preview"' in preview.content
+    assert b"Be brief." in preview.content
+    file = File.objects.get(organization=owner.org)
+    assert done["Location"] == file.get_absolute_url()
+    assert file.filename == "qa.jsonl"
+    assert [json.loads(line) for line in file.blob.read().splitlines()] == [
+        {"prompt": "What is 2+2?", "completion": "4"},
+        {"prompt": "Capital of France?", "completion": "Paris"},
+    ]
+    # The staged upload is gone, and its token with it.
+    assert not [p for p in (media_dir / "staging").rglob("*") if p.is_file()]
+    assert browser_client.get(mapping_url).status_code == 404
+
+
+def test_a_large_csv_is_read_from_the_temporary_upload_file(
+    browser_client: Client, owner: Persona, settings: Any
+) -> None:
+    # Over FILE_UPLOAD_MAX_MEMORY_SIZE, Django spools the upload to disk.
+    rows = [["prompt", "completion"]] + [
+        [f"question {i} {'x' * 60}", f"a{i}"] for i in range(40_000)
+    ]
+    data = _csv(rows)
+    assert len(data) > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+
+    url = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile("big.csv", data)}
+    )["Location"]
+    browser_client.post(
+        url, {"mode": "prompt_completion", "prompt": "prompt", "completion": "completion"}
+    )
+
+    file = File.objects.get(organization=owner.org)
+    assert len(file.blob.read().splitlines()) == 40_000
+
+
+def test_xlsx_upload_converts_the_first_sheet(browser_client: Client, owner: Persona) -> None:
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["Prompt", "Completion"])
+    workbook.active.append(["2+2?", 4])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+
+    url = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile("book.xlsx", buffer.getvalue())}
+    )["Location"]
+    browser_client.post(
+        url, {"mode": "prompt_completion", "prompt": "Prompt", "completion": "Completion"}
+    )
+
+    file = File.objects.get(organization=owner.org)
+    assert file.filename == "book.jsonl"
+    assert json.loads(file.blob.read()) == {"prompt": "2+2?", "completion": "4"}
+
+
+def test_mapping_needs_a_completion_column(browser_client: Client) -> None:
+    data = _csv([["a", "b"], ["1", "2"]])
+    url = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile("t.csv", data)}
+    )["Location"]
+
+    response = browser_client.post(
+        url, {"mode": "prompt_completion", "prompt": "a", "completion": ""}
+    )
+
+    assert response.status_code == 400
+    assert b"Choose the completion column." in response.content
+    assert not File.objects.exists()
+
+
+def test_a_staged_upload_is_private_to_its_session(
+    browser_client: Client, client: Client, member: Persona
+) -> None:
+    url = browser_client.post(
+        reverse("datasets:upload"),
+        {"file": SimpleUploadedFile("t.csv", _csv([["prompt", "completion"], ["a", "b"]]))},
+    )["Location"]
+    other = Client()
+    other.force_login(member.user)  # same organization, another session
+
+    assert other.get(url).status_code == 404
+
+
+# --- detail ---------------------------------------------------------------------------------
+
+STATS = {
+    "format": "prompt_completion",
+    "task_type": "conditional generation",
+    "examples": 6,
+    "tokens": {"total": 60, "prompt": 30, "completion": 30},
+    "duplicates": {"count": 0, "lines": []},
+    "labels": {" yes": 4, " no": 2},
+    "example_tokens": {
+        "min": 8, "max": 12, "mean": 10.0, "p50": 10, "p90": 12, "p99": 12,
+        "histogram": {"edges": [8, 10, 12, 14], "counts": [2, 3, 1]},
+    },
+}  # fmt: skip
+
+
+def test_detail_shows_findings_preview_and_charts(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, UNPREPARED, stats=STATS)
+
+    response = browser_client.get(file.get_absolute_url())
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "Add a suffix separator ` -&gt;` to all prompts" in content
+    assert "Add a whitespace character to the beginning of the completion" in content
+    assert 'data-testid="apply-fixes"' in content
+    assert '<script id="chart-example_tokens" type="application/json">' in content
+    assert "chart-labels" in content
+    assert "answer number 0" in content
+    file.refresh_from_db()
+    assert file.findings["version"] == 1  # computed once, then stored
+
+
+def test_detail_makes_whitespace_and_separators_visible(
+    browser_client: Client, owner: Persona
+) -> None:
+    rows = [{"prompt": f"q{i}\n\n###\n\n", "completion": f" a{i} END"} for i in range(4)]
+    file = _file(owner, rows)
+
+    content = browser_client.get(file.get_absolute_url()).content.decode()
+
+    assert '<span class="sep" title="separator (common prompt ending)">' in content
+    assert '<span class="ws">\\n</span>' in content
+    assert '<span class="ws">␣</span>a0' in content
+
+
+def test_detail_of_chat_data_shows_a_conversation(browser_client: Client, owner: Persona) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+            ]
+        }
+    ]
+    file = _file(owner, rows, format=File.Format.CHAT)
+
+    content = browser_client.get(file.get_absolute_url()).content.decode()
+
+    assert 'class="msg assistant"' in content
+    assert "Hello!" in content
+    assert "no system message" in content
+
+
+def test_detail_polls_until_validated(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, UNPREPARED, status=File.Status.UPLOADED)
+
+    validating = browser_client.get(file.get_absolute_url(), headers={"HX-Request": "true"})
+    File.objects.filter(pk=file.pk).update(status=File.Status.PROCESSED, stats=STATS)
+    done = browser_client.get(file.get_absolute_url(), headers={"HX-Request": "true"})
+
+    assert b'id="file-body"' in validating.content
+    assert b"hx-trigger" in validating.content
+    assert b"hx-trigger" not in done.content
+    assert b"<html" not in done.content
+
+
+def test_detail_lists_validation_errors_with_line_numbers(
+    browser_client: Client, owner: Persona
+) -> None:
+    errors = [
+        {"line": 7, "message": "is not valid JSON at column 3: Expecting value", "param": None}
+    ]
+    file = _file(owner, UNPREPARED, status=File.Status.ERROR, errors=errors, error_count=3)
+
+    content = browser_client.get(file.get_absolute_url()).content.decode()
+
+    assert "Line 7 is not valid JSON at column 3" in content
+    assert "and 2 more" in content
+
+
+def test_detail_of_an_analysis_error_offers_no_fixes(
+    browser_client: Client, owner: Persona
+) -> None:
+    file = _file(owner, [{"prompt": "same", "completion": f" {i}"} for i in range(4)])
+
+    content = browser_client.get(file.get_absolute_url()).content.decode()
+    response = browser_client.post(reverse("datasets:fix", args=[file.public_id]), follow=True)
+
+    assert "All prompts are identical" in content
+    assert 'data-testid="apply-fixes"' not in content
+    assert "can&#x27;t be fixed automatically" in response.content.decode()
+    assert File.objects.count() == 1
+
+
+# --- apply fixes ----------------------------------------------------------------------------
+
+
+def test_apply_fixes_creates_a_new_file_and_keeps_the_original(
+    browser_client: Client, owner: Persona
+) -> None:
+    file = _file(owner, UNPREPARED)
+    original = file.blob.read()
+    analysis = prepare.analyze(UNPREPARED)
+    accepted = [r.id for r in analysis.recommended if r.id != prepare.ADD_COMPLETION_ENDING]
+
+    response = browser_client.post(
+        reverse("datasets:fix", args=[file.public_id]), {"accept": accepted}
+    )
+
+    fixed = File.objects.exclude(pk=file.pk).get()
+    assert response["Location"] == fixed.get_absolute_url()
+    assert fixed.derived_from == file
+    assert fixed.filename == "train_prepared.jsonl"
+    assert fixed.status == File.Status.UPLOADED  # validation runs after commit
+    rows = [json.loads(line) for line in fixed.blob.read().splitlines()]
+    # The separator and the leading space were added, the common prefix removed, no ending.
+    assert rows[0] == {"prompt": "Question 0 ->", "completion": " 0"}
+    file.refresh_from_db()
+    assert file.blob.read() == original
+
+
+def test_apply_fixes_can_split_classification_data(browser_client: Client, owner: Persona) -> None:
+    rows = [
+        {"prompt": f"review {i} ->", "completion": " good" if i % 3 else " bad"} for i in range(20)
+    ]
+    file = _file(owner, rows, filename="reviews.jsonl")
+
+    response = browser_client.post(
+        reverse("datasets:fix", args=[file.public_id]), {"accept": [prepare.SPLIT]}, follow=True
+    )
+
+    names = sorted(File.objects.exclude(pk=file.pk).values_list("filename", flat=True))
+    assert names == ["reviews_prepared_train.jsonl", "reviews_prepared_valid.jsonl"]
+    assert "--classification_positive_class" in response.content.decode()
+
+
+def test_apply_fixes_with_nothing_to_do_writes_nothing(
+    browser_client: Client, owner: Persona
+) -> None:
+    file = _file(owner, UNPREPARED)
+
+    response = browser_client.post(reverse("datasets:fix", args=[file.public_id]), follow=True)
+
+    assert "Nothing to change" in response.content.decode()
+    assert File.objects.count() == 1
+
+
+def test_apply_fixes_rejects_unknown_remediations(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, UNPREPARED)
+
+    response = browser_client.post(
+        reverse("datasets:fix", args=[file.public_id]), {"accept": ["drop_tables"]}, follow=True
+    )
+
+    assert "review the fixes" in response.content.decode()
+    assert File.objects.count() == 1
+
+
+# --- download, export, delete ---------------------------------------------------------------
+
+
+def test_download_returns_the_stored_bytes(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, UNPREPARED)
+
+    response = browser_client.get(reverse("datasets:download", args=[file.public_id]))
+
+    assert b"".join(response.streaming_content) == _jsonl(UNPREPARED)
+    assert 'filename="train.jsonl"' in response["Content-Disposition"]
+
+
+def test_csv_export_neutralises_formulas(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, [{"prompt": "=cmd|' /C calc'!A0", "completion": "-2+3"}])
+
+    response = browser_client.get(reverse("datasets:export_csv", args=[file.public_id]))
+
+    text = b"".join(response.streaming_content).decode()
+    assert text == "prompt,completion\r\n'=cmd|' /C calc'!A0,'-2+3\r\n"
+
+
+def test_delete_is_refused_while_an_unfinished_job_uses_the_file(
+    browser_client: Client, owner: Persona
+) -> None:
+    file = _file(owner, UNPREPARED)
+    FineTuneJob.objects.create(
+        public_id="ft-inuse",
+        api=FineTuneJob.Api.LEGACY,
+        organization=owner.org,
+        model="tiny-llama",
+        base_model=BaseModelFactory.create(),
+        training_file=file,
+        seed=1,
+        status=FineTuneJob.Status.RUNNING,
+    )
+
+    response = browser_client.post(reverse("datasets:delete", args=[file.public_id]), follow=True)
+
+    assert response.status_code == 200
+    assert "was not deleted" in response.content.decode()
+    assert "ft-inuse" in response.content.decode()
+    assert File.objects.filter(pk=file.pk).exists()
+
+
+def test_delete_removes_the_file(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, UNPREPARED)
+
+    response = browser_client.post(reverse("datasets:delete", args=[file.public_id]))
+
+    assert response["Location"] == reverse("datasets:list")
+    assert not File.objects.filter(pk=file.pk).exists()

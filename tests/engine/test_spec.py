@@ -1,0 +1,40 @@
+"""OpenAI's automatic hyperparameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import TrainingError, resolve_hyperparameters
+
+
+@pytest.mark.parametrize(
+    ("n_examples", "expected"),
+    [
+        (10, (4, 1, 0.05)),  # at least one example per batch
+        (1000, (4, 2, 0.05)),  # 0.2% of 1000
+        (5000, (4, 10, 0.1)),
+        (40_000, (4, 80, 0.2)),
+        (1_000_000, (4, 256, 0.2)),  # capped at 256
+    ],
+)
+def test_resolve_hyperparameters_auto(n_examples: int, expected: tuple[int, int, float]) -> None:
+    assert resolve_hyperparameters(n_examples, None, None, None) == expected
+
+
+def test_resolve_hyperparameters_keeps_explicit_values() -> None:
+    assert resolve_hyperparameters(1000, 2, 64, 0.3) == (2, 64, 0.3)
+
+
+def test_multiplier_follows_the_explicit_batch_size() -> None:
+    assert resolve_hyperparameters(1000, None, 128, None) == (4, 128, 0.2)
+
+
+def test_batch_size_never_exceeds_the_examples() -> None:
+    assert resolve_hyperparameters(3, None, 8, None)[1] == 3
+
+
+def test_invalid_values_are_training_errors() -> None:
+    with pytest.raises(TrainingError):
+        resolve_hyperparameters(100, 0, None, None)
+    with pytest.raises(TrainingError):
+        resolve_hyperparameters(100, None, None, -1.0)

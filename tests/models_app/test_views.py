@@ -1,0 +1,169 @@
+"""Model pages: list with usage, detail, samples, downloads, export and owner-only delete."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from django.core.management import call_command
+from django.test import Client
+
+from models_app import services
+from models_app.models import BaseModel, FineTunedModel
+from tests.conftest import Persona
+from tests.playground.support import TINY_BASE, MakeFineTune, TinyDirs, ft_name
+
+
+def browser(persona: Persona) -> Client:
+    client = Client()
+    client.force_login(persona.user)
+    return client
+
+
+def test_list_shows_name_base_org_created_and_usage(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    services.usage_record(organization=owner.org, model_name=model.name, api_key=None,
+                          user=owner.user, prompt_tokens=1234, completion_tokens=567)  # fmt: skip
+
+    page = browser(owner).get("/models/").content.decode()
+
+    assert model.name in page and TINY_BASE in page and "acme" in page
+    assert "1234 / 567" in page
+
+
+def test_detail_shows_base_usage_and_delete_for_owners(
+    owner: Persona, member: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    services.usage_record(organization=owner.org, model_name=model.name, api_key=None,
+                          user=owner.user, prompt_tokens=11, completion_tokens=22)  # fmt: skip
+
+    as_owner = browser(owner).get(f"/models/{model.name}/").content.decode()
+    as_member = browser(member).get(f"/models/{model.name}/").content.decode()
+
+    assert TINY_BASE in as_owner and "<td>11</td><td>22</td>" in as_owner
+    assert 'data-testid="delete-model"' in as_owner
+    assert 'data-testid="delete-model"' not in as_member
+
+
+def test_another_orgs_model_pages_are_404(
+    owner: Persona, outsider: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    theirs = make_fine_tune(outsider.org, ft_name(outsider.org))
+    client = browser(owner)
+
+    for suffix in ("", "delete/", "adapter.zip", "export/status/"):
+        assert client.get(f"/models/{theirs.name}/{suffix}").status_code == 404
+
+
+def test_samples_fragment_completes_training_prompts(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+
+    response = browser(owner).post(f"/models/{model.name}/samples/", headers={"HX-Request": "true"})
+
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="samples"' in body and 'data-testid="sample-completion"' in body
+    assert "hx-trigger" not in body  # the fragment replaces the loader once
+
+
+def test_member_cannot_delete_from_the_browser(member: Persona, owner: Persona, make_fine_tune: MakeFineTune) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+
+    assert browser(member).post(f"/models/{model.name}/delete/").status_code == 403
+    assert FineTunedModel.objects.get(pk=model.pk).deleted_at is None
+
+
+def test_owner_confirms_then_deletes(
+    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    client = browser(owner)
+
+    confirm = client.get(f"/models/{model.name}/delete/")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/models/{model.name}/delete/")
+
+    assert b"Delete permanently" in confirm.content
+    assert response.status_code == 302 and response["Location"] == "/models/"
+    assert not Path(model.artifact_dir).exists()
+    assert client.get(f"/models/{model.name}/").status_code == 404
+
+
+def test_adapter_download_is_a_zip_of_safetensors_and_config(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+
+    response = browser(owner).get(f"/models/{model.name}/adapter.zip")
+
+    assert response.status_code == 200
+    assert "attachment" in response["Content-Disposition"]
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(names)
+
+
+def test_export_button_queues_the_task_and_polls_until_ready(
+    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    client = browser(owner)
+
+    with (
+        mock.patch("models_app.tasks.export_merged_model.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        pending = client.post(f"/models/{model.name}/export/", headers={"HX-Request": "true"})
+    folder = services.exports_dir(model)
+    (folder / "merged.zip").write_bytes(b"PK")
+    ready = client.get(f"/models/{model.name}/export/status/", headers={"HX-Request": "true"})
+    download = client.get(f"/models/{model.name}/merged.zip")
+
+    delay.assert_called_once_with(model.pk)
+    assert b"hx-trigger" in pending.content  # polling while pending
+    assert b"hx-trigger" not in ready.content  # and stops once ready
+    assert b'data-testid="merged-download"' in ready.content
+    assert b"".join(download.streaming_content) == b"PK"
+
+
+def test_merged_download_before_export_is_404(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+
+    assert browser(owner).get(f"/models/{model.name}/merged.zip").status_code == 404
+
+
+def test_register_base_model_command(tiny_dirs: TinyDirs, db: None) -> None:
+    out = io.StringIO()
+
+    call_command("register_base_model", "tiny-cmd", str(tiny_dirs.base), "--alias", "tc",
+                 "--lr-lora", "0.0003", "--price-generate", "0.25", stdout=out)  # fmt: skip
+
+    base = BaseModel.objects.get(name="tiny-cmd")
+    assert base.aliases == ["tc"] and base.context_length == 512 and base.base_lr_lora == 0.0003
+    assert "Registered tiny-cmd" in out.getvalue()
+
+
+def test_register_base_model_command_reports_bad_sources(db: None) -> None:
+    import pytest
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="source"):
+        call_command("register_base_model", "x", "/no/such/dir")
+
+
+def test_admin_lists_only_the_owners_fine_tunes(
+    owner: Persona, outsider: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    ours = make_fine_tune(owner.org, ft_name(owner.org))
+    theirs = make_fine_tune(outsider.org, ft_name(outsider.org))
+    owner.user.is_staff = True
+    owner.user.save(update_fields=["is_staff"])
+
+    page = browser(owner).get("/admin/models_app/finetunedmodel/").content.decode()
+
+    assert ours.name in page and theirs.name not in page
