@@ -77,7 +77,9 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organization"], condition=Q(revoked_at=None), name="live_keys")]
+        indexes = [
+            models.Index(fields=["organization"], condition=Q(revoked_at=None), name="live_keys")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

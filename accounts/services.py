@@ -59,9 +59,7 @@ def api_key_create(*, organization: Organization, name: str, created_by: User | 
 
 def api_key_revoke(*, key: ApiKey) -> bool:
     """Returns False if it had already been revoked."""
-    return bool(
-        ApiKey.objects.filter(pk=key.pk, revoked_at=None).update(revoked_at=timezone.now())
-    )
+    return bool(ApiKey.objects.filter(pk=key.pk, revoked_at=None).update(revoked_at=timezone.now()))
 
 
 # Writing last_used_at on every request would turn each API call into a write; a minute's

@@ -165,6 +165,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
 
+
 def _plotly_js_dir() -> str:
     # plotly.js ships inside the plotly package: serve it from there, no CDN, nothing vendored.
     import importlib.util

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from engine.spec import TrainingError, TooLongPolicy
+from engine.spec import TooLongPolicy, TrainingError
 
 
 @dataclass

@@ -59,7 +59,9 @@ DEFAULT_PACK_TOKENS = {"cpu": 2048, "cuda": 16384}
 # with unbucketed shapes grew from 2 to 5.7 GB in 75 steps. Rounding rows up to a multiple of this
 # keeps the number of shapes small. In fp32 (and on CUDA) measured RSS stays flat without it.
 BF16_CPU_BUCKET = 64
-# Positions scored by the output head at once: bounds the [positions, vocab] logits in memory.
+# Positions scored by the output head at once. Without autograd (validation, classification)
+# this bounds the [positions, vocab] logits in memory; with it, the softmax buffers of every
+# chunk are kept for backward anyway, which is why packs are capped in tokens.
 HEAD_CHUNK = 4096
 
 
@@ -182,7 +184,9 @@ def _is_adapter_dir(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
 
 
-def build_runtime(spec: TrainSpec, model_dir: Path, device: str, resume_from: Path | None) -> Runtime:
+def build_runtime(
+    spec: TrainSpec, model_dir: Path, device: str, resume_from: Path | None
+) -> Runtime:
     """Load the base model and make it trainable: a fresh or loaded LoRA adapter, or full weights.
 
     `resume_from` is a checkpoint's model dir; otherwise `spec.continue_from` if given.
@@ -276,7 +280,9 @@ class BatchStats:
         }
 
 
-def _hidden(runtime: Runtime, input_ids: torch.Tensor, position_ids: torch.Tensor, lens: list[int]) -> torch.Tensor:
+def _hidden(
+    runtime: Runtime, input_ids: torch.Tensor, position_ids: torch.Tensor, lens: list[int]
+) -> torch.Tensor:
     device = runtime.device
     kwargs: dict[str, Any] = {"tunery_seq_lens": lens}
     if device.startswith("cuda"):
@@ -297,12 +303,12 @@ def _pack_loss(
     """Forward one pack; return its share of the step loss (sum(w*CE) / total_weight) and add its
     counts to `stats`. None if nothing in the pack carries loss."""
     device = runtime.device
-    with runtime.autocast():
-        hidden = _hidden(runtime, pack.input_ids, pack.position_ids, pack.seq_lens)
     stats.tokens += pack.n_tokens
     stats.examples += pack.n_examples
     if pack.labels.numel() == 0:
         return None
+    with runtime.autocast():
+        hidden = _hidden(runtime, pack.input_ids, pack.position_ids, pack.seq_lens)
     source = pack.source.to(device)
     labels = pack.labels.to(device)
     weights = pack.weights.to(device)
@@ -535,8 +541,7 @@ class Trainer:
         if stats.n_dropped:
             self.hooks.on_event(
                 "warn",
-                f"Dropped {stats.n_dropped} {which} examples longer than "
-                f"{self.max_length} tokens",
+                f"Dropped {stats.n_dropped} {which} examples longer than {self.max_length} tokens",
             )
 
     def _plan(self, device: str, bf16: bool) -> _Plan:
@@ -679,11 +684,7 @@ class Trainer:
                 self.checkpoints.append(CheckpointInfo(st.epoch, st.step, str(path), {}))
             hooks.on_event("info", f"Resumed from checkpoint at step {self.state.step}")
 
-        kind = (
-            None
-            if self.classification is None
-            else self.classification.kind
-        )
+        kind = None if self.classification is None else self.classification.kind
         betas = self.classification.betas if self.classification else [1.0]
         columns = metrics.results_columns(kind, betas)
         results_path = self.output_dir / RESULTS_FILE

@@ -120,10 +120,18 @@ def _current_hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
         hyper = (method.get("supervised") or {}).get("hyperparameters") or hyper
     if not isinstance(hyper, dict):
         raise ApiError("hyperparameters must be an object.", param="hyperparameters")
-    unknown = set(hyper) - {"n_epochs", "batch_size", "learning_rate_multiplier", "prompt_loss_weight"}
+    unknown = set(hyper) - {
+        "n_epochs",
+        "batch_size",
+        "learning_rate_multiplier",
+        "prompt_loss_weight",
+    }
     if unknown:
         raise ApiError(f"Unknown hyperparameter {sorted(unknown)[0]!r}.", param="hyperparameters")
-    return {k: hyper.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier", "prompt_loss_weight")}
+    return {
+        k: hyper.get(k)
+        for k in ("n_epochs", "batch_size", "learning_rate_multiplier", "prompt_loss_weight")
+    }
 
 
 class JobListApi(APIView):

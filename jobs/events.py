@@ -9,7 +9,11 @@ from jobs.models import FineTuneJob, JobEvent
 
 # kind -> (legacy text, current text, level). Both are format strings over the job and kwargs.
 TEXTS: dict[str, tuple[str, str, str]] = {
-    "created": ("Created fine-tune: {job.public_id}", "Created fine-tuning job: {job.public_id}", "info"),
+    "created": (
+        "Created fine-tune: {job.public_id}",
+        "Created fine-tuning job: {job.public_id}",
+        "info",
+    ),
     "cost": ("Fine-tune costs ${cost:.2f}", "Fine-tuning job costs ${cost:.2f}", "info"),
     "enqueued": (
         "Fine-tune enqueued. Queue number: {position}",

@@ -131,6 +131,9 @@ class JobEvent(models.Model):
     class Meta:
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return self.message
+
     def save(self, *args: object, **kwargs: object) -> None:
         if not self.public_id:
             self.public_id = random_id("ftevent-", 24)
@@ -151,6 +154,9 @@ class Checkpoint(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "step_number"], name="one_checkpoint_per_step")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} step {self.step_number}"
 
     def save(self, *args: object, **kwargs: object) -> None:
         if not self.public_id:

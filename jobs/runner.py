@@ -112,7 +112,9 @@ def _fail_queued(job: FineTuneJob, reason: str) -> None:
 
 def _announce_queue_moved() -> None:
     """'Fine-tune is in the queue. Queue number: N' for every job still waiting."""
-    for waiting in FineTuneJob.objects.filter(status=FineTuneJob.Status.QUEUED).order_by("created_at"):
+    for waiting in FineTuneJob.objects.filter(status=FineTuneJob.Status.QUEUED).order_by(
+        "created_at"
+    ):
         events.emit(waiting, "queue", position=queue_position(waiting))
 
 
@@ -168,7 +170,12 @@ class JobHooks(engine.Hooks):
         return FineTuneJob.objects.filter(pk=self.job.pk, status=FineTuneJob.Status.RUNNING)
 
     def on_event(self, level: str, message: str) -> None:
-        events.emit(self.job, "engine", level=level if level in ("info", "warn", "error") else "info", message=message)
+        events.emit(
+            self.job,
+            "engine",
+            level=level if level in ("info", "warn", "error") else "info",
+            message=message,
+        )
 
     def on_metrics(self, row: dict[str, float]) -> None:
         step = int(row.get("step", 0))
@@ -176,7 +183,9 @@ class JobHooks(engine.Hooks):
         if step % self.metrics_every == 0 or any(k.startswith("classification/") for k in row):
             events.emit_metrics(self.job, step=step, total_steps=total, row=row)
 
-    def on_progress(self, step: int, total_steps: int, tokens: int, eta_seconds: float | None) -> None:
+    def on_progress(
+        self, step: int, total_steps: int, tokens: int, eta_seconds: float | None
+    ) -> None:
         now = time.monotonic()
         if self.job.total_steps != total_steps:
             self.job.total_steps = total_steps
@@ -200,14 +209,18 @@ class JobHooks(engine.Hooks):
         )
 
     def on_checkpoint(self, info: Any) -> None:
-        metrics = events.finite({
-            "train_loss": info.metrics.get("training_loss"),
-            "train_mean_token_accuracy": info.metrics.get("training_token_accuracy"),
-            "valid_loss": info.metrics.get("validation_loss"),
-            "valid_mean_token_accuracy": info.metrics.get("validation_token_accuracy"),
-            "full_valid_loss": info.metrics.get("full_validation_loss"),
-            "full_valid_mean_token_accuracy": info.metrics.get("full_validation_token_accuracy"),
-        })
+        metrics = events.finite(
+            {
+                "train_loss": info.metrics.get("training_loss"),
+                "train_mean_token_accuracy": info.metrics.get("training_token_accuracy"),
+                "valid_loss": info.metrics.get("validation_loss"),
+                "valid_mean_token_accuracy": info.metrics.get("validation_token_accuracy"),
+                "full_valid_loss": info.metrics.get("full_validation_loss"),
+                "full_valid_mean_token_accuracy": info.metrics.get(
+                    "full_validation_token_accuracy"
+                ),
+            }
+        )
         Checkpoint.objects.update_or_create(
             job=self.job,
             step_number=info.step,
@@ -400,5 +413,7 @@ def jobs_requeue_stale() -> list[int]:
 
 def metric_rows(job: FineTuneJob) -> list[dict[str, Any]]:
     """The per-step results rows recorded so far (for live charts)."""
-    rows = JobEvent.objects.filter(job=job, type=JobEvent.Type.METRICS).values_list("data", flat=True)
+    rows = JobEvent.objects.filter(job=job, type=JobEvent.Type.METRICS).values_list(
+        "data", flat=True
+    )
     return [r["results"] for r in rows if r and "results" in r]

@@ -59,7 +59,11 @@ def legacy_job_json(job: FineTuneJob, *, with_events: bool = True) -> dict[str, 
     }
     if job.classification:
         hyperparams.update(
-            {k: v for k, v in job.classification.items() if v is not None and k != "classification_betas"}
+            {
+                k: v
+                for k, v in job.classification.items()
+                if v is not None and k != "classification_betas"
+            }
         )
         if job.classification.get("classification_betas"):
             hyperparams["classification_betas"] = job.classification["classification_betas"]
@@ -128,7 +132,10 @@ def current_event_json(event: JobEvent) -> dict[str, Any]:
 
 
 def checkpoint_json(checkpoint: Checkpoint, job: FineTuneJob) -> dict[str, Any]:
-    name = job.fine_tuned_model or f"ft:{job.base_model.name}:{job.organization.slug}:{job.suffix}:{job.public_id}"
+    name = (
+        job.fine_tuned_model
+        or f"ft:{job.base_model.name}:{job.organization.slug}:{job.suffix}:{job.public_id}"
+    )
     return {
         "object": "fine_tuning.job.checkpoint",
         "id": checkpoint.public_id,

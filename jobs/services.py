@@ -20,8 +20,8 @@ from config.api import ApiError
 from datasets.models import File
 from datasets.selectors import file_find_for_org
 from jobs import events, tasks
-from jobs.selectors import queue_position
 from jobs.models import FineTuneJob
+from jobs.selectors import queue_position
 from models_app.models import BaseModel, FineTunedModel
 from models_app.selectors import base_model_find, model_find_for_org
 
@@ -142,7 +142,9 @@ def _classification(req: JobRequest) -> dict[str, Any]:
     if enabled in (None, False):
         return {}
     if enabled is not True:
-        raise _bad("compute_classification_metrics", "compute_classification_metrics must be a boolean.")
+        raise _bad(
+            "compute_classification_metrics", "compute_classification_metrics must be a boolean."
+        )
     if not req.validation_file:
         raise _bad(
             "validation_file",
@@ -151,7 +153,9 @@ def _classification(req: JobRequest) -> dict[str, Any]:
     n_classes = _int_in(req.classification_n_classes, "classification_n_classes", 2, 10_000)
     positive = req.classification_positive_class
     if positive is not None and not isinstance(positive, str):
-        raise _bad("classification_positive_class", "classification_positive_class must be a string.")
+        raise _bad(
+            "classification_positive_class", "classification_positive_class must be a string."
+        )
     if positive is None and n_classes is None:
         raise _bad(
             "classification_n_classes",
@@ -159,15 +163,22 @@ def _classification(req: JobRequest) -> dict[str, Any]:
             "classification_n_classes (multiclass).",
         )
     if positive is not None and n_classes not in (None, 2):
-        raise _bad("classification_positive_class", "classification_positive_class is for binary tasks only.")
+        raise _bad(
+            "classification_positive_class",
+            "classification_positive_class is for binary tasks only.",
+        )
     betas = req.classification_betas
     if betas is not None:
         if not isinstance(betas, list) or not all(
             isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in betas
         ):
-            raise _bad("classification_betas", "classification_betas must be a list of positive numbers.")
+            raise _bad(
+                "classification_betas", "classification_betas must be a list of positive numbers."
+            )
         if positive is None:
-            raise _bad("classification_betas", "classification_betas apply to binary classification only.")
+            raise _bad(
+                "classification_betas", "classification_betas apply to binary classification only."
+            )
     return {
         "compute_classification_metrics": True,
         "classification_n_classes": n_classes or (2 if positive is not None else None),
@@ -197,7 +208,9 @@ def _validate_metadata(value: Any) -> dict[str, str] | None:
         raise _bad("metadata", "metadata must be an object of at most 16 string pairs.")
     for k, v in value.items():
         if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
-            raise _bad("metadata", "metadata keys (≤64 chars) and values (≤512 chars) must be strings.")
+            raise _bad(
+                "metadata", "metadata keys (≤64 chars) and values (≤512 chars) must be strings."
+            )
     return value
 
 
@@ -207,7 +220,9 @@ def estimate_cost(base: BaseModel, training: File, n_epochs: int | None) -> Deci
     return cost.quantize(Decimal("0.0001"))
 
 
-def job_create(*, organization: Organization, created_by: User | None, req: JobRequest) -> FineTuneJob:
+def job_create(
+    *, organization: Organization, created_by: User | None, req: JobRequest
+) -> FineTuneJob:
     """Validate everything, then write the job and its first events and enqueue it.
 
     Every failure is an ApiError naming its param, raised before any row is written.
@@ -233,7 +248,9 @@ def job_create(*, organization: Organization, created_by: User | None, req: JobR
     if req.method not in FineTuneJob.Method.values:
         raise _bad("training_method", "training_method must be 'lora' or 'full'.")
     if parent is not None and parent.method != req.method:
-        raise _bad("model", f"{parent.name} is a {parent.method} fine-tune; continue it the same way.")
+        raise _bad(
+            "model", f"{parent.name} is a {parent.method} fine-tune; continue it the same way."
+        )
     seed = _int_in(req.seed, "seed", 0, SEED_MAX)
     if req.scaling_forecast and validation is None:
         raise _bad("validation_file", "scaling_forecast needs a validation_file to compare on.")
@@ -276,9 +293,9 @@ def job_cancel(*, job: FineTuneJob) -> bool:
     A running worker sees the new status in its should_stop hook and stops within one step.
     """
     with transaction.atomic():
-        cancelled = FineTuneJob.objects.filter(
-            pk=job.pk, status__in=FineTuneJob.UNFINISHED
-        ).update(status=FineTuneJob.Status.CANCELLED, finished_at=timezone.now())
+        cancelled = FineTuneJob.objects.filter(pk=job.pk, status__in=FineTuneJob.UNFINISHED).update(
+            status=FineTuneJob.Status.CANCELLED, finished_at=timezone.now()
+        )
         if cancelled:
             events.emit(job, "cancelled")
     job.refresh_from_db()

@@ -87,7 +87,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+        pytest.fail(
+            "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -47,8 +47,12 @@ class FileFactory(DjangoModelFactory["File"]):
     status = "processed"
     format = "prompt_completion"
     bytes = 100
-    stats = factory.LazyFunction(lambda: {"examples": 8, "tokens": {"total": 200, "prompt": 150, "completion": 50}})
-    blob = factory.django.FileField(filename="train.jsonl", data=b'{"prompt": "a", "completion": " b"}\n')
+    stats = factory.LazyFunction(
+        lambda: {"examples": 8, "tokens": {"total": 200, "prompt": 150, "completion": 50}}
+    )
+    blob = factory.django.FileField(
+        filename="train.jsonl", data=b'{"prompt": "a", "completion": " b"}\n'
+    )
 
 
 class BaseModelFactory(DjangoModelFactory["BaseModel"]):

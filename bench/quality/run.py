@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from engine import DEFAULT_MODEL_SOURCE, Hooks, TrainSpec, resolve_model_source, train  # noqa: E402
-from engine.models import default_cache_dir, pick_device  # noqa: E402
+from engine.models import auto_threads, default_cache_dir, pick_device  # noqa: E402
 from engine.trainer import evaluate_classification  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sms_spam"
@@ -86,8 +86,8 @@ def main() -> None:
     train_path, valid_path = args.data / "train.jsonl", args.data / "valid.jsonl"
     out = args.out or Path(tempfile.mkdtemp(prefix="tunery-quality-"))
     resolve_model_source(args.model, args.cache_dir)  # dequantize once, outside the timings
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # The same thread count for the zero-shot pass as the engine picks for training.
+    torch.set_num_threads(args.threads or auto_threads())
 
     zero_shot: dict[str, float] = {}
     zero_shot_seconds = 0.0

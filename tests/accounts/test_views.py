@@ -60,7 +60,9 @@ def test_owner_revokes_a_key(owner: Persona) -> None:
     assert owner.api().get("/v1/models").status_code == 401
 
 
-def test_owner_adds_a_member_and_cannot_remove_the_last_owner(owner: Persona, outsider: Persona) -> None:
+def test_owner_adds_a_member_and_cannot_remove_the_last_owner(
+    owner: Persona, outsider: Persona
+) -> None:
     client = logged_in(owner)
     client.post("/settings/members/", {"username": outsider.user.username, "role": "member"})
     assert Membership.objects.filter(organization=owner.org, user=outsider.user).exists()

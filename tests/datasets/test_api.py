@@ -271,6 +271,18 @@ def test_content_returns_the_raw_bytes(owner: Persona) -> None:
     assert b"".join(response.streaming_content) == GOOD
 
 
+def test_content_serves_the_sdks_accept_header(owner: Persona) -> None:
+    # The current SDK asks for `Accept: application/binary`; DRF would answer 406.
+    (file,) = make_files(owner, 1)
+    client = owner.api()
+
+    found = client.get(f"/v1/files/{file.public_id}/content", HTTP_ACCEPT="application/binary")
+    missing = client.get("/v1/files/file-nope/content", HTTP_ACCEPT="application/binary")
+
+    assert found.status_code == 200
+    assert_envelope(missing, 404)
+
+
 def test_results_content_is_csv_text(owner: Persona) -> None:
     (file,) = make_files(owner, 1, purpose="fine-tune-results")
 

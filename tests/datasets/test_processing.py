@@ -329,3 +329,11 @@ def test_the_validate_task_calls_the_worker_side_use_case() -> None:
 
     use_case.assert_called_once_with(file_id=42)
     assert tasks.validate_file.name == "datasets.validate_file"
+
+
+def test_validation_goes_to_the_default_queue_not_the_training_one() -> None:
+    from config.celery import app
+
+    route = app.amqp.router.route({}, "datasets.validate_file", args=(1,), kwargs={})
+
+    assert route["queue"].name == "default"

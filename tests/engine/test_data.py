@@ -100,9 +100,11 @@ def test_too_long_truncate_and_drop(tokenizer: Any, tmp_path: Path) -> None:
     kept, truncated = load_examples(path, tokenizing, 20, "truncate")
     left, dropped = load_examples(path, tokenizing, 20, "drop")
 
-    assert truncated.n_truncated == 1 and truncated.n_dropped == 0
+    assert truncated.n_truncated == 1
+    assert truncated.n_dropped == 0
     assert [len(e) for e in kept][1] == 20
-    assert dropped.n_dropped == 1 and len(left) == 1
+    assert dropped.n_dropped == 1
+    assert len(left) == 1
 
 
 def test_packs_respect_the_budget_and_restart_positions(tokenizer: Any) -> None:

@@ -128,7 +128,9 @@ def test_build_tiny_model_is_deterministic_and_complete(tmp_path: Path) -> None:
     _, tokenizer = load_model_and_tokenizer(first, device="cpu")
     text = "Héllo wörld! 123 {x: [1, 2]}\n\t🎉"
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
-    assert tokenizer.eos_token and tokenizer.pad_token and tokenizer.bos_token
+    assert tokenizer.eos_token
+    assert tokenizer.pad_token
+    assert tokenizer.bos_token
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
@@ -163,7 +165,8 @@ def test_gguf_is_dequantized_once_and_cached(
     first = resolve_model_source(str(tiny_gguf), str(cache))
     second = resolve_model_source(str(tiny_gguf), str(cache))
 
-    assert first == second and len(calls) == 1
+    assert first == second
+    assert len(calls) == 1
     assert first.parent == cache
     config = json.loads((first / "config.json").read_text())
     assert "quantization_config" not in config

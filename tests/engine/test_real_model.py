@@ -36,7 +36,8 @@ def test_smollm2_loads_offline_and_trains_a_few_steps(tmp_path: Path) -> None:
         )
     )
 
-    assert result.status == "succeeded" and result.steps == 3
+    assert result.status == "succeeded"
+    assert result.steps == 3
     with open(result.results_csv, newline="") as handle:
         losses = [float(r["training_loss"]) for r in csv.DictReader(handle)]
     assert all(0 < loss < 20 for loss in losses)

@@ -171,9 +171,7 @@ def _labelled_rows(n: int) -> list[dict[str, str]]:
     ]
 
 
-def test_binary_classification_metrics_each_epoch(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_binary_classification_metrics_each_epoch(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", _labelled_rows(8))
     valid = write_jsonl(tmp_path / "valid.jsonl", _labelled_rows(6))
     spec = spec_for(
@@ -358,8 +356,9 @@ def test_too_long_examples_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
     hooks = Recorder()
 
     result = train(
-        spec_for(tiny_model_dir, data, tmp_path / "out", n_epochs=1, max_length=64,
-                 too_long="drop"),
+        spec_for(
+            tiny_model_dir, data, tmp_path / "out", n_epochs=1, max_length=64, too_long="drop"
+        ),
         hooks,
     )
 
@@ -381,5 +380,6 @@ def test_lora_settings_are_applied(tiny_model_dir: Path, train_file: Path, tmp_p
     result = train(spec_for(tiny_model_dir, train_file, tmp_path / "out", n_epochs=1, lora=lora))
 
     tensors = adapter_tensors(result.model_dir)
-    assert tensors and all("q_proj" in k or "v_proj" in k for k in tensors)
+    assert tensors
+    assert all("q_proj" in k or "v_proj" in k for k in tensors)
     assert all(t.shape[0] == 4 for k, t in tensors.items() if "lora_A" in k)

@@ -29,8 +29,12 @@ def post(client: Any, path: str, body: Any) -> Any:
     return client.post(path, json.dumps(body), content_type="application/json")
 
 
-def test_legacy_create_returns_a_pending_fine_tune_with_events(owner: Persona, training: Any) -> None:
-    body = post(owner.api(), "/v1/fine-tunes", {"training_file": training.public_id, "model": "ada"}).json()
+def test_legacy_create_returns_a_pending_fine_tune_with_events(
+    owner: Persona, training: Any
+) -> None:
+    body = post(
+        owner.api(), "/v1/fine-tunes", {"training_file": training.public_id, "model": "ada"}
+    ).json()
 
     assert body["object"] == "fine-tune" and body["status"] == "pending"
     assert body["hyperparams"]["batch_size"] is None  # resolved when the job starts
@@ -91,21 +95,34 @@ def test_current_create_with_method_and_auto_values(owner: Persona, training: An
     ).json()
 
     assert body["object"] == "fine_tuning.job" and body["status"] == "queued"
-    assert body["hyperparameters"] == {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert body["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+    }
     assert body["seed"] == 42 and body["metadata"] == {"team": "nlp"}
     assert body["result_files"] == [] and body["error"] is None
 
 
 def test_current_create_refuses_dpo(owner: Persona, training: Any) -> None:
-    response = post(owner.api(), "/v1/fine_tuning/jobs", {
-        "model": "SmolLM2-135M-Instruct", "training_file": training.public_id, "method": {"type": "dpo"}})
+    response = post(
+        owner.api(),
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "training_file": training.public_id,
+            "method": {"type": "dpo"},
+        },
+    )
     assert assert_envelope(response, 400)["param"] == "method.type"
 
 
 def test_current_list_pages_with_after_and_has_more(owner: Persona, training: Any) -> None:
     client = owner.api()
     ids = [
-        post(client, "/v1/fine_tuning/jobs", {"model": "ada", "training_file": training.public_id}).json()["id"]
+        post(
+            client, "/v1/fine_tuning/jobs", {"model": "ada", "training_file": training.public_id}
+        ).json()["id"]
         for _ in range(3)
     ]
     first = client.get("/v1/fine_tuning/jobs?limit=2").json()
@@ -114,22 +131,39 @@ def test_current_list_pages_with_after_and_has_more(owner: Persona, training: An
     assert [j["id"] for j in rest["data"]] == [ids[0]] and rest["has_more"] is False
 
 
-def test_current_events_newest_first_and_cancel_with_empty_json_body(owner: Persona, training: Any) -> None:
+def test_current_events_newest_first_and_cancel_with_empty_json_body(
+    owner: Persona, training: Any
+) -> None:
     client = owner.api()
-    job_id = post(client, "/v1/fine_tuning/jobs", {"model": "ada", "training_file": training.public_id}).json()["id"]
+    job_id = post(
+        client, "/v1/fine_tuning/jobs", {"model": "ada", "training_file": training.public_id}
+    ).json()["id"]
     # The current SDK sends Content-Type: application/json with an empty body.
-    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", "", content_type="application/json").status_code == 200
+    assert (
+        client.post(
+            f"/v1/fine_tuning/jobs/{job_id}/cancel", "", content_type="application/json"
+        ).status_code
+        == 200
+    )
 
     events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()
     assert events["data"][0]["message"] == "Fine tuning process stopping due to job cancellation"
     assert events["data"][0]["object"] == "fine_tuning.job.event" and events["has_more"] is False
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()
-    assert checkpoints == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    assert checkpoints == {
+        "object": "list",
+        "data": [],
+        "first_id": None,
+        "last_id": None,
+        "has_more": False,
+    }
 
 
 def test_create_errors_are_400s_naming_the_param(owner: Persona, training: Any) -> None:
     client = owner.api()
-    error = assert_envelope(post(client, "/v1/fine-tunes", {"training_file": training.public_id, "n_epochs": 99}), 400)
+    error = assert_envelope(
+        post(client, "/v1/fine-tunes", {"training_file": training.public_id, "n_epochs": 99}), 400
+    )
     assert error["param"] == "n_epochs"
     error = assert_envelope(post(client, "/v1/fine_tuning/jobs", {"model": "ada"}), 400)
     assert error["param"] == "training_file"
@@ -143,7 +177,11 @@ def test_another_orgs_job_is_404(owner: Persona, outsider: Persona, training: An
     job_id = post(owner.api(), "/v1/fine-tunes", {"training_file": training.public_id}).json()["id"]
     theirs = outsider.api()
 
-    for path in (f"/v1/fine-tunes/{job_id}", f"/v1/fine_tuning/jobs/{job_id}", f"/v1/fine_tuning/jobs/{job_id}/events"):
+    for path in (
+        f"/v1/fine-tunes/{job_id}",
+        f"/v1/fine_tuning/jobs/{job_id}",
+        f"/v1/fine_tuning/jobs/{job_id}/events",
+    ):
         assert_envelope(theirs.get(path), 404)
     assert_envelope(theirs.post(f"/v1/fine-tunes/{job_id}/cancel"), 404)
     assert FineTuneJob.objects.get(public_id=job_id).status == "queued"

@@ -17,11 +17,16 @@ from tests.workers import celery_worker, purge_broker
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_create_watch_and_cancel(page: Any, live_server: Any, owner: Persona, tiny_base: Any, tmp_path: Path) -> None:
+def test_create_watch_and_cancel(
+    page: Any, live_server: Any, owner: Persona, tiny_base: Any, tmp_path: Path
+) -> None:
     purge_broker()
     data = sms_subset(tmp_path, 32)
     file = file_services.file_create(
-        organization=owner.org, uploaded_by=owner.user, filename="sms.jsonl", purpose="fine-tune",
+        organization=owner.org,
+        uploaded_by=owner.user,
+        filename="sms.jsonl",
+        purpose="fine-tune",
         content=data.read_bytes(),
     )
     file_validate(file_id=file.pk)

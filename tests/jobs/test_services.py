@@ -22,12 +22,16 @@ def training(owner: Persona) -> Any:
 
 def create(owner: Persona, **fields: Any) -> FineTuneJob:
     fields.setdefault("model", "SmolLM2-135M-Instruct")
-    req = JobRequest(api=fields.pop("api", "legacy"), training_file=fields.pop("training_file"), **fields)
+    req = JobRequest(
+        api=fields.pop("api", "legacy"), training_file=fields.pop("training_file"), **fields
+    )
     with mock.patch("jobs.tasks.run_training_job.delay"):
         return services.job_create(organization=owner.org, created_by=owner.user, req=req)
 
 
-def test_create_writes_the_job_and_its_first_events(owner: Persona, training: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_create_writes_the_job_and_its_first_events(
+    owner: Persona, training: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     with (
         mock.patch("jobs.tasks.run_training_job.delay") as delay,
         django_capture_on_commit_callbacks(execute=True),
@@ -111,7 +115,9 @@ def test_another_orgs_file_is_not_found(owner: Persona, outsider: Persona) -> No
         ({"purpose": "fine-tune-results"}, "purpose"),
     ],
 )
-def test_unusable_files_are_refused(owner: Persona, file_fields: dict[str, Any], message: str) -> None:
+def test_unusable_files_are_refused(
+    owner: Persona, file_fields: dict[str, Any], message: str
+) -> None:
     bad = FileFactory.create(organization=owner.org, **file_fields)
     with pytest.raises(ApiError, match=message):
         create(owner, training_file=bad.public_id)
@@ -121,12 +127,21 @@ def test_unusable_files_are_refused(owner: Persona, file_fields: dict[str, Any],
 def test_classification_needs_a_class_setting(owner: Persona, training: Any) -> None:
     valid = FileFactory.create(organization=owner.org)
     with pytest.raises(ApiError) as raised:
-        create(owner, training_file=training.public_id, validation_file=valid.public_id,
-               compute_classification_metrics=True)
+        create(
+            owner,
+            training_file=training.public_id,
+            validation_file=valid.public_id,
+            compute_classification_metrics=True,
+        )
     assert raised.value.param == "classification_n_classes"
-    job = create(owner, training_file=training.public_id, validation_file=valid.public_id,
-                 compute_classification_metrics=True, classification_positive_class=" spam",
-                 classification_betas=[1, 2])
+    job = create(
+        owner,
+        training_file=training.public_id,
+        validation_file=valid.public_id,
+        compute_classification_metrics=True,
+        classification_positive_class=" spam",
+        classification_betas=[1, 2],
+    )
     assert job.classification["classification_positive_class"] == " spam"
 
 

@@ -30,23 +30,31 @@ def browser_for(persona: Persona) -> Client:
 def make_job(owner: Persona) -> FineTuneJob:
     training = FileFactory.create(organization=owner.org)
     return services.job_create(
-        organization=owner.org, created_by=owner.user,
+        organization=owner.org,
+        created_by=owner.user,
         req=JobRequest(api="current", model="ada", training_file=training.public_id),
     )
 
 
 def test_create_form_offers_only_processed_files_and_creates_a_job(owner: Persona) -> None:
     good = FileFactory.create(organization=owner.org, filename="good.jsonl")
-    FileFactory.create(organization=owner.org, filename="broken.jsonl", status="error", error_count=1)
+    FileFactory.create(
+        organization=owner.org, filename="broken.jsonl", status="error", error_count=1
+    )
     client = browser_for(owner)
 
     page = client.get("/jobs/new/").content.decode()
     assert "good.jsonl" in page and "broken.jsonl" not in page
 
-    response = client.post("/jobs/new/", {
-        "model": "SmolLM2-135M-Instruct", "training_file": good.public_id, "training_method": "lora",
-        "prompt_loss_weight": "0.01",
-    })
+    response = client.post(
+        "/jobs/new/",
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "training_file": good.public_id,
+            "training_method": "lora",
+            "prompt_loss_weight": "0.01",
+        },
+    )
     job = FineTuneJob.objects.get()
     assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
     assert job.public_id.startswith("ftjob-")
@@ -54,21 +62,33 @@ def test_create_form_offers_only_processed_files_and_creates_a_job(owner: Person
 
 def test_create_form_shows_a_service_error_on_its_field(owner: Persona) -> None:
     good = FileFactory.create(organization=owner.org)
-    response = browser_for(owner).post("/jobs/new/", {
-        "model": "SmolLM2-135M-Instruct", "training_file": good.public_id, "training_method": "lora",
-        "compute_classification_metrics": "on",
-    })
+    response = browser_for(owner).post(
+        "/jobs/new/",
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "training_file": good.public_id,
+            "training_method": "lora",
+            "compute_classification_metrics": "on",
+        },
+    )
     assert response.status_code == 200
     assert "needs a validation_file" in response.content.decode()
     assert not FineTuneJob.objects.exists()
 
 
 def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
-    good = FileFactory.create(organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}})
-    page = browser_for(owner).get(
-        "/jobs/new/preflight/", {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id},
-        headers={"HX-Request": "true"},
-    ).content.decode()
+    good = FileFactory.create(
+        organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}}
+    )
+    page = (
+        browser_for(owner)
+        .get(
+            "/jobs/new/preflight/",
+            {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id},
+            headers={"HX-Request": "true"},
+        )
+        .content.decode()
+    )
     assert "Auto values" in page and "160000" in page  # 4 epochs x 40k tokens
 
 
@@ -81,7 +101,10 @@ def test_live_fragment_polls_until_finished(owner: Persona) -> None:
 
     services.job_cancel(job=job)
     final = client.get(job.get_absolute_url(), headers={"HX-Request": "true"}).content.decode()
-    assert "hx-trigger" not in final and "Fine tuning process stopping due to job cancellation" in final
+    assert (
+        "hx-trigger" not in final
+        and "Fine tuning process stopping due to job cancellation" in final
+    )
 
 
 def test_cancel_from_the_page(owner: Persona) -> None:

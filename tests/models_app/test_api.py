@@ -21,13 +21,16 @@ def test_list_holds_the_orgs_fine_tunes_and_all_bases(
     body = owner.api().get("/v1/models").json()
 
     by_id = {m["id"]: m for m in body["data"]}
-    assert ours.name in by_id and TINY_BASE in by_id
+    assert ours.name in by_id
+    assert TINY_BASE in by_id
     assert theirs.name not in by_id
     assert by_id[ours.name]["owned_by"] == owner.org.slug
     assert body["has_more"] is False
 
 
-def test_retrieve_accepts_raw_and_encoded_colons(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_retrieve_accepts_raw_and_encoded_colons(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     client = owner.api()
 
@@ -48,7 +51,9 @@ def test_retrieve_unknown_or_another_orgs_is_404(
     assert_envelope(owner.api().get("/v1/models/nope"), 404, "model_not_found")
 
 
-def test_member_cannot_delete(member: Persona, owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_member_cannot_delete(
+    member: Persona, owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
 
     response = member.api().delete(f"/v1/models/{model.name}")
@@ -60,12 +65,17 @@ def test_member_cannot_delete(member: Persona, owner: Persona, make_fine_tune: M
 
 
 def test_owner_deletes_and_the_model_stops_serving_at_once(
-    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks  # type: ignore[no-untyped-def]
+    owner: Persona,
+    make_fine_tune: MakeFineTune,
+    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
 ) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     client = owner.api()
     completion = {"model": model.name, "prompt": "x", "max_tokens": 2}
-    assert client.post("/v1/completions", completion, content_type="application/json").status_code == 200
+    assert (
+        client.post("/v1/completions", completion, content_type="application/json").status_code
+        == 200
+    )
     backend = get_backend()
     assert isinstance(backend, LocalBackend)
     adapter = str(Path(model.artifact_dir).resolve())

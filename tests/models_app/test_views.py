@@ -32,7 +32,9 @@ def test_list_shows_name_base_org_created_and_usage(
 
     page = browser(owner).get("/models/").content.decode()
 
-    assert model.name in page and TINY_BASE in page and "acme" in page
+    assert model.name in page
+    assert TINY_BASE in page
+    assert "acme" in page
     assert "1234 / 567" in page
 
 
@@ -46,7 +48,8 @@ def test_detail_shows_base_usage_and_delete_for_owners(
     as_owner = browser(owner).get(f"/models/{model.name}/").content.decode()
     as_member = browser(member).get(f"/models/{model.name}/").content.decode()
 
-    assert TINY_BASE in as_owner and "<td>11</td><td>22</td>" in as_owner
+    assert TINY_BASE in as_owner
+    assert "<td>11</td><td>22</td>" in as_owner
     assert 'data-testid="delete-model"' in as_owner
     assert 'data-testid="delete-model"' not in as_member
 
@@ -61,18 +64,23 @@ def test_another_orgs_model_pages_are_404(
         assert client.get(f"/models/{theirs.name}/{suffix}").status_code == 404
 
 
-def test_samples_fragment_completes_training_prompts(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_samples_fragment_completes_training_prompts(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
 
     response = browser(owner).post(f"/models/{model.name}/samples/", headers={"HX-Request": "true"})
 
     body = response.content.decode()
     assert response.status_code == 200
-    assert 'id="samples"' in body and 'data-testid="sample-completion"' in body
+    assert 'id="samples"' in body
+    assert 'data-testid="sample-completion"' in body
     assert "hx-trigger" not in body  # the fragment replaces the loader once
 
 
-def test_member_cannot_delete_from_the_browser(member: Persona, owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_member_cannot_delete_from_the_browser(
+    member: Persona, owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
 
     assert browser(member).post(f"/models/{model.name}/delete/").status_code == 403
@@ -90,7 +98,8 @@ def test_owner_confirms_then_deletes(
         response = client.post(f"/models/{model.name}/delete/")
 
     assert b"Delete permanently" in confirm.content
-    assert response.status_code == 302 and response["Location"] == "/models/"
+    assert response.status_code == 302
+    assert response["Location"] == "/models/"
     assert not Path(model.artifact_dir).exists()
     assert client.get(f"/models/{model.name}/").status_code == 404
 
@@ -144,7 +153,9 @@ def test_register_base_model_command(tiny_dirs: TinyDirs, db: None) -> None:
                  "--lr-lora", "0.0003", "--price-generate", "0.25", stdout=out)  # fmt: skip
 
     base = BaseModel.objects.get(name="tiny-cmd")
-    assert base.aliases == ["tc"] and base.context_length == 512 and base.base_lr_lora == 0.0003
+    assert base.aliases == ["tc"]
+    assert base.context_length == 512
+    assert base.base_lr_lora == 0.0003
     assert "Registered tiny-cmd" in out.getvalue()
 
 
@@ -166,4 +177,5 @@ def test_admin_lists_only_the_owners_fine_tunes(
 
     page = browser(owner).get("/admin/models_app/finetunedmodel/").content.decode()
 
-    assert ours.name in page and theirs.name not in page
+    assert ours.name in page
+    assert theirs.name not in page

@@ -35,15 +35,19 @@ class TinyDirs:
 
 
 def _make_adapter(base: Path, out: Path, seed: int) -> Path:
-    from engine.models import load_model_and_tokenizer
     from peft import LoraConfig, get_peft_model
+
+    from engine.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(base)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # Random (not identity) LoRA weights, so each adapter visibly changes the output.
         config = LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,
         )
         get_peft_model(model, config).save_pretrained(out)
     return out

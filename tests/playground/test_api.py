@@ -67,7 +67,8 @@ def test_echo_with_logprobs_scores_the_prompt_then_the_completion(
     choice = body["choices"][0]
     lp = choice["logprobs"]
     assert choice["text"].startswith("Hello there")
-    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][0] is None
+    assert lp["top_logprobs"][0] is None
     assert "".join(lp["tokens"]) == choice["text"]
     offsets = [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
     assert lp["text_offset"] == offsets
@@ -80,7 +81,9 @@ def test_prompt_arrays_and_n_number_the_choices(owner: Persona, tiny_base: BaseM
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
 
 
-def test_token_array_prompts_match_text_prompts(owner: Persona, tiny_base: BaseModel, tiny_dirs: TinyDirs) -> None:
+def test_token_array_prompts_match_text_prompts(
+    owner: Persona, tiny_base: BaseModel, tiny_dirs: TinyDirs
+) -> None:
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(str(tiny_dirs.base))("Hello")["input_ids"]
@@ -92,11 +95,20 @@ def test_token_array_prompts_match_text_prompts(owner: Persona, tiny_base: BaseM
 
 
 def test_stop_sequences_are_cut_and_finish_with_stop(owner: Persona, tiny_base: BaseModel) -> None:
-    free = complete(owner, prompt="Hello, how are", max_tokens=8, temperature=0, logit_bias={"2": -100})
+    free = complete(
+        owner, prompt="Hello, how are", max_tokens=8, temperature=0, logit_bias={"2": -100}
+    )
     text = free["choices"][0]["text"]
     stop = text[3:5]
 
-    body = complete(owner, prompt="Hello, how are", max_tokens=8, temperature=0, stop=[stop], logit_bias={"2": -100})
+    body = complete(
+        owner,
+        prompt="Hello, how are",
+        max_tokens=8,
+        temperature=0,
+        stop=[stop],
+        logit_bias={"2": -100},
+    )
 
     assert body["choices"][0]["text"] == text[: text.index(stop)]
     assert body["choices"][0]["finish_reason"] == "stop"
@@ -185,12 +197,16 @@ def test_another_orgs_fine_tune_is_404(
 
 
 def test_aliases_resolve_to_the_base(owner: Persona, tiny_base: BaseModel) -> None:
-    body = post(owner.api(), "/v1/completions", {"model": TINY_ALIAS, "prompt": "x", "max_tokens": 1}).json()
+    body = post(
+        owner.api(), "/v1/completions", {"model": TINY_ALIAS, "prompt": "x", "max_tokens": 1}
+    ).json()
 
     assert body["model"] == TINY_BASE
 
 
-def test_fine_tune_output_differs_from_the_base(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_fine_tune_output_differs_from_the_base(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     params = {"prompt": "Hello, how are", "max_tokens": 6, "temperature": 0}
 
@@ -201,10 +217,14 @@ def test_fine_tune_output_differs_from_the_base(owner: Persona, make_fine_tune: 
     assert tuned["choices"][0]["text"] != base["choices"][0]["text"]
 
 
-def test_engines_route_takes_the_model_from_the_url(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_engines_route_takes_the_model_from_the_url(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
 
-    response = post(owner.api(), f"/v1/engines/{model.name}/completions", {"prompt": "x", "max_tokens": 1})
+    response = post(
+        owner.api(), f"/v1/engines/{model.name}/completions", {"prompt": "x", "max_tokens": 1}
+    )
 
     assert response.status_code == 200
     assert response.json()["model"] == model.name
@@ -225,7 +245,11 @@ def test_usage_is_recorded_per_org_model_and_key(owner: Persona, tiny_base: Base
 
 
 def test_streamed_usage_is_recorded_too(owner: Persona, tiny_base: BaseModel) -> None:
-    response = post(owner.api(), "/v1/completions", {"model": TINY_BASE, "prompt": "Hi", "max_tokens": 3, "stream": True})
+    response = post(
+        owner.api(),
+        "/v1/completions",
+        {"model": TINY_BASE, "prompt": "Hi", "max_tokens": 3, "stream": True},
+    )
     sse_chunks(response)
 
     assert UsageRecord.objects.get(model_name=TINY_BASE).requests == 1
@@ -251,7 +275,9 @@ def test_rate_limit_is_429_with_retry_after(owner: Persona, tiny_base: BaseModel
 
 def chat(owner: Persona, **body: Any) -> Any:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
-    return post(owner.api(), "/v1/chat/completions", {"model": TINY_BASE, "messages": messages, **body})
+    return post(
+        owner.api(), "/v1/chat/completions", {"model": TINY_BASE, "messages": messages, **body}
+    )
 
 
 def test_chat_completion_has_the_reference_shape(owner: Persona, tiny_base: BaseModel) -> None:
@@ -268,7 +294,9 @@ def test_chat_completion_has_the_reference_shape(owner: Persona, tiny_base: Base
     assert body["usage"]["completion_tokens"] <= 4
 
 
-def test_chat_stream_sends_role_content_and_finish_chunks(owner: Persona, tiny_base: BaseModel) -> None:
+def test_chat_stream_sends_role_content_and_finish_chunks(
+    owner: Persona, tiny_base: BaseModel
+) -> None:
     whole = chat(owner, max_tokens=5, temperature=0).json()["choices"][0]["message"]["content"]
 
     chunks, done = sse_chunks(chat(owner, max_tokens=5, temperature=0, stream=True))
@@ -283,9 +311,15 @@ def test_chat_stream_sends_role_content_and_finish_chunks(owner: Persona, tiny_b
 
 
 def test_chat_needs_a_chat_template(owner: Persona, tiny_dirs: TinyDirs, db: None) -> None:
-    BaseModel.objects.create(name="plain", source=str(tiny_dirs.plain_base), has_chat_template=False)
+    BaseModel.objects.create(
+        name="plain", source=str(tiny_dirs.plain_base), has_chat_template=False
+    )
 
-    response = post(owner.api(), "/v1/chat/completions", {"model": "plain", "messages": [{"role": "user", "content": "x"}]})
+    response = post(
+        owner.api(),
+        "/v1/chat/completions",
+        {"model": "plain", "messages": [{"role": "user", "content": "x"}]},
+    )
 
     assert assert_envelope(response, 400)["param"] == "model"
 

@@ -33,7 +33,8 @@ def test_compare_the_base_and_a_fine_tune_side_by_side(
         assert column.locator(".pg-text").inner_text().strip()
         token = column.locator(".pg-text .tok").first
         # Shaded by probability, with the alternatives on hover.
-        assert token.get_attribute("style") and "background-color" in token.get_attribute("style")
+        assert token.get_attribute("style")
+        assert "background-color" in token.get_attribute("style")
         assert "%" in (token.get_attribute("title") or "")
     texts = [page.locator(f"[data-testid=output-{i}] .pg-text").inner_text() for i in (0, 1)]
     assert texts[0] != texts[1]
@@ -43,7 +44,9 @@ def test_compare_the_base_and_a_fine_tune_side_by_side(
     assert "client.completions.create(" in page.locator("#code").inner_text()
 
 
-def test_chat_mode_streams_a_reply(page: Any, live_server: Any, owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_chat_mode_streams_a_reply(
+    page: Any, live_server: Any, owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     make_fine_tune(owner.org, ft_name(owner.org))
     login(page, live_server, owner.user.username)
 

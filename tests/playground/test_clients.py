@@ -56,7 +56,13 @@ def test_sdk_completions_with_logprobs_stop_n_and_stream(
     client = sdk(live_server, owner)
 
     response = client.completions.create(
-        model=model.name, prompt="Hello, how are", max_tokens=6, logprobs=2, stop=["zz"], n=2, seed=3
+        model=model.name,
+        prompt="Hello, how are",
+        max_tokens=6,
+        logprobs=2,
+        stop=["zz"],
+        n=2,
+        seed=3,
     )
     streamed = client.completions.create(
         model=model.name, prompt="Hello, how are", max_tokens=6, temperature=0, stream=True
@@ -72,7 +78,8 @@ def test_sdk_completions_with_logprobs_stop_n_and_stream(
         assert choice.logprobs is not None
         assert "".join(choice.logprobs.tokens) == choice.text
         assert "zz" not in choice.text
-    assert response.usage is not None and response.usage.completion_tokens > 0
+    assert response.usage is not None
+    assert response.usage.completion_tokens > 0
     assert text == greedy.choices[0].text
 
 
@@ -81,7 +88,12 @@ def test_sdk_chat_completions(live_server: Any, owner: Persona, tiny_base: BaseM
     messages: Any = [{"role": "user", "content": "Say hi"}]
 
     response = client.chat.completions.create(
-        model=TINY_BASE, messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+        model=TINY_BASE,
+        messages=messages,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
     )
     stream = client.chat.completions.create(
         model=TINY_BASE, messages=messages, max_tokens=4, temperature=0, stream=True
@@ -104,9 +116,12 @@ def test_sdk_models_list_retrieve_delete(
     retrieved = client.models.retrieve(model.name)
     deleted = client.models.delete(model.name)  # the 1.x SDK sends ':' unescaped
 
-    assert model.name in listed and TINY_BASE in listed
-    assert retrieved.id == model.name and retrieved.owned_by == owner.org.slug
-    assert deleted.deleted is True and deleted.id == model.name
+    assert model.name in listed
+    assert TINY_BASE in listed
+    assert retrieved.id == model.name
+    assert retrieved.owned_by == owner.org.slug
+    assert deleted.deleted is True
+    assert deleted.id == model.name
     with pytest.raises(openai.NotFoundError) as info:
         client.completions.create(model=model.name, prompt="x", max_tokens=1)
     assert info.value.code == "model_not_found"

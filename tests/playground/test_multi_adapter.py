@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import requests
-from engine.generation import GenerateRequest, generate
-from engine.models import load_model_and_tokenizer
 from peft import PeftModel
 
+from engine.generation import GenerateRequest, generate
+from engine.models import load_model_and_tokenizer
 from playground.backends import LocalBackend, get_backend
 from tests.conftest import Persona
 from tests.playground.support import MakeFineTune, TinyDirs, ft_name
@@ -37,7 +37,11 @@ def test_two_adapters_serve_interleaved_concurrent_requests_on_one_base(
 ) -> None:  # fmt: skip
     first = make_fine_tune(owner.org, ft_name(owner.org, "one"), adapter="a")
     second = make_fine_tune(owner.org, ft_name(owner.org, "two"), adapter="b")
-    adapters = {first.name: tiny_dirs.adapter_a, second.name: tiny_dirs.adapter_b, "tiny-base": None}
+    adapters = {
+        first.name: tiny_dirs.adapter_a,
+        second.name: tiny_dirs.adapter_b,
+        "tiny-base": None,
+    }
     jobs = [(name, prompt) for prompt in PROMPTS for name in adapters]  # A, B, base, A, B, base…
     expected = {
         (name, prompt): text

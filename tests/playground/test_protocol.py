@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from engine.generation import Choice, GenerateResult, Logprobs, StreamDelta, Usage
 
 from config.api import ApiError
+from engine.generation import Choice, GenerateResult, Logprobs, StreamDelta, Usage
 from playground import protocol
 
 

@@ -93,7 +93,9 @@ def test_remote_completions_match_the_local_backend(
     assert model.name in [m["id"] for m in served["data"]]
 
 
-def test_remote_streams_and_chats(owner: Persona, make_fine_tune: MakeFineTune, remote: str) -> None:
+def test_remote_streams_and_chats(
+    owner: Persona, make_fine_tune: MakeFineTune, remote: str
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org, "stream"))
     whole = _complete(owner, model.name)["choices"][0]["text"]
 
@@ -114,7 +116,9 @@ def test_remote_streams_and_chats(owner: Persona, make_fine_tune: MakeFineTune, 
 
 
 def test_remote_errors_keep_their_param(owner: Persona, tiny_base: Any, remote: str) -> None:
-    response = post(owner.api(), "/v1/completions", {"model": TINY_BASE, "prompt": "x", "max_tokens": 900})
+    response = post(
+        owner.api(), "/v1/completions", {"model": TINY_BASE, "prompt": "x", "max_tokens": 900}
+    )
 
     assert assert_envelope(response, 400)["param"] == "max_tokens"
 
@@ -150,12 +154,22 @@ def test_the_server_speaks_vllms_lora_api(engine_server: str, tiny_dirs: TinyDir
     again = requests.post(f"{engine_server}/load_lora_adapter", json=load, timeout=5)
     completion = requests.post(f"{engine_server}/completions", timeout=30, data=json.dumps(
         {"model": "direct", "prompt": "Hi", "max_tokens": 2}))  # fmt: skip
-    unloaded = requests.post(f"{engine_server}/unload_lora_adapter", json={"lora_name": "direct"}, timeout=5)
-    missing = requests.post(f"{engine_server}/unload_lora_adapter", json={"lora_name": "direct"}, timeout=5)
-    bad = requests.post(f"{engine_server}/load_lora_adapter", json={"lora_name": "x", "lora_path": "/nope"}, timeout=5)
+    unloaded = requests.post(
+        f"{engine_server}/unload_lora_adapter", json={"lora_name": "direct"}, timeout=5
+    )
+    missing = requests.post(
+        f"{engine_server}/unload_lora_adapter", json={"lora_name": "direct"}, timeout=5
+    )
+    bad = requests.post(
+        f"{engine_server}/load_lora_adapter",
+        json={"lora_name": "x", "lora_path": "/nope"},
+        timeout=5,
+    )
 
     assert loaded.status_code == again.status_code == 200
-    assert completion.status_code == 200 and completion.json()["model"] == "direct"
+    assert completion.status_code == 200
+    assert completion.json()["model"] == "direct"
     assert unloaded.status_code == 200
     assert missing.status_code == 404
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lora_path"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "lora_path"

@@ -49,9 +49,12 @@ def test_stream_endpoint_streams_the_api_chunks_with_logprobs(
     chunks, done = sse_chunks(response)
     assert done
     assert all(c["model"] == model.name for c in chunks)
-    assert all(c["choices"][0]["logprobs"]["top_logprobs"] for c in chunks if c["choices"][0]["text"])
+    assert all(
+        c["choices"][0]["logprobs"]["top_logprobs"] for c in chunks if c["choices"][0]["text"]
+    )
     row = UsageRecord.objects.get(model_name=model.name)
-    assert row.user == owner.user and row.api_key is None
+    assert row.user == owner.user
+    assert row.api_key is None
 
 
 def test_stream_endpoint_chat_mode(owner: Persona, tiny_base: Any) -> None:
@@ -69,8 +72,10 @@ def test_stream_endpoint_errors_are_json(owner: Persona, tiny_base: Any) -> None
     bad_form = client.post("/playground/stream", {**FORM, "temperature": "9", "model": TINY_BASE})
     bad_model = client.post("/playground/stream", {**FORM, "model": "nope"})
 
-    assert bad_form.status_code == 400 and bad_form.json()["error"]["param"] == "temperature"
-    assert bad_model.status_code == 404 and bad_model.json()["error"]["code"] == "model_not_found"
+    assert bad_form.status_code == 400
+    assert bad_form.json()["error"]["param"] == "temperature"
+    assert bad_model.status_code == 404
+    assert bad_model.json()["error"]["code"] == "model_not_found"
 
 
 def test_stream_endpoint_needs_a_login_and_csrf(owner: Persona, tiny_base: Any) -> None:
@@ -80,11 +85,17 @@ def test_stream_endpoint_needs_a_login_and_csrf(owner: Persona, tiny_base: Any) 
     assert strict.post("/playground/stream", {**FORM, "model": TINY_BASE}).status_code == 403
 
 
-def test_view_code_renders_curl_sdk_and_028_cli(owner: Persona, make_fine_tune: MakeFineTune) -> None:
+def test_view_code_renders_curl_sdk_and_028_cli(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     form = {**FORM, "stop": "\\n", "models": [model.name, TINY_BASE, ""]}
 
-    page = browser(owner).post("/playground/code", form, headers={"HX-Request": "true"}).content.decode()
+    page = (
+        browser(owner)
+        .post("/playground/code", form, headers={"HX-Request": "true"})
+        .content.decode()
+    )
 
     assert page.count('data-testid="code-curl"') == 2
     assert "http://testserver/v1/completions" in page
@@ -93,16 +104,23 @@ def test_view_code_renders_curl_sdk_and_028_cli(owner: Persona, make_fine_tune: 
 
 
 def test_snippets_are_runnable_as_written() -> None:
-    body = {"model": "m:ft-x", "prompt": "it's true", "max_tokens": 5, "stop": ["\n", "END"], "logprobs": 1}
+    body = {
+        "model": "m:ft-x",
+        "prompt": "it's true",
+        "max_tokens": 5,
+        "stop": ["\n", "END"],
+        "logprobs": 1,
+    }
 
     code = snippets("http://host/v1", body)
 
     python = code["python"]
     compile(python, "<snippet>", "exec")
-    assert "prompt=\"it's true\"" in python
+    assert 'prompt="it\'s true"' in python
     assert json.loads(code["curl"].split("-d ", 1)[1].strip("'").replace("'\"'\"'", "'")) == body
     assert "OPENAI_API_BASE=http://host/v1 " in code["cli"]
-    assert "--stop '\n'" in code["cli"] and "one --stop" in code["cli"]
+    assert "--stop '\n'" in code["cli"]
+    assert "one --stop" in code["cli"]
 
 
 def test_stops_are_one_per_line_with_escapes() -> None:
