@@ -2,9 +2,9 @@
 
 `file_validate` streams the stored blob once, line by line, in constant memory: lines are cut
 from fixed-size chunks, an over-long line is skipped without being held whole, and statistics
-are kept as counters (token-length histograms, a packed array of row hashes for duplicates), never as
-per-row lists. Parsing runs on this thread while the tokenizer counts earlier batches on pool
-threads (the Rust tokenizer releases the GIL), so both cores work.
+are kept compact (token-length histograms; a packed array of row hashes for duplicates), never
+as per-row lists of objects. Parsing runs on this thread while earlier batches are counted on
+the token counter's pool threads, where the Rust tokenizer releases the GIL.
 
 Every problem is reported with its 1-based line number; the first TUNERY_VALIDATION_MAX_ERRORS
 are kept and all are counted. One line gets at most one error: the first thing wrong with it.
@@ -112,7 +112,7 @@ def iter_lines(
                 line = pending + head if pending else head
                 yield line if len(line) <= max_line_bytes else None
             pending = b""
-            for line in pieces[1:] if len(pieces) > 1 else ():
+            for line in pieces[1:]:
                 yield line if len(line) <= max_line_bytes else None
         if not skipping:
             pending = pending + tail if pending else tail
@@ -127,17 +127,19 @@ def iter_lines(
 
 def sniff(head: bytes) -> None:
     """Refuse, from the first bytes, files that are not UTF-8 text at all."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
-        len(head) >= 4 and head[1:2] == b"\x00" and head[3:4] == b"\x00"
-    ):
+    # A BOM, or ASCII text with NUL bytes interleaved (UTF-16 without a BOM, LE or BE).
+    bom = head.startswith((b"\xff\xfe", b"\xfe\xff"))
+    if bom or (len(head) >= 4 and (head[1] == head[3] == 0 or head[0] == head[2] == 0)):
         raise FatalFileError(
-            "The file is UTF-16 encoded; JSONL must be UTF-8. Re-save it as UTF-8 and upload it again."
+            "The file is UTF-16 encoded; JSONL must be UTF-8. Re-save it as UTF-8 and upload it "
+            "again."
         )
     for signature, kind in BINARY_SIGNATURES.items():
         if head.startswith(signature):
             raise FatalFileError(
                 f"The file is {kind}, not JSONL. Fine-tuning needs a JSONL file: one JSON object "
-                "per line. Convert spreadsheets on the upload page or with `manage.py prepare_data`."
+                "per line. Convert spreadsheets on the upload page or with "
+                "`manage.py prepare_data`."
             )
 
 

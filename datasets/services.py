@@ -19,6 +19,7 @@ from accounts.models import Organization
 from config.api import ApiError
 from datasets import tasks
 from datasets.models import File, blob_path
+from datasets.processing import BINARY_SIGNATURES
 from jobs.models import FineTuneJob
 
 logger = logging.getLogger(__name__)
@@ -29,12 +30,6 @@ MAX_FILENAME_CHARS = 255
 # them; the API wants the JSONL, as OpenAI's does.
 SPREADSHEET_EXTENSIONS = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "XLSX", ".xls": "XLS"}
 SPREADSHEET_EXTENSIONS |= {".xlsm": "XLSM", ".ods": "ODS"}
-BINARY_SIGNATURES = {
-    b"PK\x03\x04": "a ZIP archive (an XLSX spreadsheet?)",
-    b"\xd0\xcf\x11\xe0": "a legacy Office document (an XLS spreadsheet?)",
-    b"\x1f\x8b": "a gzip archive",
-    b"%PDF": "a PDF document",
-}
 
 
 def too_large(size: int | None = None) -> ApiError:

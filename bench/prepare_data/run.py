@@ -5,7 +5,7 @@
 It generates JSONL inputs in bench/prepare_data/out/ (git-ignored), makes a separate venv there
 with openai==0.28.1 + pandas + openpyxl (the legacy tool's `datalib` extra), then runs each tool
 as its own subprocess, so that the peak RSS reported by wait4() is that tool's alone, and prints a
-Markdown table (also saved as out/results.json) for docs/benchmarks/prepare_data.md.
+Markdown table (also saved as out/results-<rows>.json) for docs/benchmarks/prepare_data.md.
 
 Inputs are built from the SMS spam rows in shared/data/sms_spam/all.jsonl, two ways:
 * `sms`: rows cycle through the 5,160 messages, as in the issue's 0.28 measurement. Exact repeats
@@ -178,7 +178,8 @@ def machine() -> str:
         memory = f", {kib / 2**20:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    return f"{model or platform.processor()}, {os.cpu_count()} CPUs{memory}, Python {platform.python_version()}"
+    cpus = f"{os.cpu_count()} CPUs{memory}"
+    return f"{model or platform.processor()}, {cpus}, Python {platform.python_version()}"
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -187,6 +188,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_all": [r["wall_s"] for r in runs],
         "rss_mib": max(r["rss_mib"] for r in runs),
         "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "cpu_all": [r["cpu_s"] for r in runs],
     }
 
 
@@ -213,11 +215,14 @@ def main() -> None:
     for rows in (int(r) for r in args.rows.split(",")):
         for kind in args.kinds.split(","):
             path = make_input(rows, kind, args.source)
-            tunery, legacy = [], []
-            for _ in range(args.repeat):
-                tunery.append(run_tunery(path))
-            for _ in range(args.legacy_repeat or args.repeat):
-                legacy.append(run_legacy(openai_bin, path))
+            tunery, legacy, loads = [], [], []
+            # Interleaved, so that both tools see the same background load on a shared machine.
+            for i in range(max(args.repeat, args.legacy_repeat or args.repeat)):
+                loads.append(os.getloadavg()[0])
+                if i < args.repeat:
+                    tunery.append(run_tunery(path))
+                if i < (args.legacy_repeat or args.repeat):
+                    legacy.append(run_legacy(openai_bin, path))
             t, lg = summarise(tunery), summarise(legacy)
             t["validate_s"] = statistics.median(r["report"]["validate_s"] for r in tunery)
             results.append(
@@ -230,25 +235,28 @@ def main() -> None:
                     "speedup": round(lg["wall_s"] / t["wall_s"], 2),
                     "speedup_warm": round(lg["wall_s"] / t["validate_s"], 2),
                     "report": tunery[-1]["report"],
+                    "load_average": round(statistics.mean(loads), 2),
                 }
             )
             print(json.dumps(results[-1]), flush=True)
-    (OUT / "results.json").write_text(
+    (OUT / f"results-{args.rows.replace(',', '-')}.json").write_text(
         json.dumps({"machine": machine(), "results": results}, indent=2)
     )
     print(f"\nMachine: {machine()}\n")
     print(
-        "| input | rows | size | Tunery wall (cold process) | of which validation | Tunery peak RSS "
-        "| 0.28 wall | 0.28 peak RSS | speed-up (cold) | speed-up (warm worker) | tokens counted |"
+        "| input | rows | size | Tunery wall (cold process) | of which validation | Tunery CPU "
+        "| Tunery peak RSS | 0.28 wall | 0.28 CPU | 0.28 peak RSS | speed-up (cold) "
+        "| speed-up (warm worker) | tokens counted | load avg |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         t, lg, rep = r["tunery"], r["legacy"], r["report"]
         print(
             f"| {r['kind']} | {r['rows']:,} | {r['bytes'] / 2**20:.0f} MiB | {t['wall_s']:.2f} s | "
-            f"{t['validate_s']:.2f} s | {t['rss_mib']:.0f} MiB | {lg['wall_s']:.2f} s | "
-            f"{lg['rss_mib']:.0f} MiB | {r['speedup']:.2f}x | {r['speedup_warm']:.2f}x | "
-            f"{rep['tokens']:,} |"
+            f"{t['validate_s']:.2f} s | {t['cpu_s']:.1f} s | {t['rss_mib']:.0f} MiB | "
+            f"{lg['wall_s']:.2f} s | {lg['cpu_s']:.1f} s | {lg['rss_mib']:.0f} MiB | "
+            f"{r['speedup']:.2f}x | {r['speedup_warm']:.2f}x | {rep['tokens']:,} | "
+            f"{r['load_average']:.1f} |"
         )
 
 

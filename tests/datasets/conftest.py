@@ -1,25 +1,20 @@
 """Fixtures for the datasets tests: isolated media, uploads, a real Celery worker, API clients.
 
-`celery_worker` is meant for reuse (the jobs tests need one too): it starts a real
-`celery worker` subprocess on the test database, the test media root and the project's broker,
-once per session, on first use. Tests that use it must be
+`celery_worker` runs one real `celery worker` process on the `default` queue for the whole
+session (tests.workers starts it on the test database and broker). Tests that use it must be
 `@pytest.mark.django_db(transaction=True)` so that the worker can see their rows.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.test import Client
 
 from datasets import processing
@@ -29,20 +24,17 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).parent / "corpus"
 
 
-@pytest.fixture(scope="session")
-def worker_media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The media root shared with the worker subprocess (which can't follow per-test dirs)."""
-    return tmp_path_factory.mktemp("worker-media")
-
-
 @pytest.fixture(autouse=True)
-def media_dir(
-    request: pytest.FixtureRequest, settings: Any, tmp_path: Path, worker_media_dir: Path
-) -> Path:
-    """Each test stores blobs in its own empty media root (tests with a worker share one)."""
-    uses_worker = any(name.startswith("celery_worker") for name in request.fixturenames)
-    path = worker_media_dir if uses_worker else tmp_path / "media"
-    path.mkdir(exist_ok=True)
+def media_dir(request: pytest.FixtureRequest, settings: Any, tmp_path: Path) -> Path:
+    """Each test stores blobs in its own empty media root.
+
+    Tests with a worker keep the configured one (DATA_DIR/media): the worker process reads
+    blobs there and can't follow a per-test directory.
+    """
+    if "celery_worker" in request.fixturenames:
+        return Path(settings.MEDIA_ROOT)
+    path = tmp_path / "media"
+    path.mkdir()
     settings.MEDIA_ROOT = str(path)
     return path
 
@@ -100,78 +92,15 @@ def token_counter() -> Any:
 # --- a real Celery worker ----------------------------------------------------------------------
 
 
-def _worker_settings(media_dir: Path) -> dict[str, Any]:
-    from django.db import connection
-
-    return {
-        "DATABASE_NAME": connection.settings_dict["NAME"],
-        "MEDIA_ROOT": str(media_dir),
-        "TUNERY_TOKENIZER_DIR": getattr(settings, "TUNERY_TOKENIZER_DIR", None),
-    }
-
-
 @pytest.fixture(scope="session")
-def celery_worker_factory(
-    django_db_setup: Any, worker_media_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Starts `celery worker` subprocesses bound to the test database; stops them at the end.
-
-    Call it with the queues to consume, e.g. `celery_worker_factory("default", "training")`.
-    The worker runs tests/datasets/celery_worker.py, which points the project's settings at the
-    test database (connection.settings_dict["NAME"]: the SQLite test file or `test_<name>` on
-    PostgreSQL) and at the test media root before starting Celery.
-    """
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*queues: str, timeout: float = 90) -> subprocess.Popen[bytes]:
-        from config.celery import app
-
-        # Messages left by earlier runs would be consumed against this database: drop them.
-        try:
-            with app.connection_for_write() as conn:
-                for queue in queues:
-                    conn.default_channel.queue_purge(queue)
-        except Exception:  # a queue that doesn't exist yet has nothing to purge
-            pass
-        log = tmp_path_factory.mktemp("celery") / "worker.log"
-        env = os.environ | {
-            "TUNERY_TEST_WORKER_SETTINGS": json.dumps(_worker_settings(worker_media_dir)),
-            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        args = [sys.executable, "-m", "tests.datasets.celery_worker", ",".join(queues)]
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        started.append(process)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            if " ready." in text:
-                return process
-            if process.poll() is not None:
-                raise RuntimeError(f"The Celery worker exited early:\n{text}")
-            time.sleep(0.2)
-        raise RuntimeError(f"The Celery worker did not become ready in {timeout}s")
-
-    yield start
-    for process in started:
-        process.terminate()
-    for process in started:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-@pytest.fixture(scope="session")
-def celery_worker(
-    celery_worker_factory: Callable[..., subprocess.Popen[bytes]],
-) -> subprocess.Popen[bytes]:
+def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
     """A real worker on the `default` queue (file validation), shared by the session."""
-    return celery_worker_factory("default")
+    from tests.workers import celery_worker as start_worker
+    from tests.workers import purge_broker
+
+    purge_broker()  # messages from earlier runs would be consumed against this database
+    with start_worker(queues="default") as process:
+        yield process
 
 
 def wait_for_status(file: File, *, timeout: float = 60) -> File:
@@ -183,9 +112,3 @@ def wait_for_status(file: File, *, timeout: float = 60) -> File:
             return file
         time.sleep(0.2)
     raise AssertionError(f"{file.public_id} was still `uploaded` after {timeout}s")
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    # Personas get real passwords; PBKDF2's deliberate slowness costs ~1 s per test here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

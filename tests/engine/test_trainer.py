@@ -383,3 +383,36 @@ def test_lora_settings_are_applied(tiny_model_dir: Path, train_file: Path, tmp_p
     assert tensors
     assert all("q_proj" in k or "v_proj" in k for k in tensors)
     assert all(t.shape[0] == 4 for k, t in tensors.items() if "lora_A" in k)
+
+
+def test_evaluate_classification_reproduces_the_results_file(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from engine.trainer import evaluate_classification
+
+    data = write_jsonl(tmp_path / "train.jsonl", _labelled_rows(8))
+    valid = write_jsonl(tmp_path / "valid.jsonl", _labelled_rows(6))
+    result = train(
+        spec_for(
+            tiny_model_dir,
+            data,
+            tmp_path / "out",
+            n_epochs=1,
+            validation_path=str(valid),
+            compute_classification_metrics=True,
+            classification_positive_class=" spam",
+        )
+    )
+
+    scores = evaluate_classification(
+        str(tiny_model_dir),
+        str(valid),
+        adapter_dir=result.model_dir,
+        positive_class=" spam",
+        device="cpu",
+        train_path=str(data),
+    )
+
+    last = read_rows(result.results_csv)[-1]
+    for key, value in scores.items():
+        assert float(last[key]) == pytest.approx(value, abs=1e-5), key

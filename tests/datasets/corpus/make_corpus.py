@@ -45,8 +45,8 @@ def xlsx(sheet_xml: bytes, *, compress: int = zipfile.ZIP_DEFLATED) -> bytes:
     """A minimal XLSX package around one worksheet."""
     parts = {
         "[Content_Types].xml": (
-            b'<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/'
-            b'package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
+            b'<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.'
+            b'org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
             b'openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType='
             b'"application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/'
             b'vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName='
@@ -76,7 +76,9 @@ def xlsx(sheet_xml: bytes, *, compress: int = zipfile.ZIP_DEFLATED) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compress, compresslevel=9) as archive:
         for name, data in parts.items():
-            archive.writestr(name, data)
+            # A fixed timestamp keeps the output byte-identical from run to run.
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            archive.writestr(info, data, compress_type=compress, compresslevel=9)
     return out.getvalue()
 
 
