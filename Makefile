@@ -38,6 +38,7 @@ run: venv
 	@test -f $(DATA_DIR)/secret_key || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > $(DATA_DIR)/secret_key
 	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py migrate --no-input -v0
 	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py bootstrap
+	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py prepare_base_models
 	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false exec $(BIN)/honcho start
 
 lint: venv

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
@@ -155,3 +156,19 @@ class ApiExceptionMiddleware:
             return None
         logger.exception("Unhandled error in %s %s", request.method, request.path)
         return handler500(request)
+
+
+class AlwaysJsonNegotiation(BaseContentNegotiation):
+    """Pick the first parser/renderer regardless of Accept: OpenAI's API is JSON (or a raw
+    file body that views return themselves), and a 406 would break clients that send
+    `Accept: application/binary` for downloads."""
+
+    def select_parser(self, request: Any, parsers: list[Any]) -> Any:
+        media_type = request.content_type.split(";")[0].strip()
+        for parser in parsers:
+            if parser.media_type == media_type:
+                return parser
+        return parsers[0] if not media_type else None
+
+    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: Any = None) -> Any:
+        return (renderers[0], renderers[0].media_type)

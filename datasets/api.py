@@ -128,7 +128,7 @@ class FileDetailApi(APIView):
     def delete(self, request: AuthedApiRequest, file_id: str) -> Response:
         file = _get_file(request, file_id)
         services.file_delete(file=file)
-        return Response({"id": file_id, "object": "file", "deleted": True})
+        return Response({"id": file.public_id, "object": "file", "deleted": True})
 
 
 class _AnyAccept(BaseContentNegotiation):

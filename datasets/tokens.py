@@ -7,17 +7,18 @@ load that file straight into `tokenizers`, because importing transformers pulls 
 docs/benchmarks/prepare_data.md). Only a directory without `tokenizer.json` goes through
 AutoTokenizer.
 
-Counts are exact, and fast enough to count every token of a million rows:
+Counts are exact, and cheap enough to count every token of a million rows:
 * Repeated short strings (labels, system prompts) are counted once (`_cache`).
 * For byte-level BPE tokenizers (GPT-2 style, as the default model's is) a text's count is the
   sum of its pre-tokenized words' counts: BPE never merges across the pre-tokenizer's splits.
-  For ASCII text we split with Python's `re` (the GPT-2 pattern with its Unicode classes
-  spelled out in ASCII, where both regex engines agree) and count each distinct word once with
-  the Rust tokenizer. The Rust pre-tokenizer's Oniguruma regex is ~85% of Rust's encode time,
-  so this path costs about a quarter of the CPU. It is switched on only for tokenizers whose
-  structure makes it exact, and after a self-check against the Rust tokenizer.
-* Everything else (non-ASCII text, text holding a special token, other tokenizers) is encoded
-  by Rust, whose `encode_batch` releases the GIL, so it runs in parallel with parsing.
+  So we split in Python, with GPT-2's pattern (`re` for ASCII text, where its Unicode classes
+  are spelled out; `regex` beyond ASCII), and run the BPE model once per distinct word. The
+  Rust pre-tokenizer's Oniguruma regex is ~85% of Rust's encode time, and this path costs
+  about a third of Rust's CPU. It is used only for tokenizers whose structure makes it exact,
+  after a self-check against Rust, and non-ASCII characters are each checked against Rust the
+  first time they occur (the two regex engines' Unicode tables could disagree).
+* Everything else (text holding a special token, characters that failed their check, other
+  tokenizers) is encoded by Rust, whose `encode_batch` releases the GIL.
 
 The counter is a lazily loaded process-level singleton: a Celery worker loads it on its first
 validation and keeps it.
@@ -36,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import regex
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ GPT2_ASCII_SPLIT = re.compile(
     rf"|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
 )
 
+# The same pattern with its real Unicode classes, for text beyond ASCII (`regex` knows \p{L}).
+GPT2_SPLIT = regex.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+)
+
 
 def _byte_level_ascii() -> dict[int, str]:
     """GPT-2's byte-to-character map (tokenizers' ByteLevel), for the ASCII bytes.
@@ -85,6 +92,29 @@ def _byte_level_ascii() -> dict[int, str]:
 
 
 BYTE_LEVEL_ASCII = _byte_level_ascii()
+
+
+def _byte_level_all() -> list[str]:
+    """GPT-2's byte-to-character map for all 256 bytes (tokenizers' ByteLevel)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table, shifted = [""] * 256, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+BYTE_LEVEL = _byte_level_all()
+
+
+def byte_level(word: str) -> str:
+    """`word` as the BPE model sees it after ByteLevel: each UTF-8 byte as one character."""
+    if word.isascii():
+        return word.translate(BYTE_LEVEL_ASCII)
+    return "".join([BYTE_LEVEL[b] for b in word.encode("utf-8")])
 
 
 def _probe_texts() -> list[str]:
@@ -122,12 +152,34 @@ class TokenCounter:
         self._special = _special_tokens_pattern(tokenizer)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        # Non-ASCII characters checked so far (see `_check_characters`); ASCII is safe by design.
+        self._safe_chars: set[str] = {chr(c) for c in range(128)}
+        self._unsafe_chars: set[str] = set()
         if self._split is not None:
             probe = _probe_texts()
             if self._count_uncached(probe) != self._encode_lengths(probe):
                 logger.warning("Word-split token counting disagrees with %s; not using it", name)
                 self._split = None
         self.message_overhead, self.conversation_overhead = _template_overheads(self, chat_template)
+
+    def _check_characters(self, chars: set[str]) -> None:
+        """Sort new non-ASCII characters into safe (word path) and unsafe (left to Rust).
+
+        `regex` and Rust's Oniguruma each have their own Unicode tables (letter? digit?
+        space?), which can disagree on a character now and then. Each character is checked
+        the first time the data holds it, in contexts that tell its class apart (next to
+        letters, digits, spaces and apostrophes); any disagreement leaves it to Rust.
+        """
+        candidates = sorted(chars - self._safe_chars - self._unsafe_chars)
+        if not candidates:
+            return
+        contexts = ("a{c}b 1{c}2 '{c}s", " {c}x{c} y {c}{c}\n{c}  1")
+        texts = [ctx.format(c=c) for c in candidates for ctx in contexts]
+        words = self._count_by_words(list(map(GPT2_SPLIT.findall, texts)))
+        rust = self._encode_lengths(texts)
+        for i, c in enumerate(candidates):
+            span = slice(i * len(contexts), (i + 1) * len(contexts))
+            (self._safe_chars if words[span] == rust[span] else self._unsafe_chars).add(c)
 
     @property
     def splits_words(self) -> bool:
@@ -159,49 +211,58 @@ class TokenCounter:
         return [cache[t] for t in texts]
 
     def _count_uncached(self, texts: Sequence[str]) -> list[int]:
-        split = self._split
-        if split is None:
+        if self._split is None:
             return self._encode_lengths(texts)
         special = self._special
-        by_words: list[int] = []  # indexes of texts counted word by word
+        ascii_texts: list[int] = []  # indexes of texts counted word by word, split by `re`
+        unicode_texts: list[int] = []  # ... split by `regex` (checked characters only)
         by_rust: list[int] = []
         for i, text in enumerate(texts):
-            if text.isascii() and (special is None or special.search(text) is None):
-                by_words.append(i)
-            else:
+            if special is not None and special.search(text) is not None:
                 by_rust.append(i)
+            elif text.isascii():
+                ascii_texts.append(i)
+            else:
+                unicode_texts.append(i)
+        if unicode_texts:
+            self._check_characters(set().union(*(texts[i] for i in unicode_texts)))
+            safe = self._safe_chars
+            by_rust += [i for i in unicode_texts if not safe.issuperset(texts[i])]
+            unicode_texts = [i for i in unicode_texts if safe.issuperset(texts[i])]
         counts = [0] * len(texts)
-        rust = self._encode_lengths([texts[i] for i in by_rust]) if by_rust else []
-        for i, n in zip(by_rust, rust, strict=True):
-            counts[i] = n
-        if by_words:
-            for i, n in zip(
-                by_words, self._count_by_words([texts[i] for i in by_words]), strict=True
-            ):
-                counts[i] = n
+        for indexes, count in (
+            (by_rust, self._encode_lengths),
+            (ascii_texts, self._count_ascii),
+            (unicode_texts, self._count_unicode),
+        ):
+            if indexes:
+                for i, n in zip(indexes, count([texts[i] for i in indexes]), strict=True):
+                    counts[i] = n
         return counts
 
-    def _count_by_words(self, texts: list[str]) -> list[int]:
+    def _count_ascii(self, texts: list[str]) -> list[int]:
         assert self._split is not None
-        findall = self._split.findall
-        pieces = [findall(text) for text in texts]
+        return self._count_by_words(list(map(self._split.findall, texts)))
+
+    def _count_unicode(self, texts: list[str]) -> list[int]:
+        return self._count_by_words(list(map(GPT2_SPLIT.findall, texts)))
+
+    def _count_by_words(self, pieces: list[list[str]]) -> list[int]:
         words = self._words
         missing = list({w for ws in pieces for w in ws if w not in words})
-        if not missing:
-            get = words.__getitem__
-            return [sum(map(get, ws)) for ws in pieces]
-        # A new word is already a pre-tokenized piece: map its bytes the way ByteLevel does and
-        # run the BPE model on it directly (~3 µs, where a whole `encode` costs ~13 µs).
-        tokenize = self.tokenizer.model.tokenize
-        counted = {w: len(tokenize(w.translate(BYTE_LEVEL_ASCII))) for w in missing}
-        if len(words) + len(counted) > WORD_CACHE_ENTRIES:
-            # Full: start a new cache with this batch's words rather than stop learning, so
-            # one-off words (ids, numbers) can't crowd out the frequent ones for good. Readers
-            # on other threads keep the dict they started with, so none of them loses a key.
-            known = {w: words[w] for ws in pieces for w in ws if w in words}
-            words = self._words = known | counted
-        else:
-            words.update(counted)
+        if missing:
+            # A new word is already a pre-tokenized piece: map its bytes the way ByteLevel
+            # does and run the BPE model on it directly (~3 µs; a whole `encode` is ~13 µs).
+            tokenize = self.tokenizer.model.tokenize
+            counted = {w: len(tokenize(byte_level(w))) for w in missing}
+            if len(words) + len(counted) > WORD_CACHE_ENTRIES:
+                # Full: start a new cache with this batch's words rather than stop learning,
+                # so one-off words (ids, numbers) can't crowd out the frequent ones for good.
+                # Other threads keep the dict they started with: none of them loses a key.
+                known = {w: words[w] for ws in pieces for w in ws if w in words}
+                words = self._words = known | counted
+            else:
+                words.update(counted)
         get = words.__getitem__
         return [sum(map(get, ws)) for ws in pieces]
 

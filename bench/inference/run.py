@@ -249,8 +249,16 @@ def main() -> None:
     parser.add_argument("--classify-runs", type=int, default=30)
     parser.add_argument("--generate-runs", type=int, default=10)
     parser.add_argument("--switch-rounds", type=int, default=40)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in both processes (default: torch's own, one per core)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    # `timeout` and Ctrl-C must still run the finally below, or the server outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     data_dir = Path(tempfile.mkdtemp(prefix="tunery-bench-"))
     env = {
@@ -266,6 +274,9 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if args.threads:
+        # Read by torch at import, in this process and in the server's.
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     os.environ.update(env)
     sys.path.insert(0, str(REPO))
     import django

@@ -71,6 +71,18 @@ def test_counts_stay_exact_when_the_word_cache_starts_over(
     assert len(fresh._words) <= 50 + 400
 
 
+def test_non_ascii_characters_are_checked_once_then_counted_by_words(
+    token_counter: TokenCounter,
+) -> None:
+    fresh = TokenCounter(token_counter.tokenizer, name="fresh", context_length=2048)
+    texts = ["Café crème, naïve façade… “quoted” ☕🙂", "Ünïcödé ½ € ±"]
+
+    counts = fresh.count_many(texts)
+
+    assert counts == rust_counts(token_counter, texts)
+    assert {"é", "…", "“", "🙂", "€"} <= fresh._safe_chars
+
+
 def test_tokenizers_the_word_split_would_get_wrong_use_rust(token_counter: TokenCounter) -> None:
     # A normalizer can change text across word boundaries: no shortcut then.
     lowercasing = Tokenizer.from_str(token_counter.tokenizer.to_str())
