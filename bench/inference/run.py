@@ -170,43 +170,57 @@ class ServerClient:
         return elapsed, response.json()
 
 
-def bench_server(
-    client: ServerClient, model: str, prompt: str, max_tokens: int, runs: int, bias: dict[str, int]
-) -> dict[str, Any]:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
-    if bias:
-        body["logit_bias"] = bias
-    client.complete(body)  # warm-up: loads the base / adapter
-    latencies = []
-    tokens = 0
-    for _ in range(runs):
-        elapsed, data = client.complete(body)
-        latencies.append(elapsed)
-        tokens = data["usage"]["completion_tokens"]
-    return {**summary(latencies, tokens), "text": data["choices"][0]["text"]}
-
-
-def bench_bare(
-    model: Any, tokenizer: Any, prompt: str, max_tokens: int, runs: int, force: bool
-) -> dict[str, Any]:
+def bench_pair(
+    client: ServerClient,
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    max_tokens: int,
+    runs: int,
+    bias: dict[str, int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(bare, server) results. The two alternate run by run, so that a shared machine's
+    changing load hits both alike instead of whichever happened to run later."""
     import torch
 
+    body: dict[str, Any] = {"model": name, "prompt": prompt, "max_tokens": max_tokens}
+    body["temperature"] = 0
+    if bias:
+        body["logit_bias"] = bias
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": False}
-    if force:
+    if bias:
         kwargs["min_new_tokens"] = max_tokens  # the bare twin of logit_bias {eos: -100}
-    with torch.inference_mode():
-        model.generate(**inputs, **kwargs)  # warm-up
-        latencies = []
-        for _ in range(runs):
-            started = time.perf_counter()
+
+    def bare_once() -> tuple[float, Any]:
+        started = time.perf_counter()
+        with torch.inference_mode():
             out = model.generate(**inputs, **kwargs)
-            if out.is_cuda:
-                torch.cuda.synchronize()  # count the GPU work, as the server's JSON does
-            latencies.append(time.perf_counter() - started)
+        if out.is_cuda:
+            torch.cuda.synchronize()  # count the GPU work, as the server's JSON does
+        return time.perf_counter() - started, out
+
+    bare_once()  # warm-ups; the server's also loads the base or adapter
+    client.complete(body)
+    bare_times, server_times = [], []
+    for _ in range(runs):
+        elapsed, out = bare_once()
+        bare_times.append(elapsed)
+        elapsed, data = client.complete(body)
+        server_times.append(elapsed)
     new = out[0, inputs["input_ids"].shape[1] :]
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    return {**summary(latencies, int(new.shape[0])), "text": text}
+    bare = {
+        **summary(bare_times, int(new.shape[0])),
+        "runs_ms": [t * 1000 for t in bare_times],
+        "text": tokenizer.decode(new),
+    }
+    served = {
+        **summary(server_times, data["usage"]["completion_tokens"]),
+        "runs_ms": [t * 1000 for t in server_times],
+        "text": data["choices"][0]["text"],
+    }
+    return bare, served
 
 
 def bench_switch_in_process(base_dir: Path, adapters: list[Path], rounds: int) -> dict[str, Any]:
@@ -318,20 +332,21 @@ def main() -> None:
             "generate (64 tokens)": (GENERATE_PROMPT, 64, args.generate_runs, bias),
         }
         results: dict[str, Any] = {"machine": machine(), "model": args.source, "cases": {}}
-        # Bare transformers first for the base, then the server; then the same for the adapter.
         from peft import PeftModel
 
         for label, (prompt, max_tokens, runs, case_bias) in cases.items():
             print(f"{label}: base", file=sys.stderr)
-            bare = bench_bare(model, tokenizer, prompt, max_tokens, runs, force=bool(case_bias))
-            served = bench_server(client, base_name, prompt, max_tokens, runs, case_bias)
+            bare, served = bench_pair(
+                client, base_name, model, tokenizer, prompt, max_tokens, runs, case_bias
+            )
             results["cases"][f"{label}, base"] = {"bare": bare, "server": served}
             progress(label, bare, served)
         tuned = PeftModel.from_pretrained(model, adapters[0]).eval()
         for label, (prompt, max_tokens, runs, case_bias) in cases.items():
             print(f"{label}: LoRA fine-tune", file=sys.stderr)
-            bare = bench_bare(tuned, tokenizer, prompt, max_tokens, runs, force=bool(case_bias))
-            served = bench_server(client, fine_tunes[0], prompt, max_tokens, runs, case_bias)
+            bare, served = bench_pair(
+                client, fine_tunes[0], tuned, tokenizer, prompt, max_tokens, runs, case_bias
+            )
             results["cases"][f"{label}, LoRA fine-tune"] = {"bare": bare, "server": served}
             progress(label, bare, served)
         del tuned, model
@@ -359,6 +374,9 @@ def main() -> None:
 
     for case in results["cases"].values():
         case["overhead_p50"] = case["server"]["p50_ms"] / case["bare"]["p50_ms"] - 1
+        # Each server run against the bare run just before it (same load): the median ratio.
+        pairs = zip(case["server"]["runs_ms"], case["bare"]["runs_ms"], strict=True)
+        case["overhead_paired"] = statistics.median(s / b - 1 for s, b in pairs)
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -370,13 +388,18 @@ def report(results: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
         f"Python {m['python']}" + (f", GPU {m['cuda']}" if m["cuda"] else ", no GPU"),
         "",
-        "| case | path | p50 ms | p95 ms | completion tokens | tokens/s (p50) | overhead at p50 |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| case | path | p50 ms | p95 ms | completion tokens | tokens/s (p50) "
+        "| overhead at p50 | paired median overhead |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, case in results["cases"].items():
         for path in ("bare", "server"):
             r = case[path]
-            overhead = f"{case['overhead_p50']:+.1%}" if path == "server" else ""
+            overhead = (
+                f"{case['overhead_p50']:+.1%} | {case['overhead_paired']:+.1%}"
+                if path == "server"
+                else " | "
+            )
             name = (
                 "bare transformers `generate`" if path == "bare" else "`/v1/completions` (gunicorn)"
             )
