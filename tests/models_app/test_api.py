@@ -103,7 +103,7 @@ def test_deleting_another_orgs_model_is_404(
     assert Path(theirs.artifact_dir).is_dir()
 
 
-def test_base_models_cannot_be_deleted(owner: Persona, tiny_base: BaseModel) -> None:
+def test_base_models_cannot_be_deleted(owner: Persona, inference_base: BaseModel) -> None:
     response = owner.api().delete(f"/v1/models/{TINY_BASE}")
 
     assert assert_envelope(response, 400)["param"] == "model"

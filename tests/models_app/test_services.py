@@ -21,11 +21,11 @@ from tests.playground.support import TINY_ALIAS, TINY_BASE, MakeFineTune, TinyDi
 
 
 def test_resolve_a_base_by_name_or_alias(
-    owner: Persona, tiny_base: BaseModel, tiny_dirs: TinyDirs
+    owner: Persona, inference_base: BaseModel, tiny_dirs: TinyDirs
 ) -> None:
     for name in (TINY_BASE, TINY_ALIAS):
         resolved = services.model_resolve(owner.org, name)
-        assert resolved.base == tiny_base
+        assert resolved.base == inference_base
         assert resolved.fine_tuned is None
         assert resolved.adapter_dir is None
         assert resolved.base_dir == tiny_dirs.base
@@ -84,9 +84,9 @@ def test_delete_is_for_owners_only(owner: Persona, make_fine_tune: MakeFineTune)
     assert FineTunedModel.objects.get(pk=model.pk).deleted_at is None
 
 
-def test_delete_refuses_base_models(tiny_base: BaseModel) -> None:
+def test_delete_refuses_base_models(inference_base: BaseModel) -> None:
     with pytest.raises(ValidationError):
-        services.model_delete(model=tiny_base, by_role=Membership.Role.OWNER)
+        services.model_delete(model=inference_base, by_role=Membership.Role.OWNER)
 
 
 def test_delete_marks_the_row_then_removes_files_and_export_after_commit(
@@ -122,12 +122,15 @@ def test_delete_twice_is_not_found(owner: Persona, make_fine_tune: MakeFineTune)
 
 
 def test_delete_never_removes_files_outside_the_models_dir(
-    owner: Persona, tiny_base: BaseModel, tmp_path: Path, django_capture_on_commit_callbacks: Any
+    owner: Persona,
+    inference_base: BaseModel,
+    tmp_path: Path,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     outside = tmp_path / "precious"
     outside.mkdir()
     model = FineTunedModel.objects.create(
-        name="x:ft-acme-1", organization=owner.org, base=tiny_base, artifact_dir=str(outside)
+        name="x:ft-acme-1", organization=owner.org, base=inference_base, artifact_dir=str(outside)
     )
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -136,7 +139,9 @@ def test_delete_never_removes_files_outside_the_models_dir(
     assert outside.is_dir()
 
 
-def test_usage_record_adds_up_per_day_key_and_model(owner: Persona, tiny_base: BaseModel) -> None:
+def test_usage_record_adds_up_per_day_key_and_model(
+    owner: Persona, inference_base: BaseModel
+) -> None:
     key = owner.org.api_keys.get()
     for prompt, completion in ((3, 4), (5, 6)):
         services.usage_record(
@@ -187,7 +192,7 @@ def test_register_reads_context_and_chat_template_from_a_hf_dir(
     ],
 )
 def test_register_rejects_bad_input_naming_the_field(
-    tiny_base: BaseModel, kwargs: dict[str, Any], field: str
+    inference_base: BaseModel, kwargs: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(ValidationError) as info:
         services.base_model_register(**kwargs)

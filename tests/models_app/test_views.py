@@ -179,3 +179,66 @@ def test_admin_lists_only_the_owners_fine_tunes(
 
     assert ours.name in page
     assert theirs.name not in page
+
+
+def _job_for(model: FineTunedModel) -> Any:
+    from jobs.models import FineTuneJob, JobEvent
+    from tests.factories import FileFactory
+
+    job = FineTuneJob.objects.create(
+        public_id="ftjob-test123", api=FineTuneJob.Api.CURRENT, organization=model.organization,
+        model=model.base.name, base_model=model.base, seed=1, status=FineTuneJob.Status.SUCCEEDED,
+        training_file=FileFactory.create(organization=model.organization), trained_tokens=4321,
+    )  # fmt: skip
+    JobEvent.objects.create(job=job, type=JobEvent.Type.METRICS, message="Step 1/2", data={
+        "step": 1, "results": {"step": 1, "training_loss": 9.0}})  # fmt: skip
+    JobEvent.objects.create(job=job, type=JobEvent.Type.METRICS, message="Step 2/2", data={
+        "step": 2, "results": {"step": 2, "training_loss": 1.25, "validation_loss": 1.5}})  # fmt: skip
+    FineTunedModel.objects.filter(pk=model.pk).update(job=job)
+    model.refresh_from_db()
+    return job
+
+
+def test_detail_shows_the_source_job_and_its_final_metrics(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    job = _job_for(model)
+
+    page = browser(owner).get(f"/models/{model.name}/").content.decode()
+
+    assert job.public_id in page
+    assert "4321 tokens trained" in page
+    assert "training_loss" in page
+    assert "1.2500" in page
+    assert "9.0000" not in page  # the final row, not an earlier one
+
+
+def test_samples_come_from_the_jobs_training_prompts(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    _job_for(model)
+
+    body = browser(owner).post(f"/models/{model.name}/samples/").content.decode()
+
+    # FileFactory's training file holds {"prompt": "a", ...}.
+    assert "<pre>a</pre>" in body
+
+
+def test_deleting_removes_the_jobs_copy_of_the_weights_too(
+    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
+) -> None:
+    from jobs.runner import job_dir
+
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    job = _job_for(model)
+    engine_output = job_dir(job) / "work" / "model"
+    engine_output.mkdir(parents=True)
+    (engine_output / "adapter_model.safetensors").write_bytes(b"weights")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.model_delete(model=model, by_role="owner")
+
+    assert not engine_output.exists()
+    assert not Path(model.artifact_dir).exists()

@@ -69,7 +69,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> TinyDirs:
 
 
 @pytest.fixture
-def tiny_base(db: None, tiny_dirs: TinyDirs) -> BaseModel:
+def inference_base(db: None, tiny_dirs: TinyDirs) -> BaseModel:
     return BaseModel.objects.create(
         name=TINY_BASE,
         display_name="Tiny test model",
@@ -84,7 +84,7 @@ MakeFineTune = Callable[..., FineTunedModel]
 
 
 @pytest.fixture
-def make_fine_tune(tiny_base: BaseModel, tiny_dirs: TinyDirs) -> Iterator[MakeFineTune]:
+def make_fine_tune(inference_base: BaseModel, tiny_dirs: TinyDirs) -> Iterator[MakeFineTune]:
     """make_fine_tune(org, name, adapter="a"|"b") copies an adapter into DATA_DIR/models."""
     created: list[Path] = []
     models: list[FineTunedModel] = []
@@ -95,7 +95,7 @@ def make_fine_tune(tiny_base: BaseModel, tiny_dirs: TinyDirs) -> Iterator[MakeFi
         shutil.copytree(source, target)
         created.append(target)
         model = FineTunedModel.objects.create(
-            name=name, organization=org, base=tiny_base, artifact_dir=str(target), **fields
+            name=name, organization=org, base=inference_base, artifact_dir=str(target), **fields
         )
         models.append(model)
         return model

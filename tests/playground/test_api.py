@@ -36,7 +36,9 @@ def sse_chunks(response: Any) -> tuple[list[dict[str, Any]], bool]:
     return [json.loads(p) for p in payloads if p != "[DONE]"], payloads[-1] == "[DONE]"
 
 
-def test_completion_has_the_reference_shape_and_usage(owner: Persona, tiny_base: BaseModel) -> None:
+def test_completion_has_the_reference_shape_and_usage(
+    owner: Persona, inference_base: BaseModel
+) -> None:
     body = complete(owner, prompt="Hello, how are", max_tokens=5, temperature=0)
 
     assert body["id"].startswith("cmpl-")
@@ -51,7 +53,7 @@ def test_completion_has_the_reference_shape_and_usage(owner: Persona, tiny_base:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def test_max_tokens_defaults_to_16(owner: Persona, tiny_base: BaseModel) -> None:
+def test_max_tokens_defaults_to_16(owner: Persona, inference_base: BaseModel) -> None:
     # A huge negative bias on EOS keeps the random model talking until the limit.
     body = complete(owner, prompt="x", temperature=0, logit_bias={"2": -100})
 
@@ -60,7 +62,7 @@ def test_max_tokens_defaults_to_16(owner: Persona, tiny_base: BaseModel) -> None
 
 
 def test_echo_with_logprobs_scores_the_prompt_then_the_completion(
-    owner: Persona, tiny_base: BaseModel
+    owner: Persona, inference_base: BaseModel
 ) -> None:
     body = complete(owner, prompt="Hello there", max_tokens=3, temperature=0, echo=True, logprobs=2)
 
@@ -75,14 +77,14 @@ def test_echo_with_logprobs_scores_the_prompt_then_the_completion(
     assert all(len(top) <= 3 for top in lp["top_logprobs"][1:])
 
 
-def test_prompt_arrays_and_n_number_the_choices(owner: Persona, tiny_base: BaseModel) -> None:
+def test_prompt_arrays_and_n_number_the_choices(owner: Persona, inference_base: BaseModel) -> None:
     body = complete(owner, prompt=["a", "b"], n=2, max_tokens=2)
 
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
 
 
 def test_token_array_prompts_match_text_prompts(
-    owner: Persona, tiny_base: BaseModel, tiny_dirs: TinyDirs
+    owner: Persona, inference_base: BaseModel, tiny_dirs: TinyDirs
 ) -> None:
     from transformers import AutoTokenizer
 
@@ -94,7 +96,9 @@ def test_token_array_prompts_match_text_prompts(
     assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
 
 
-def test_stop_sequences_are_cut_and_finish_with_stop(owner: Persona, tiny_base: BaseModel) -> None:
+def test_stop_sequences_are_cut_and_finish_with_stop(
+    owner: Persona, inference_base: BaseModel
+) -> None:
     free = complete(
         owner, prompt="Hello, how are", max_tokens=8, temperature=0, logit_bias={"2": -100}
     )
@@ -114,28 +118,28 @@ def test_stop_sequences_are_cut_and_finish_with_stop(owner: Persona, tiny_base: 
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
-def test_logit_bias_forces_a_token(owner: Persona, tiny_base: BaseModel) -> None:
+def test_logit_bias_forces_a_token(owner: Persona, inference_base: BaseModel) -> None:
     body = complete(owner, prompt="x", max_tokens=4, logit_bias={"70": 100}, logprobs=0)
 
     lp = body["choices"][0]["logprobs"]
     assert len(set(lp["tokens"])) == 1
 
 
-def test_best_of_returns_n_choices(owner: Persona, tiny_base: BaseModel) -> None:
+def test_best_of_returns_n_choices(owner: Persona, inference_base: BaseModel) -> None:
     body = complete(owner, prompt="x", max_tokens=3, n=1, best_of=3, seed=1)
 
     assert len(body["choices"]) == 1
     assert body["usage"]["completion_tokens"] <= 9
 
 
-def test_suffix_is_appended(owner: Persona, tiny_base: BaseModel) -> None:
+def test_suffix_is_appended(owner: Persona, inference_base: BaseModel) -> None:
     body = complete(owner, prompt="x", max_tokens=2, suffix="<END>")
 
     assert body["choices"][0]["text"].endswith("<END>")
 
 
 def test_stream_sends_chunks_then_done_and_usage_when_asked(
-    owner: Persona, tiny_base: BaseModel
+    owner: Persona, inference_base: BaseModel
 ) -> None:
     whole = complete(owner, prompt="Hello", max_tokens=6, temperature=0, logit_bias={"2": -100})
 
@@ -156,7 +160,7 @@ def test_stream_sends_chunks_then_done_and_usage_when_asked(
     assert chunks[-1]["usage"] == whole["usage"]
 
 
-def test_stream_parameter_errors_are_plain_400s(owner: Persona, tiny_base: BaseModel) -> None:
+def test_stream_parameter_errors_are_plain_400s(owner: Persona, inference_base: BaseModel) -> None:
     # Over the tiny model's 512-token context: detected before the stream starts.
     response = post(
         owner.api(),
@@ -173,14 +177,14 @@ def test_stream_parameter_errors_are_plain_400s(owner: Persona, tiny_base: BaseM
      ({"n": 3, "best_of": 2}, "best_of"), ({"prompt": {"x": 1}}, "prompt"), ({"logit_bias": {"999999": 1}}, "logit_bias")],
 )  # fmt: skip
 def test_parameter_errors_are_400_naming_the_param(
-    owner: Persona, tiny_base: BaseModel, body: dict[str, Any], param: str
+    owner: Persona, inference_base: BaseModel, body: dict[str, Any], param: str
 ) -> None:
     response = post(owner.api(), "/v1/completions", {"model": TINY_BASE, "prompt": "x", **body})
 
     assert assert_envelope(response, 400)["param"] == param
 
 
-def test_unknown_model_is_404_model_not_found(owner: Persona, tiny_base: BaseModel) -> None:
+def test_unknown_model_is_404_model_not_found(owner: Persona, inference_base: BaseModel) -> None:
     response = post(owner.api(), "/v1/completions", {"model": "nope", "prompt": "x"})
 
     assert assert_envelope(response, 404, "model_not_found")["param"] == "model"
@@ -196,7 +200,7 @@ def test_another_orgs_fine_tune_is_404(
     assert_envelope(response, 404, "model_not_found")
 
 
-def test_aliases_resolve_to_the_base(owner: Persona, tiny_base: BaseModel) -> None:
+def test_aliases_resolve_to_the_base(owner: Persona, inference_base: BaseModel) -> None:
     body = post(
         owner.api(), "/v1/completions", {"model": TINY_ALIAS, "prompt": "x", "max_tokens": 1}
     ).json()
@@ -230,7 +234,7 @@ def test_engines_route_takes_the_model_from_the_url(
     assert response.json()["model"] == model.name
 
 
-def test_usage_is_recorded_per_org_model_and_key(owner: Persona, tiny_base: BaseModel) -> None:
+def test_usage_is_recorded_per_org_model_and_key(owner: Persona, inference_base: BaseModel) -> None:
     first = complete(owner, prompt="Hello", max_tokens=3)
     second = complete(owner, prompt="Hello", max_tokens=2)
 
@@ -244,7 +248,7 @@ def test_usage_is_recorded_per_org_model_and_key(owner: Persona, tiny_base: Base
     )
 
 
-def test_streamed_usage_is_recorded_too(owner: Persona, tiny_base: BaseModel) -> None:
+def test_streamed_usage_is_recorded_too(owner: Persona, inference_base: BaseModel) -> None:
     response = post(
         owner.api(),
         "/v1/completions",
@@ -255,7 +259,9 @@ def test_streamed_usage_is_recorded_too(owner: Persona, tiny_base: BaseModel) ->
     assert UsageRecord.objects.get(model_name=TINY_BASE).requests == 1
 
 
-def test_rate_limit_is_429_with_retry_after(owner: Persona, tiny_base: BaseModel, settings) -> None:  # type: ignore[no-untyped-def]
+def test_rate_limit_is_429_with_retry_after(
+    owner: Persona, inference_base: BaseModel, settings
+) -> None:  # type: ignore[no-untyped-def]
     settings.TUNERY_RATE_LIMIT_PER_MINUTE = 2
     cache.clear()
     client = owner.api()
@@ -280,7 +286,7 @@ def chat(owner: Persona, **body: Any) -> Any:
     )
 
 
-def test_chat_completion_has_the_reference_shape(owner: Persona, tiny_base: BaseModel) -> None:
+def test_chat_completion_has_the_reference_shape(owner: Persona, inference_base: BaseModel) -> None:
     body = chat(owner, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2).json()
 
     assert body["id"].startswith("chatcmpl-")
@@ -295,7 +301,7 @@ def test_chat_completion_has_the_reference_shape(owner: Persona, tiny_base: Base
 
 
 def test_chat_stream_sends_role_content_and_finish_chunks(
-    owner: Persona, tiny_base: BaseModel
+    owner: Persona, inference_base: BaseModel
 ) -> None:
     whole = chat(owner, max_tokens=5, temperature=0).json()["choices"][0]["message"]["content"]
 

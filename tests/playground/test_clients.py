@@ -83,7 +83,7 @@ def test_sdk_completions_with_logprobs_stop_n_and_stream(
     assert text == greedy.choices[0].text
 
 
-def test_sdk_chat_completions(live_server: Any, owner: Persona, tiny_base: BaseModel) -> None:
+def test_sdk_chat_completions(live_server: Any, owner: Persona, inference_base: BaseModel) -> None:
     client = sdk(live_server, owner)
     messages: Any = [{"role": "user", "content": "Say hi"}]
 

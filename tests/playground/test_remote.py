@@ -115,7 +115,7 @@ def test_remote_streams_and_chats(
     assert chat.json()["choices"][0]["logprobs"]["content"]
 
 
-def test_remote_errors_keep_their_param(owner: Persona, tiny_base: Any, remote: str) -> None:
+def test_remote_errors_keep_their_param(owner: Persona, inference_base: Any, remote: str) -> None:
     response = post(
         owner.api(), "/v1/completions", {"model": TINY_BASE, "prompt": "x", "max_tokens": 900}
     )
@@ -138,7 +138,7 @@ def test_deleting_a_model_unloads_it_from_the_server(
     assert not Path(model.artifact_dir).exists()
 
 
-def test_an_unreachable_server_is_503(owner: Persona, tiny_base: Any, settings: Any) -> None:
+def test_an_unreachable_server_is_503(owner: Persona, inference_base: Any, settings: Any) -> None:
     settings.TUNERY_INFERENCE_BACKEND = "remote"
     settings.TUNERY_INFERENCE_URL = f"http://127.0.0.1:{_free_port()}/v1"
 

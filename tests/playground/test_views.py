@@ -57,7 +57,7 @@ def test_stream_endpoint_streams_the_api_chunks_with_logprobs(
     assert row.api_key is None
 
 
-def test_stream_endpoint_chat_mode(owner: Persona, tiny_base: Any) -> None:
+def test_stream_endpoint_chat_mode(owner: Persona, inference_base: Any) -> None:
     form = {**FORM, "mode": "chat", "system": "Be brief.", "model": TINY_BASE}
 
     chunks, done = sse_chunks(browser(owner).post("/playground/stream", form))
@@ -66,7 +66,7 @@ def test_stream_endpoint_chat_mode(owner: Persona, tiny_base: Any) -> None:
     assert chunks[0]["object"] == "chat.completion.chunk"
 
 
-def test_stream_endpoint_errors_are_json(owner: Persona, tiny_base: Any) -> None:
+def test_stream_endpoint_errors_are_json(owner: Persona, inference_base: Any) -> None:
     client = browser(owner)
 
     bad_form = client.post("/playground/stream", {**FORM, "temperature": "9", "model": TINY_BASE})
@@ -78,7 +78,7 @@ def test_stream_endpoint_errors_are_json(owner: Persona, tiny_base: Any) -> None
     assert bad_model.json()["error"]["code"] == "model_not_found"
 
 
-def test_stream_endpoint_needs_a_login_and_csrf(owner: Persona, tiny_base: Any) -> None:
+def test_stream_endpoint_needs_a_login_and_csrf(owner: Persona, inference_base: Any) -> None:
     assert Client().post("/playground/stream", {**FORM, "model": TINY_BASE}).status_code == 302
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(owner.user)
