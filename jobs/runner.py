@@ -366,8 +366,9 @@ def _finish_succeeded(job: FineTuneJob, result: Any) -> None:
         events.emit(job, "model", name=name)
         events.emit(job, "results", file_id=results.public_id)
         events.emit(job, "succeeded")
-    # The work dir holds optimizer state and checkpoints: large, and no longer needed.
-    shutil.rmtree(job_dir(job) / "work" / "checkpoints", ignore_errors=True)
+    # The work dir holds checkpoints with optimizer state and a copy of the model, now stored
+    # under DATA_DIR/models and as the results file: large, and no longer needed.
+    shutil.rmtree(job_dir(job) / "work", ignore_errors=True)
 
 
 def jobs_requeue_stale() -> list[int]:

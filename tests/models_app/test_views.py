@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,4 @@ def test_deleting_removes_the_jobs_copy_of_the_weights_too(
 
     assert not engine_output.exists()
     assert not Path(model.artifact_dir).exists()
+    shutil.rmtree(job_dir(job), ignore_errors=True)
