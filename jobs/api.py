@@ -51,6 +51,14 @@ def job_or_404(request: AuthedApiRequest, job_id: str) -> FineTuneJob:
     return job
 
 
+def cancel_or_400(request: AuthedApiRequest, job_id: str) -> FineTuneJob:
+    """Cancel; a finished job is a 400 (not 409, which the current SDK would retry)."""
+    job = job_or_404(request, job_id)
+    if not services.job_cancel(job=job):
+        raise ApiError(f"Cannot cancel a job that is already {job.status}.", param="id")
+    return job
+
+
 def _tunery_extensions(body: dict[str, Any]) -> dict[str, Any]:
     method = body.get("training_method", FineTuneJob.Method.LORA)
     forecast = body.get("scaling_forecast", False)
@@ -88,10 +96,7 @@ class LegacyJobDetailApi(APIView):
 
 class LegacyJobCancelApi(APIView):
     def post(self, request: AuthedApiRequest, job_id: str) -> Response:
-        job = job_or_404(request, job_id)
-        if not services.job_cancel(job=job):
-            raise ApiError(f"Cannot cancel a job that is already {job.status}.", param="id")
-        return Response(legacy_job_json(job))
+        return Response(legacy_job_json(cancel_or_400(request, job_id)))
 
 
 class LegacyJobEventsApi(APIView):
@@ -174,10 +179,7 @@ class JobDetailApi(APIView):
 
 class JobCancelApi(APIView):
     def post(self, request: AuthedApiRequest, job_id: str) -> Response:
-        job = job_or_404(request, job_id)
-        if not services.job_cancel(job=job):
-            raise ApiError(f"Cannot cancel a job that is already {job.status}.", param="id")
-        return Response(current_job_json(job))
+        return Response(current_job_json(cancel_or_400(request, job_id)))
 
 
 class JobEventsApi(APIView):
