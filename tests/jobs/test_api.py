@@ -185,3 +185,12 @@ def test_another_orgs_job_is_404(owner: Persona, outsider: Persona, training: An
         assert_envelope(theirs.get(path), 404)
     assert_envelope(theirs.post(f"/v1/fine-tunes/{job_id}/cancel"), 404)
     assert FineTuneJob.objects.get(public_id=job_id).status == "queued"
+
+
+def test_scaling_forecast_is_refused_until_it_exists(owner: Persona, training: Any) -> None:
+    body = {"model": "ada", "training_file": training.public_id, "scaling_forecast": True}
+
+    error = assert_envelope(post(owner.api(), "/v1/fine_tuning/jobs", body), 400)
+
+    assert error["param"] == "scaling_forecast"
+    assert not FineTuneJob.objects.exists()
