@@ -12,6 +12,7 @@ compute is spent on padding, and matmuls see hundreds of rows instead of a few d
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from engine.spec import TooLongPolicy, TrainingError
+from engine.spec import TooLongPolicy, TrainingError, subset_size
 
 
 @dataclass
@@ -167,21 +168,72 @@ class Tokenizing:
         return Example(ids, weights, target, prompt_len + len(self.prefix_ids), completion)
 
 
+# Completions with at most this many distinct values (each seen at least twice on average) are
+# class labels: a subset then keeps every label's share, so ¼ of a 13%-spam set is still 13% spam.
+STRATIFY_MAX_LABELS = 50
+
+
+def _label(row: dict[str, Any]) -> str | None:
+    if isinstance(row.get("completion"), str):
+        return str(row["completion"]).strip()
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        replies = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+        if replies and isinstance(replies[-1].get("content"), str):
+            return str(replies[-1]["content"]).strip()
+    return None
+
+
+def subset_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    """A deterministic subset of `subset_size(len(rows), fraction)` rows under `seed`, in file
+    order; stratified by completion when the completions look like class labels.
+
+    Rows are taken from the front of one seeded order (per label when stratified), so the ¼
+    subset sits inside the ½ one, up to the rounding of each label's share.
+    """
+    k = subset_size(len(rows), fraction)
+    if k >= len(rows):
+        return rows
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    labels = [_label(row) for row in rows]
+    distinct = set(labels)
+    if None in distinct or len(distinct) > STRATIFY_MAX_LABELS or 2 * len(distinct) > len(rows):
+        chosen = order[:k]
+    else:
+        groups: dict[str | None, list[int]] = {}
+        for i in order:
+            groups.setdefault(labels[i], []).append(i)
+        share = {label: len(group) * k / len(rows) for label, group in groups.items()}
+        take = {label: int(s) for label, s in share.items()}
+        # Largest remainders first, so the counts add up to exactly k.
+        by_remainder = sorted(groups, key=lambda label: (take[label] - share[label], str(label)))
+        for label in by_remainder[: k - sum(take.values())]:
+            take[label] += 1
+        chosen = [i for label, group in groups.items() for i in group[: take[label]]]
+    return [rows[i] for i in sorted(chosen)]
+
+
 def load_examples(
     path: str | Path,
     tokenizing: Tokenizing,
     max_length: int,
     too_long: TooLongPolicy,
     limit: int | None = None,
+    fraction: float = 1.0,
+    seed: int = 0,
 ) -> tuple[list[Example], DataStats]:
     """Read and tokenize a JSONL file, applying the too-long policy.
 
     "truncate" keeps the first `max_length` tokens (as Hugging Face truncation does); "drop"
-    leaves the example out. Either way the count is in the returned stats.
+    leaves the example out. Either way the count is in the returned stats. `fraction` < 1 keeps
+    only a seeded subset of the rows (see `subset_rows`).
     """
     rows = read_jsonl(path)
     if limit is not None:
         rows = rows[:limit]
+    if fraction < 1:
+        rows = subset_rows(rows, fraction, seed)
     stats = DataStats()
     examples: list[Example] = []
     name = Path(path).name

@@ -11,6 +11,7 @@ Nothing is fetched from a model hub: every load is local (`local_files_only`).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -100,10 +101,16 @@ def dequantize_gguf(gguf: Path, out_dir: Path) -> Path:
 def _resolve_gguf(gguf: Path, cache_dir: str | None) -> Path:
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache / _gguf_cache_key(gguf)
-    with _CACHE_LOCK:
+    if (target / "config.json").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # The thread lock orders threads of one process; the file lock orders processes (two
+    # workers starting at once), so the second waits for the first copy instead of spending
+    # another ~30 s and 500 MB writing its own.
+    with _CACHE_LOCK, open(cache / f".{target.name}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
             return target
-        cache.mkdir(parents=True, exist_ok=True)
         # Write to a temporary sibling and rename: a crash mid-write never leaves a directory that
         # looks complete (and another process racing us simply loses the rename).
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))

@@ -61,6 +61,12 @@ class TrainSpec:
     cache_dir: str | None = None  # where dequantized GGUF copies are kept
     device: str = "auto"
     max_train_examples: int | None = None
+    # Train on this share of the training examples (a seeded subset, see engine.data): the ¼ and
+    # ½ runs of a data-scaling forecast. 1.0 trains on all of them.
+    data_fraction: float = 1.0
+    # After the last step, evaluate the whole validation set once and add full_validation_* to
+    # TrainResult.final_metrics, so runs of different lengths compare on the same examples.
+    final_full_validation: bool = False
     # Fraction of the optimizer steps spent warming the learning rate up linearly from ~0.
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -130,6 +136,13 @@ def auto_learning_rate_multiplier(batch_size: int) -> float:
     if batch_size < 64:
         return 0.1
     return 0.2
+
+
+def subset_size(n_examples: int, fraction: float) -> int:
+    """How many of `n_examples` a run with `data_fraction=fraction` trains on (at least 1)."""
+    if fraction >= 1:
+        return n_examples
+    return max(1, min(n_examples, round(fraction * n_examples)))
 
 
 def resolve_hyperparameters(

@@ -177,6 +177,13 @@ def _packed_attention(
                 pass  # e.g. a GPU without flash attention: stay on the SDPA path
         if _VARLEN["fn"] is not None:
             return _varlen(_VARLEN["fn"], q, k, v, lens, cu, scaling), None
+    if torch.is_autocast_enabled("cpu"):
+        # CPU bf16 attention kernels are 2-6x slower than fp32 ones at these sizes (dozens to
+        # hundreds of tokens per example, measured on an AVX512-BF16 EPYC), and the attention
+        # matmuls are tiny next to the projections: compute it in fp32.
+        with torch.autocast("cpu", enabled=False):
+            out = _sdpa_per_example(query.float(), key.float(), value.float(), lens, scaling)
+        return out.contiguous(), None
     return _sdpa_per_example(query, key, value, lens, scaling).contiguous(), None
 
 
@@ -265,16 +272,62 @@ def build_runtime(
         )
         model = get_peft_model(causal_lm, config)
     core, head = _split_model(causal_lm)
+    bf16 = use_bf16(device) if spec.bf16 is None else spec.bf16
+    if bf16 and spec.method == "lora":
+        head = prepare_bf16_lora(causal_lm, head)
     return Runtime(
         model=model,
         core=core,
         head=head,
         tokenizer=tokenizer,
         device=device,
-        bf16=use_bf16(device) if spec.bf16 is None else spec.bf16,
+        bf16=bf16,
         model_dir=model_dir,
         method=spec.method,
     )
+
+
+def prepare_bf16_lora(causal_lm: Any, head: torch.nn.Module) -> torch.nn.Module:
+    """Cut the casts autocast makes in a LoRA step; return the output head to use.
+
+    Numerically this computes what plain autocast computes (the same roundings to bf16), with
+    ~3000 fewer casts per step:
+    - Autocast re-casts every weight that does not require grad on every call (its cast cache
+      keeps only trainable leaves), so the frozen base weights are stored in bf16 once. The
+      embedding stays fp32 (it feeds the fp32 residual stream); a head that shares it becomes a
+      bf16 copy.
+    - Each pre-projection norm's output was cast to bf16 separately by every projection reading
+      it (q, k, v and their LoRA branches), and peft cast it back to fp32 for the LoRA branch
+      first: cast it once, and let LoRA take it as it is (autocast runs LoRA's matmuls in bf16
+      either way).
+    """
+    embedding = causal_lm.get_input_embeddings().weight
+    for name, module in causal_lm.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            if not module.weight.requires_grad:
+                module.to(torch.bfloat16)
+        if hasattr(module, "cast_input_dtype_enabled") or hasattr(module, "lora_A"):
+            module.cast_input_dtype_enabled = False
+        if name.endswith(PRE_PROJECTION_NORMS):
+            module.register_forward_hook(_to_bf16_under_autocast)
+    if head.weight.requires_grad:
+        return head
+    if head.weight is embedding:
+        copy = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+        copy.weight = torch.nn.Parameter(embedding.detach().to(torch.bfloat16), False)
+        return copy.to(embedding.device)
+    return head.to(torch.bfloat16)
+
+
+# Norms whose output feeds only linear projections, in Llama-style decoders (Llama, Mistral,
+# Qwen, SmolLM...); other architectures just keep autocast's per-projection casts.
+PRE_PROJECTION_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+def _to_bf16_under_autocast(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+    if torch.is_autocast_enabled(output.device.type) and output.dtype == torch.float32:
+        return output.to(torch.bfloat16)
+    return output
 
 
 def save_trained(runtime: Runtime, out_dir: Path, model_source: str) -> Path:
@@ -559,6 +612,8 @@ class Trainer:
             self.max_length,
             spec.too_long,
             limit=spec.max_train_examples,
+            fraction=spec.data_fraction,
+            seed=spec.seed,
         )
         self._report_length_policy(stats, "training")
         self.validation_examples: list[Example] = []
@@ -819,6 +874,10 @@ class Trainer:
         else:
             model_out = save_trained(runtime, self.output_dir / "model", spec.model_source)
         final = {k: v for k, v in last_row.items() if not _isnan(v)}
+        if status == "succeeded" and spec.final_full_validation and self.validation_examples:
+            # The periodic validation rows see one batch each; a forecast compares whole sets.
+            with self._eval_mode():
+                final.update(self._evaluate(self.validation_examples).row("full_validation"))
         return TrainResult(
             status=status,
             output_dir=str(self.output_dir),

@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,25 +30,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.common import machine  # noqa: E402
 from engine import DEFAULT_MODEL_SOURCE, Hooks, TrainSpec, resolve_model_source, train  # noqa: E402
 from engine.models import auto_threads, default_cache_dir, pick_device  # noqa: E402
 from engine.trainer import evaluate_classification  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sms_spam"
-
-
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 class Progress(Hooks):

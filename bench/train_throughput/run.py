@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,27 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine  # noqa: E402
+
 BASELINE = REPO.parent / "shared" / "bench" / "hf_trainer_baseline.py"
 DATA = REPO.parent / "shared" / "data" / "sms_spam" / "train.jsonl"
 LEARNING_RATE = 2e-4  # the baseline's default
-
-
-def machine(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return (
-            f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-        )
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def matmul_peak(device: str, threads: int) -> tuple[float, str]:

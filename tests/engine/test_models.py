@@ -236,3 +236,35 @@ def _logits_ids(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     model, _ = load_model_and_tokenizer(model_dir, device="cpu")
     with torch.no_grad():
         return model(ids).logits
+
+
+def test_a_second_process_waits_for_the_first_dequantization(tmp_path: Path) -> None:
+    """While one process holds the cache entry's lock (dequantizing), another one asking for the
+    same GGUF waits, then uses the finished copy instead of writing its own."""
+    import fcntl
+    import subprocess
+    import time
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not read: the copy exists by the time the lock is free")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    target = cache / engine_models._gguf_cache_key(gguf)
+    code = (
+        "import sys; from engine.models import _resolve_gguf; "
+        f"print(_resolve_gguf(__import__('pathlib').Path({str(gguf)!r}), {str(cache)!r}))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    with open(cache / f".{target.name}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=repo, stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(2)
+        assert waiter.poll() is None  # blocked on the lock
+        target.mkdir()
+        (target / "config.json").write_text("{}")  # what the first process's rename leaves
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0
+    assert out.strip() == str(target)
+    assert not list(cache.glob(".tmp-*"))  # it never started a copy of its own

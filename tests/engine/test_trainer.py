@@ -416,3 +416,38 @@ def test_evaluate_classification_reproduces_the_results_file(
     last = read_rows(result.results_csv)[-1]
     for key, value in scores.items():
         assert float(last[key]) == pytest.approx(value, abs=1e-5), key
+
+
+def test_bf16_lora_preparation_computes_what_autocast_computes(tiny_model_dir: Path) -> None:
+    """`prepare_bf16_lora` only removes casts: its forward pass equals plain autocast's."""
+    from peft import LoraConfig, get_peft_model
+
+    from engine.trainer import ATTENTION, prepare_bf16_lora, register_packed_attention
+
+    register_packed_attention()
+    ids = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 4]])
+    outputs = []
+    for prepared in (False, True):
+        torch.manual_seed(0)
+        causal_lm, _ = load_model_and_tokenizer(
+            tiny_model_dir, device="cpu", attn_implementation=ATTENTION
+        )
+        model = get_peft_model(causal_lm, LoraConfig(r=4, target_modules="all-linear"))
+        head = causal_lm.get_output_embeddings()
+        if prepared:
+            head = prepare_bf16_lora(causal_lm, head)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            hidden = causal_lm.model(input_ids=ids, use_cache=False).last_hidden_state
+            outputs.append(head(hidden).float())
+        trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+        frozen_linear = {
+            m.weight.dtype
+            for m in causal_lm.modules()
+            if isinstance(m, torch.nn.Linear)
+            and not m.weight.requires_grad
+            and m is not causal_lm.get_output_embeddings()  # tied to the fp32 embedding
+        }
+    assert torch.equal(outputs[0], outputs[1])
+    assert trainable == {torch.float32}  # the optimizer still updates fp32 LoRA weights
+    assert frozen_linear == {torch.bfloat16}
+    assert causal_lm.get_input_embeddings().weight.dtype == torch.float32
