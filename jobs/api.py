@@ -64,9 +64,6 @@ def _tunery_extensions(body: dict[str, Any]) -> dict[str, Any]:
     forecast = body.get("scaling_forecast", False)
     if not isinstance(forecast, bool):
         raise ApiError("scaling_forecast must be a boolean.", param="scaling_forecast")
-    if forecast:
-        # Planned (docs/roadmap.md, #7); refuse rather than silently train without it.
-        raise ApiError("scaling_forecast is not available yet.", param="scaling_forecast")
     return {"method": method, "scaling_forecast": forecast}
 
 

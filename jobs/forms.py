@@ -28,6 +28,11 @@ class JobCreateForm(forms.Form):
     classification_positive_class = forms.CharField(required=False, strip=False)
     classification_n_classes = forms.IntegerField(required=False, min_value=2)
     classification_betas = forms.CharField(required=False, help_text="comma-separated, e.g. 1, 2")
+    scaling_forecast = forms.BooleanField(
+        required=False,
+        help_text="Also train on ¼ and ½ of the data (two extra queued runs) to forecast whether "
+        "more data would help. Needs a validation file.",
+    )
 
     def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -69,4 +74,5 @@ class JobCreateForm(forms.Form):
             classification_betas=data.get("classification_betas"),
             suffix=data.get("suffix") or None,
             method=data["training_method"],
+            scaling_forecast=bool(data.get("scaling_forecast")),
         )

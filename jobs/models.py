@@ -61,6 +61,8 @@ class FineTuneJob(models.Model):
         "self", models.CASCADE, null=True, blank=True, related_name="children"
     )
     data_fraction = models.FloatField(default=1.0)
+    # On a scaling-forecast parent, once its three runs have finished (jobs.forecast).
+    forecast = models.JSONField(null=True, blank=True)
 
     status = models.CharField(max_length=16, choices=Status, default=Status.QUEUED)
     error = models.JSONField(null=True, blank=True)  # {"code", "message", "param"}
@@ -79,6 +81,8 @@ class FineTuneJob(models.Model):
         "datasets.File", models.SET_NULL, null=True, blank=True, related_name="+"
     )
     wandb_run = models.CharField(max_length=500, blank=True)
+    # The last step's metrics (and full_validation_* when measured), written on success.
+    final_metrics = models.JSONField(default=dict, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -108,6 +112,11 @@ class FineTuneJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def is_forecast_run(self) -> bool:
+        """One of the ¼ and ½ runs of a scaling forecast: measured, never kept as a model."""
+        return self.parent_job_id is not None
 
 
 class JobEvent(models.Model):

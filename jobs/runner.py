@@ -24,9 +24,10 @@ from accounts.models import Organization
 from common.ids import random_id
 from datasets.models import File
 from datasets.services import file_create
-from jobs import events
+from jobs import events, forecast
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
 from jobs.selectors import queue_position
+from jobs.wandb import JobRun
 from models_app.models import FineTunedModel
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,19 @@ def job_run(*, job_id: int) -> str:
         return WAIT_FOR_FILES
     if state != "ok":
         _fail_queued(job, state)
+        forecast.forecast_record(job=job)
         return DONE
     outcome = _claim(job)
     if outcome != DONE:
         return DEFERRED if outcome == DEFERRED else DONE
     job.refresh_from_db()
     _announce_queue_moved()
-    _train(job)
+    wandb_run = JobRun(job)  # logs only if the job or its organization asked for W&B
+    try:
+        _train(job, wandb_run)
+    finally:
+        wandb_run.close()
+    forecast.forecast_record(job=job)  # the last of a forecast's three runs stores it
     return DONE
 
 
@@ -155,14 +162,17 @@ def _spec(job: FineTuneJob, work: Path, *, resume: bool) -> engine.TrainSpec:
         continue_from=job.parent_model.artifact_dir if job.parent_model else None,
         cache_dir=str(settings.TUNERY_MODEL_CACHE_DIR),
         max_train_examples=None,
+        data_fraction=job.data_fraction,
+        final_full_validation=job.scaling_forecast or job.is_forecast_run,
     )
 
 
 class JobHooks(engine.Hooks):
     """Turns the engine's callbacks into events, progress, checkpoints and cancellation."""
 
-    def __init__(self, job: FineTuneJob) -> None:
+    def __init__(self, job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
         self.job = job
+        self.wandb_run = wandb_run
         self.last_progress_write = 0.0
         self.metrics_every = 1
 
@@ -182,6 +192,8 @@ class JobHooks(engine.Hooks):
         total = self.job.total_steps or step
         if step % self.metrics_every == 0 or any(k.startswith("classification/") for k in row):
             events.emit_metrics(self.job, step=step, total_steps=total, row=row)
+        if self.wandb_run is not None:
+            self.wandb_run.log(row)  # every row, not one in metrics_every
 
     def on_progress(
         self, step: int, total_steps: int, tokens: int, eta_seconds: float | None
@@ -254,7 +266,7 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
 
 
-def _train(job: FineTuneJob) -> None:
+def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
     work = job_dir(job) / "work"
     resume = job.attempts > 1 and any((work / "checkpoints").glob("*"))
     if resume:
@@ -283,9 +295,16 @@ def _train(job: FineTuneJob) -> None:
             "learning_rate_multiplier": lrm,
             "prompt_loss_weight": spec.prompt_loss_weight,
         }
+        if job.scaling_forecast or job.is_forecast_run:
+            # A forecast's runs all train with the values resolved from the full training set
+            # (the engine would resolve a ¼ run's auto batch size from its ¼).
+            spec.n_epochs, spec.batch_size = n_epochs, batch_size
+            spec.learning_rate_multiplier = lrm
         FineTuneJob.objects.filter(pk=job.pk).update(resolved_hyperparameters=resolved)
         job.resolved_hyperparameters = resolved
-        result = engine.train(spec, JobHooks(job))
+        if wandb_run is not None:
+            wandb_run.start(resume=resume)  # never raises: a W&B failure is a warning event
+        result = engine.train(spec, JobHooks(job, wandb_run))
     except engine.TrainingError as exc:
         _finish_failed(job, str(exc), code="training_error")
         return
@@ -327,8 +346,9 @@ def _finish_succeeded(job: FineTuneJob, result: Any) -> None:
     name = model_name(job, now)
     artifacts = Path(settings.DATA_DIR) / "models" / str(job.organization_id) / job.public_id
     shutil.rmtree(artifacts, ignore_errors=True)
-    artifacts.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(result.model_dir, artifacts)
+    if not job.is_forecast_run:  # a forecast's ¼ and ½ runs are measurements, not models
+        artifacts.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(result.model_dir, artifacts)
     with transaction.atomic():
         results = file_create(
             organization=job.organization,
@@ -342,7 +362,8 @@ def _finish_succeeded(job: FineTuneJob, result: Any) -> None:
         )
         done = FineTuneJob.objects.filter(pk=job.pk, status=FineTuneJob.Status.RUNNING).update(
             status=FineTuneJob.Status.SUCCEEDED,
-            fine_tuned_model=name,
+            fine_tuned_model=None if job.is_forecast_run else name,
+            final_metrics=events.finite(result.final_metrics),
             result_file=results,
             trained_tokens=result.trained_tokens,
             resolved_hyperparameters=result.hyperparameters,
@@ -355,15 +376,16 @@ def _finish_succeeded(job: FineTuneJob, result: Any) -> None:
             transaction.set_rollback(True)
             shutil.rmtree(artifacts, ignore_errors=True)
             return
-        FineTunedModel.objects.create(
-            name=name,
-            organization=job.organization,
-            base=job.base_model,
-            job=job,
-            method=job.method,
-            artifact_dir=str(artifacts),
-        )
-        events.emit(job, "model", name=name)
+        if not job.is_forecast_run:
+            FineTunedModel.objects.create(
+                name=name,
+                organization=job.organization,
+                base=job.base_model,
+                job=job,
+                method=job.method,
+                artifact_dir=str(artifacts),
+            )
+            events.emit(job, "model", name=name)
         events.emit(job, "results", file_id=results.public_id)
         events.emit(job, "succeeded")
     # The work dir holds checkpoints with optimizer state and a copy of the model, now stored
@@ -396,6 +418,7 @@ def jobs_requeue_stale() -> list[int]:
                 )
                 if changed:
                     events.emit(job, "failed", reason=reason)
+                    forecast.forecast_record(job=job)
                 continue
             # Guarded on the heartbeat we read: a worker that just beat keeps its job.
             changed = FineTuneJob.objects.filter(

@@ -40,6 +40,17 @@ def _resolved(job: FineTuneJob, key: str) -> Any:
     return job.resolved_hyperparameters.get(key, job.hyperparameters.get(key))
 
 
+def forecast_keys(job: FineTuneJob) -> dict[str, Any]:
+    """Tunery's data-scaling forecast, in both APIs (clients ignore unknown keys)."""
+    keys: dict[str, Any] = {"scaling_forecast": job.scaling_forecast}
+    if job.scaling_forecast:
+        keys["forecast"] = job.forecast  # null until its three runs have finished
+    if job.parent_job_id is not None:
+        keys["parent_job"] = job.parent_job.public_id if job.parent_job else None
+        keys["data_fraction"] = job.data_fraction
+    return keys
+
+
 def legacy_event_json(event: JobEvent) -> dict[str, Any]:
     return {
         "object": "fine-tune-event",
@@ -80,6 +91,7 @@ def legacy_job_json(job: FineTuneJob, *, with_events: bool = True) -> dict[str, 
         "training_files": [file_json(job.training_file)],
         "validation_files": [file_json(job.validation_file)] if job.validation_file else [],
         "result_files": [file_json(job.result_file)] if job.result_file else [],
+        **forecast_keys(job),
     }
     if with_events:
         body["events"] = [legacy_event_json(e) for e in job.events.filter(type="message")]
@@ -116,6 +128,7 @@ def current_job_json(job: FineTuneJob) -> dict[str, Any]:
         # Tunery extensions: clients ignore unknown keys.
         "training_method": job.method,
         "progress": round(job.progress, 4),
+        **forecast_keys(job),
     }
 
 

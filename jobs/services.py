@@ -19,7 +19,8 @@ from common.ids import random_id
 from config.api import ApiError
 from datasets.models import File
 from datasets.selectors import file_find_for_org
-from jobs import events, tasks
+from engine.spec import resolve_hyperparameters
+from jobs import events, forecast, tasks
 from jobs.models import FineTuneJob
 from jobs.selectors import queue_position
 from models_app.models import BaseModel, FineTunedModel
@@ -220,6 +221,10 @@ def estimate_cost(base: BaseModel, training: File, n_epochs: int | None) -> Deci
     return cost.quantize(Decimal("0.0001"))
 
 
+def _id_prefix(api: str) -> str:
+    return "ft-" if api == FineTuneJob.Api.LEGACY else "ftjob-"
+
+
 def job_create(
     *, organization: Organization, created_by: User | None, req: JobRequest
 ) -> FineTuneJob:
@@ -252,12 +257,16 @@ def job_create(
             "model", f"{parent.name} is a {parent.method} fine-tune; continue it the same way."
         )
     seed = _int_in(req.seed, "seed", 0, SEED_MAX)
-    if req.scaling_forecast and validation is None:
-        raise _bad("validation_file", "scaling_forecast needs a validation_file to compare on.")
+    if req.scaling_forecast is not True and req.scaling_forecast is not False:
+        raise _bad("scaling_forecast", "scaling_forecast must be a boolean.")
+    resolved = (
+        _forecast_hyperparameters(training, validation, hyperparameters)
+        if req.scaling_forecast
+        else {}
+    )
 
-    prefix = "ft-" if req.api == FineTuneJob.Api.LEGACY else "ftjob-"
     job = FineTuneJob(
-        public_id=random_id(prefix, 24),
+        public_id=random_id(_id_prefix(req.api), 24),
         api=req.api,
         organization=organization,
         created_by=created_by,
@@ -274,6 +283,7 @@ def job_create(
         metadata=_validate_metadata(req.metadata),
         integrations=_validate_integrations(req.integrations),
         scaling_forecast=req.scaling_forecast,
+        resolved_hyperparameters=resolved,
         estimated_cost=estimate_cost(base, training, hyperparameters["n_epochs"]),
     )
     with transaction.atomic():
@@ -284,22 +294,116 @@ def job_create(
         events.emit(job, "enqueued", position=queue_position(job))
         # After commit, so the worker never looks for a row that isn't there yet.
         transaction.on_commit(partial(tasks.run_training_job.delay, job.pk))
+        if job.scaling_forecast:
+            _forecast_children_create(job, resolved or hyperparameters)
     return job
 
 
-def job_cancel(*, job: FineTuneJob) -> bool:
-    """Cancel an unfinished job. Returns False if it had already finished (nothing changes).
+def _forecast_hyperparameters(
+    training: File, validation: File | None, requested: dict[str, Any]
+) -> dict[str, Any]:
+    """The values all three runs of a forecast train with, resolved once from the full training
+    set, so that data size is the only thing that differs between them.
 
+    Before the training file is validated its size is unknown: then this returns {} and the
+    runner resolves the same values from the same file when each run starts.
+    """
+    if validation is None:
+        raise _bad("validation_file", "scaling_forecast needs a validation_file to compare on.")
+    n = training.example_count
+    if not n:
+        return {}
+    n_epochs, batch_size, lrm = resolve_hyperparameters(
+        n, requested["n_epochs"], requested["batch_size"], requested["learning_rate_multiplier"]
+    )
+    # The ¼ run must fill at least one batch of the shared batch size.
+    if n < 4 * batch_size:
+        raise _bad(
+            "training_file",
+            f"scaling_forecast trains on a quarter of the training file, which needs at least "
+            f"4 × batch_size = {4 * batch_size} examples; {training.public_id} has {n}.",
+        )
+    return {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": lrm,
+        "prompt_loss_weight": requested["prompt_loss_weight"],
+    }
+
+
+def _forecast_children_create(parent: FineTuneJob, hyperparameters: dict[str, Any]) -> None:
+    """The ¼ and ½ runs of `parent`'s forecast, queued right after it (the queue is FIFO).
+
+    Same base, files, hyperparameters, seed and classification options as the parent (the
+    runner registers no model for them). No integrations and no metadata: a job's W&B project
+    and a client's metadata filter are about the job the user asked for, not its measurements.
+    """
+    children = []
+    for fraction in forecast.CHILD_FRACTIONS:
+        child = FineTuneJob(
+            public_id=random_id(_id_prefix(parent.api), 24),
+            api=parent.api,
+            organization=parent.organization,
+            created_by=parent.created_by,
+            model=parent.model,
+            base_model=parent.base_model,
+            parent_model=parent.parent_model,
+            training_file=parent.training_file,
+            validation_file=parent.validation_file,
+            method=parent.method,
+            hyperparameters=dict(hyperparameters),
+            resolved_hyperparameters=dict(parent.resolved_hyperparameters),
+            classification=parent.classification,
+            seed=parent.seed,
+            parent_job=parent,
+            data_fraction=fraction,
+            estimated_cost=(parent.estimated_cost * Decimal(fraction)).quantize(Decimal("0.0001")),
+        )
+        child.full_clean()
+        child.save()
+        events.emit(child, "created")
+        events.emit(
+            child,
+            "engine",
+            message=f"Scaling-forecast run for {parent.public_id} on "
+            f"{forecast.fraction_label(fraction)} of its training data",
+        )
+        events.emit(child, "cost", cost=child.estimated_cost)
+        events.emit(child, "enqueued", position=queue_position(child))
+        transaction.on_commit(partial(tasks.run_training_job.delay, child.pk))
+        children.append(child)
+    runs = ", ".join(
+        f"{child.public_id} ({forecast.fraction_label(child.data_fraction)})" for child in children
+    )
+    events.emit(
+        parent, "engine", message=f"Scaling forecast: runs on part of the data queued next: {runs}"
+    )
+
+
+def _cancel_one(job: FineTuneJob) -> bool:
+    cancelled = FineTuneJob.objects.filter(pk=job.pk, status__in=FineTuneJob.UNFINISHED).update(
+        status=FineTuneJob.Status.CANCELLED, finished_at=timezone.now()
+    )
+    if cancelled:
+        events.emit(job, "cancelled")
+    return bool(cancelled)
+
+
+def job_cancel(*, job: FineTuneJob) -> bool:
+    """Cancel an unfinished job, and the unfinished runs of its scaling forecast if it has one.
+
+    Returns False if nothing was left to cancel (nothing changes). The forecast runs are queued
+    after their parent, so cancelling a parent that has already finished still stops them.
     A running worker sees the new status in its should_stop hook and stops within one step.
     """
     with transaction.atomic():
-        cancelled = FineTuneJob.objects.filter(pk=job.pk, status__in=FineTuneJob.UNFINISHED).update(
-            status=FineTuneJob.Status.CANCELLED, finished_at=timezone.now()
-        )
-        if cancelled:
-            events.emit(job, "cancelled")
+        cancelled = _cancel_one(job)
+        if job.scaling_forecast:
+            for child in job.children.filter(status__in=FineTuneJob.UNFINISHED):
+                cancelled = _cancel_one(child) or cancelled
+    forecast.forecast_record(job=job)
     job.refresh_from_db()
-    return bool(cancelled)
+    return cancelled
 
 
 def form_errors_from(exc: ApiError | ValidationError) -> dict[str, str]:

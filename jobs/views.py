@@ -13,7 +13,7 @@ from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
 from config.api import ApiError
 from datasets.selectors import file_find_for_org
-from jobs import charts, selectors, services
+from jobs import charts, forecast, selectors, services
 from jobs.forms import JobCreateForm
 from jobs.models import FineTuneJob
 from models_app.selectors import base_model_find, model_find_for_org
@@ -33,7 +33,8 @@ def _job_or_404(request: AuthedHtmxRequest, job_id: str) -> FineTuneJob:
 @require_GET
 @vary_on_headers("HX-Request")
 def job_list(request: AuthedHtmxRequest) -> HttpResponse:
-    jobs = selectors.job_list_for_org(organization=request.organization)[:200]
+    jobs = selectors.job_list_for_org(organization=request.organization)
+    jobs = jobs.select_related("parent_job")[:200]  # forecast runs link to their parent
     polling = any(not j.is_finished for j in jobs)
     template = f"{LIST}#job-table" if request.htmx else LIST
     return render(request, template, {"jobs": jobs, "polling": polling})
@@ -91,11 +92,20 @@ def job_preflight(request: AuthedHtmxRequest) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
     job = _job_or_404(request, job_id)
+    page = forecast.forecast_page(job)
     context = {
         "job": job,
         "events": job.events.filter(type="message").order_by("id"),
         "chart_data": json.dumps(charts.chart_data(job)),
         "queue_position": selectors.queue_position(job) if job.status == "queued" else None,
+        # A forecast parent keeps polling after it finishes, until its ¼ and ½ runs have too.
+        "polling": not job.is_finished or page["forecast_unfinished"],
+        "forecast_figure": (
+            charts.forecast_figure(job.forecast)
+            if job.forecast and job.forecast.get("status") == "succeeded"
+            else None
+        ),
+        **page,
     }
     template = f"{DETAIL}#job-live" if request.htmx else DETAIL
     return render(request, template, context)

@@ -187,10 +187,52 @@ def test_another_orgs_job_is_404(owner: Persona, outsider: Persona, training: An
     assert FineTuneJob.objects.get(public_id=job_id).status == "queued"
 
 
-def test_scaling_forecast_is_refused_until_it_exists(owner: Persona, training: Any) -> None:
-    body = {"model": "ada", "training_file": training.public_id, "scaling_forecast": True}
+@pytest.mark.parametrize("path", ["/v1/fine-tunes", "/v1/fine_tuning/jobs"])
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"scaling_forecast": "yes"}, "scaling_forecast"),
+        ({"scaling_forecast": True, "validation_file": None}, "validation_file"),
+        # 8 examples: a quarter (2) can't fill one batch of 4.
+        ({"scaling_forecast": True, "batch_size": 4}, "training_file"),
+    ],
+)
+def test_scaling_forecast_errors_are_400s_naming_the_param(
+    owner: Persona, training: Any, path: str, extra: dict[str, Any], param: str
+) -> None:
+    validation = FileFactory.create(organization=owner.org)
+    body = {"model": "ada", "training_file": training.public_id}
+    body["validation_file"] = validation.public_id
+    if "batch_size" in extra and path.endswith("jobs"):
+        body["hyperparameters"] = {"batch_size": extra.pop("batch_size")}
+    body.update(extra)
 
-    error = assert_envelope(post(owner.api(), "/v1/fine_tuning/jobs", body), 400)
+    error = assert_envelope(post(owner.api(), path, body), 400)
 
-    assert error["param"] == "scaling_forecast"
+    assert error["param"] == param
     assert not FineTuneJob.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["/v1/fine-tunes", "/v1/fine_tuning/jobs"])
+def test_scaling_forecast_job_carries_the_flag_and_its_runs_link_back(
+    owner: Persona, training: Any, path: str
+) -> None:
+    client = owner.api()
+    validation = FileFactory.create(organization=owner.org)
+    body = post(
+        client,
+        path,
+        {
+            "model": "ada",
+            "training_file": training.public_id,
+            "validation_file": validation.public_id,
+            "scaling_forecast": True,
+        },
+    ).json()
+
+    assert body["scaling_forecast"] is True and body["forecast"] is None
+    listing = client.get(path).json()["data"]
+    runs = [j for j in listing if j["id"] != body["id"]]
+    assert sorted(j["data_fraction"] for j in runs) == [0.25, 0.5]
+    assert {j["parent_job"] for j in runs} == {body["id"]}
+    assert all(j["scaling_forecast"] is False for j in runs)
