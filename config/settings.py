@@ -270,6 +270,11 @@ TUNERY_INFERENCE_BACKEND = env_choice("TUNERY_INFERENCE_BACKEND", "local", ("loc
 TUNERY_INFERENCE_URL = env_str("TUNERY_INFERENCE_URL", "http://127.0.0.1:8001/v1")
 TUNERY_INFERENCE_MAX_BASES = env_int("TUNERY_INFERENCE_MAX_BASES", 2, minimum=1)
 TUNERY_RATE_LIMIT_PER_MINUTE = env_int("TUNERY_RATE_LIMIT_PER_MINUTE", 600, minimum=0)
+# Weights & Biases (jobs/wandb.py): where a job logs when its org switched W&B on but the job
+# named no project, and where runs are written offline (no WANDB_API_KEY) for `wandb sync`.
+TUNERY_WANDB_PROJECT = env_str("TUNERY_WANDB_PROJECT", "tunery")
+TUNERY_WANDB_ENTITY = os.environ.get("TUNERY_WANDB_ENTITY") or None
+TUNERY_WANDB_DIR = Path(env_str("TUNERY_WANDB_DIR", str(DATA_DIR / "wandb")))
 
 CELERY_BEAT_SCHEDULE = {
     "requeue-stale-jobs": {"task": "jobs.requeue_stale_jobs", "schedule": 30.0},
