@@ -303,9 +303,9 @@ def prepare_bf16_lora(causal_lm: Any, head: torch.nn.Module) -> torch.nn.Module:
     """
     embedding = causal_lm.get_input_embeddings().weight
     for name, module in causal_lm.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            if not module.weight.requires_grad:
-                module.to(torch.bfloat16)
+        frozen = isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
+        if frozen and module is not head:
+            module.to(torch.bfloat16)
         if hasattr(module, "cast_input_dtype_enabled") or hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False
         if name.endswith(PRE_PROJECTION_NORMS):
