@@ -263,6 +263,8 @@ TUNERY_VALIDATION_MAX_LINE_BYTES = env_int(
 # Token counting for dataset statistics: the default base model's tokenizer unless overridden.
 TUNERY_TOKENIZER_DIR = os.environ.get("TUNERY_TOKENIZER_DIR") or None
 TUNERY_TOKENIZER_THREADS = env_int("TUNERY_TOKENIZER_THREADS", 2, minimum=1)
+# CSV/TSV/XLSX uploads waiting for their column mapping; older ones are swept (hourly, by beat).
+TUNERY_STAGING_MAX_AGE_SECONDS = env_int("TUNERY_STAGING_MAX_AGE_SECONDS", 24 * 3600, minimum=60)
 TUNERY_MAX_RUNNING_JOBS_PER_ORG = env_int("TUNERY_MAX_RUNNING_JOBS_PER_ORG", 2, minimum=1)
 TUNERY_HEARTBEAT_STALE_SECONDS = env_int("TUNERY_HEARTBEAT_STALE_SECONDS", 120, minimum=5)
 TUNERY_MAX_JOB_ATTEMPTS = env_int("TUNERY_MAX_JOB_ATTEMPTS", 3, minimum=1)
@@ -278,6 +280,7 @@ TUNERY_WANDB_DIR = Path(env_str("TUNERY_WANDB_DIR", str(DATA_DIR / "wandb")))
 
 CELERY_BEAT_SCHEDULE = {
     "requeue-stale-jobs": {"task": "jobs.requeue_stale_jobs", "schedule": 30.0},
+    "sweep-staging-uploads": {"task": "datasets.sweep_staging", "schedule": 3600.0},
 }
 
 LOGGING = {

@@ -1,4 +1,7 @@
-"""Forms of the dataset pages: upload, the column mapping step, and "Apply fixes"."""
+"""Forms of the dataset pages: upload and the column mapping step.
+
+("Apply fixes" posts remediation ids, which datasets.services.file_apply_fixes checks against
+the analysis it runs.)"""
 
 from __future__ import annotations
 
@@ -105,16 +108,3 @@ class MappingForm(forms.Form):
         return prepare.rows_to_prompt_completion(
             rows, prompt=data["prompt"] or None, completion=data["completion"]
         )
-
-
-class FixForm(forms.Form):
-    """The recommended remediations to apply (necessary ones are always applied)."""
-
-    accept = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
-
-    def __init__(self, *args: Any, analysis: prepare.Analysis, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        choices = [(r.id, r.message) for r in analysis.recommended]
-        if analysis.offers_split:
-            choices.append((prepare.SPLIT, "Split into training and validation set"))
-        self.fields["accept"].choices = choices  # type: ignore[attr-defined]

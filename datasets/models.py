@@ -26,6 +26,9 @@ class File(models.Model):
         UPLOADED = "uploaded"
         PROCESSED = "processed"
         ERROR = "error"
+        # Deleted while finished jobs still refer to it: the row stays for them, the blob is
+        # gone and the API answers 404 for it (OpenAI's 2023 status list has `deleted` too).
+        DELETED = "deleted"
 
     class Format(models.TextChoices):
         UNKNOWN = ""
@@ -50,12 +53,15 @@ class File(models.Model):
     # The first N line-numbered problems: [{"line": 7, "message": "...", "param": "..."}].
     errors = models.JSONField(default=list, blank=True)
     error_count = models.PositiveIntegerField(default=0)
-    # The prepare-data analysis (findings and proposed fixes), see datasets.prepare.
+    # The prepare-data analysis (findings and proposed fixes, datasets.prepare), stored by the
+    # validation worker: Analysis.to_json(), {"unavailable": why}, or empty while not computed.
     findings = models.JSONField(default=list, blank=True)
     derived_from = models.ForeignKey(
         "self", models.SET_NULL, null=True, blank=True, related_name="derivatives"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set by datasets.services.file_delete when jobs still refer to the file (see DELETED).
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -20,14 +20,20 @@ Deliberate differences from the legacy tool, each of which was a bug there:
   pandas. Once rows were removed, pandas also counted its index's hash table (a few hundred
   bytes, about 15 s of the estimate), which is not modelled.
 
-Nothing here imports Django; pandas is used only for the seeded train/validation sample, so that
-the split matches the original's `df.sample(n=n_train, random_state=42)` row for row.
+The classification split is deliberately not the legacy one: it has the legacy sizes (20% for
+validation, at most 1000 rows) but is stratified by label and seeded (`split_rows`, see
+docs/adr/0006-stratified-classification-split.md), where the original drew
+`df.sample(n=n_train, random_state=42)` at random, which could leave a rare label out of the
+validation file.
+
+Nothing here imports Django; pandas only picks the positive class, as the original did.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,6 +57,7 @@ LONG_EXAMPLE_CHARS = 10_000
 MAX_PROMPT_PREFIX = 12
 MIN_COMPLETION_PREFIX = 5
 MAX_VALID_EXAMPLES = 1000
+SPLIT_SEED = 42  # the legacy tool's random_state; the split is the same on every run
 PROMPT_SEPARATORS = (" ->", "\n\n###\n\n", "\n\n===\n\n", "\n\n---\n\n", "\n\n===>\n\n")
 PROMPT_SEPARATORS += ("\n\n--->\n\n",)
 FALLBACK_PROMPT_SEPARATOR = "\n\n### =>\n\n"
@@ -998,17 +1005,72 @@ def finish(rows: list[Row], analysis: Analysis, *, changed: bool, split: bool) -
     return outputs
 
 
-def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
-    """20% for validation, at most 1000 rows, drawn like `df.sample(n, random_state=42)`."""
-    import pandas as pd
+def split_sizes(n: int) -> tuple[int, int]:
+    """(train, validation) sizes: the legacy rule, 20% for validation but at most 1000 rows."""
+    n_train = max(n - MAX_VALID_EXAMPLES, int(n * 0.8))
+    return n_train, n - n_train
 
-    n_train = max(len(rows) - MAX_VALID_EXAMPLES, int(len(rows) * 0.8))
-    # The sample depends only on the row count, so a frame of positions reproduces it exactly.
-    picked = pd.DataFrame(index=range(len(rows))).sample(n=n_train, random_state=42).index
-    chosen = set(picked)
-    train = [rows[i] for i in picked]
-    valid = [row for i, row in enumerate(rows) if i not in chosen]
+
+def split_rows(rows: Sequence[Row], *, seed: int = SPLIT_SEED) -> tuple[list[Row], list[Row]]:
+    """A train/validation split stratified by label (the completion), deterministic for a seed.
+
+    The sizes are the legacy tool's (`split_sizes`); which rows go where differs on purpose
+    (docs/adr/0006-stratified-classification-split.md): the legacy `df.sample` could leave a
+    rare class out of the validation file, so its classification metrics never saw that class.
+    Each label gets its share of the validation rows (`allocate`), every label with two or more
+    examples gets at least one validation row, and keeps at least one training row, wherever
+    the sizes allow. The validation rows keep the file's order; the training rows are
+    shuffled, as the legacy sample was.
+    """
+    _, n_valid = split_sizes(len(rows))
+    by_label: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_label.setdefault(row["completion"], []).append(i)
+    groups = list(by_label.values())  # in order of first appearance: deterministic
+    quotas = allocate([len(g) for g in groups], n_valid)
+    rng = random.Random(seed)
+    chosen: set[int] = set()
+    for group, quota in zip(groups, quotas, strict=True):
+        chosen.update(rng.sample(group, quota))
+    valid = [row for i, row in enumerate(rows) if i in chosen]
+    train = [row for i, row in enumerate(rows) if i not in chosen]
+    rng.shuffle(train)
     return train, valid
+
+
+def allocate(counts: Sequence[int], total: int) -> list[int]:
+    """Split `total` validation rows over classes of `counts` rows, proportionally.
+
+    Each class gets its share rounded down; then every class of two or more rows that got none
+    gets one (the biggest first), from the rows left over or else from the class with the most;
+    then what is left goes by largest remainder. A class keeps at least one training row
+    wherever possible.
+    """
+    n = sum(counts)
+    if not n or total <= 0:
+        return [0] * len(counts)
+    total = min(total, n)
+    ideal = [total * c / n for c in counts]
+    quotas = [int(x) for x in ideal]
+    left = total - sum(quotas)
+    for k in sorted(range(len(counts)), key=lambda k: (-counts[k], k)):
+        if quotas[k] or counts[k] < 2:
+            continue
+        if not left:
+            donor = max(range(len(counts)), key=lambda j: (quotas[j], -j))
+            if quotas[donor] < 2:
+                break  # nobody can spare a row: the budget is spent
+            quotas[donor], left = quotas[donor] - 1, left + 1
+        quotas[k], left = 1, left - 1
+    by_remainder = sorted(range(len(counts)), key=lambda k: (quotas[k] - ideal[k], -counts[k], k))
+    for keep in (1, 0):  # keeping no training row is the last resort, for degenerate inputs
+        grew = True
+        while left and grew:
+            grew = False
+            for k in by_remainder:
+                if left and quotas[k] < counts[k] - keep:
+                    quotas[k], left, grew = quotas[k] + 1, left - 1, True
+    return quotas
 
 
 def classification_options(rows: Sequence[Row]) -> dict[str, Any]:

@@ -1,25 +1,33 @@
-"""Use cases that write files: upload (create) and delete. The API and the pages call these."""
+"""Use cases that write files: upload (create), delete, the prepare-data findings and fixes, and
+the staged uploads of the mapping step. The API, the pages and the admin call these."""
 
 from __future__ import annotations
 
 import logging
 import posixpath
+import secrets
 import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
-from typing import IO
+from pathlib import Path, PurePath
+from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.base import File as DjangoFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import ProtectedError, Q
+from django.utils import timezone
 
 from accounts.models import Organization
 from config.api import ApiError
-from datasets import tasks
+from datasets import prepare, processing, readers, tasks
 from datasets.models import File, blob_path
-from datasets.processing import BINARY_SIGNATURES
+from datasets.validation import BINARY_SIGNATURES
 from jobs.models import FineTuneJob
 
 logger = logging.getLogger(__name__)
@@ -165,13 +173,23 @@ def file_create(
 
 
 def unfinished_jobs_using(file: File) -> list[str]:
-    uses = Q(training_file=file) | Q(validation_file=file) | Q(result_file=file)
-    jobs = FineTuneJob.objects.filter(uses, status__in=FineTuneJob.UNFINISHED)
+    jobs = FineTuneJob.objects.filter(_jobs_using(file), status__in=FineTuneJob.UNFINISHED)
     return list(jobs.values_list("public_id", flat=True)[:5])
 
 
+def _jobs_using(file: File) -> Q:
+    return Q(training_file=file) | Q(validation_file=file) | Q(result_file=file)
+
+
 def file_delete(*, file: File) -> None:
-    """Delete the row, then (after commit) its blob. Refused while an unfinished job uses it."""
+    """Delete a file and (after commit) its blob. Refused (400) while an unfinished job uses it.
+
+    As at OpenAI, a file that only finished jobs (succeeded, failed, cancelled) use can be
+    deleted. Those jobs keep referring to its row (jobs.FineTuneJob's PROTECT foreign keys), so
+    that row stays, soft-deleted: status `deleted`, `deleted_at` set, no blob. The selectors
+    leave it out, so the API answers 404 for it and no page or new job can use it; the jobs
+    still show its id. A file no job refers to loses its row.
+    """
     running = unfinished_jobs_using(file)
     if running:
         raise ApiError(
@@ -181,19 +199,33 @@ def file_delete(*, file: File) -> None:
         )
     blob_name = file.blob.name
     storage = file.blob.storage
-    try:
-        with transaction.atomic():
-            file.delete()
-    except ProtectedError as exc:
-        # Finished jobs still point at their training files (jobs.FineTuneJob, on_delete=PROTECT).
-        ids = sorted({getattr(o, "public_id", str(o.pk)) for o in exc.protected_objects})[:5]
-        raise ApiError(
-            f"File {file.public_id} can't be deleted: fine-tune job {', '.join(ids)} refers to it.",
-            param="id",
-        ) from None
-    # Only once the row is surely gone: a rolled-back delete must not lose the data.
+    with transaction.atomic():
+        if FineTuneJob.objects.filter(_jobs_using(file)).exists():
+            _soft_delete(file)
+        else:
+            try:
+                file.delete()
+            except ProtectedError:
+                # A job created on the file since the check above: keep the row for it. (The
+                # collector raises before deleting anything, so the transaction is intact.)
+                _soft_delete(file)
+    # Only once the row is surely gone (or marked): a rolled-back delete must not lose data.
     if blob_name:
         transaction.on_commit(partial(_delete_blob, storage, blob_name))
+
+
+def _soft_delete(file: File) -> None:
+    now = timezone.now()
+    File.objects.filter(pk=file.pk).update(
+        status=File.Status.DELETED,
+        status_details="The file was deleted.",
+        deleted_at=now,
+        blob="",
+        findings=[],
+    )
+    # As a real delete would (derived_from is SET_NULL): no link to a file that is gone.
+    File.objects.filter(derived_from=file).update(derived_from=None)
+    file.status, file.deleted_at, file.blob.name = File.Status.DELETED, now, ""
 
 
 def _delete_blob(storage: object, name: str) -> None:
@@ -211,3 +243,174 @@ def file_open(*, file: File) -> IO[bytes]:
         raise ApiError(
             f"The content of {file.public_id} is no longer available.", status=404, param="id"
         ) from None
+
+
+# --- the prepare-data analysis: findings and "Apply fixes" --------------------------------------
+
+
+def file_findings_ensure(*, file: File) -> dict[str, Any] | None:
+    """The file's prepare-data findings, as File.findings stores them.
+
+    The validation worker stores them right after validating (`processing.file_analyse`), so
+    this normally only reads. It computes them here for a file validated before the worker did
+    that, or in the moment between the two. None while there are none to have: the file is
+    still being validated, or isn't training data.
+    """
+    if not file.findings and _analysable(file):
+        processing.file_analyse(file_id=file.pk)
+        file.refresh_from_db(fields=["findings"])
+    return file.findings or None  # type: ignore[return-value]
+
+
+def _analysable(file: File) -> bool:
+    return (
+        file.purpose == File.Purpose.FINE_TUNE
+        and file.status in (File.Status.PROCESSED, File.Status.ERROR)
+        and file.deleted_at is None
+    )
+
+
+@dataclass
+class Fixed:
+    """What `file_apply_fixes` made: the new files (none if there was nothing to change)."""
+
+    files: list[File]
+    examples: list[int]  # per file
+    split: bool
+    create_options: str  # the suggested `fine_tunes.create` options after a split
+
+
+def file_apply_fixes(*, file: File, accepted: Iterable[str], uploaded_by: User | None) -> Fixed:
+    """Apply the necessary and the accepted recommended fixes to a copy of `file`.
+
+    `accepted` holds remediation ids (and `prepare.SPLIT` for the train/validation split). The
+    result is one new file derived from `file`, or a train/validation pair (both or neither);
+    `file` itself never changes. Raises ApiError 400 when the file can't be fixed here (not
+    training data, too large, unreadable, stopped on an error) or `accepted` names a fix the
+    analysis doesn't offer (the file was analysed again since the page was shown).
+    """
+    if file.purpose != File.Purpose.FINE_TUNE or not _analysable(file):
+        raise ApiError("Only validated training files can be fixed.", param="id")
+    if file.bytes > processing.ANALYZE_MAX_BYTES:
+        raise ApiError(
+            f"{file.filename} is too large to fix here (over "
+            f"{processing.ANALYZE_MAX_BYTES // 2**20} MiB); download it and run "
+            "`python manage.py prepare_data -f FILE` on it.",
+            param="id",
+        )
+    try:
+        analysis = processing.load_analysis(file)
+    except (readers.ReadError, OSError) as exc:
+        raise ApiError(
+            f"Could not read the file: {getattr(exc, 'message', exc)}", param="id"
+        ) from None
+    wanted = set(accepted)
+    offered = {r.id for r in analysis.recommended}
+    if analysis.offers_split:
+        offered.add(prepare.SPLIT)
+    if not wanted <= offered:
+        raise ApiError(
+            "The file changed since the page was shown; review the fixes.", param="accept"
+        )
+    try:
+        rows, outputs = prepare.apply(analysis, wanted)
+    except ValueError as exc:
+        raise ApiError(f"These problems can't be fixed automatically: {exc}", param="id") from None
+    if not outputs.changed and not outputs.split:
+        return Fixed([], [], False, "")
+    if not rows:
+        raise ApiError("The fixes would leave no examples, so nothing was written.", param="id")
+
+    stem = PurePath(file.filename).stem or "dataset"
+    if outputs.split:
+        parts = [
+            (f"{stem}_prepared_train.jsonl", outputs.train or []),
+            (f"{stem}_prepared_valid.jsonl", outputs.valid or []),
+        ]
+    else:
+        parts = [(f"{stem}_prepared.jsonl", rows)]
+    created: list[File] = []
+    try:
+        with transaction.atomic():  # both halves of a split or neither
+            for name, part in parts:
+                created.append(
+                    file_create(
+                        organization=file.organization,
+                        uploaded_by=uploaded_by,
+                        filename=name,
+                        purpose=File.Purpose.FINE_TUNE,
+                        content=ContentFile(prepare.jsonl_bytes(part), name=name),
+                        derived_from=file,
+                    )
+                )
+    except BaseException:
+        # The rows rolled back; the blobs already stored must go too.
+        for done in created:
+            _delete_blob(done.blob.storage, done.blob.name)
+        raise
+    return Fixed(created, [len(part) for _, part in parts], outputs.split, outputs.create_options)
+
+
+# --- uploads waiting for their column mapping (CSV, TSV, XLSX, ...) -----------------------------
+
+STAGING_DIR = "staging"
+
+
+def staging_save(*, organization: Organization, upload: DjangoFile) -> str:
+    """Keep a table upload until its columns are mapped; returns its storage path.
+
+    The blob goes through the default storage (shared by every web process, S3 in production)
+    under a random name: the user's filename never becomes a path. `staging_sweep` removes
+    what is never mapped.
+    """
+    token = secrets.token_urlsafe(16)
+    upload.seek(0)
+    return default_storage.save(f"{STAGING_DIR}/{organization.pk}/{token}", upload)
+
+
+def staging_discard(path: str) -> None:
+    try:
+        default_storage.delete(path)
+    except OSError:
+        logger.warning("Could not delete the staged upload %s", path)
+
+
+def staging_sweep(*, max_age_seconds: int) -> int:
+    """Delete staged uploads older than `max_age_seconds`: those nobody mapped. Returns how many.
+
+    Whoever abandons the mapping step (closes the tab, lets the session expire) leaves the
+    upload behind; the session that knew it may be gone, so age is the only test. A page that
+    still refers to a swept upload says it has expired.
+    """
+    cutoff = timezone.now() - timedelta(seconds=max_age_seconds)
+    removed = 0
+    try:
+        orgs, _ = default_storage.listdir(STAGING_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for org in orgs:
+        folder = f"{STAGING_DIR}/{org}"
+        _, names = default_storage.listdir(folder)
+        for name in names:
+            path = f"{folder}/{name}"
+            try:
+                stale = default_storage.get_modified_time(path) < cutoff
+            except (FileNotFoundError, NotImplementedError):
+                continue  # removed meanwhile, or a storage that can't tell: leave it
+            if stale:
+                staging_discard(path)
+                removed += 1
+        _remove_empty_folder(folder)
+    return removed
+
+
+def _remove_empty_folder(folder: str) -> None:
+    """Local storage keeps empty folders (object stores have none): remove the org's folder."""
+    try:
+        local = Path(default_storage.path(folder))
+    except NotImplementedError:
+        return
+    try:
+        local.rmdir()  # only if empty
+    except OSError:
+        pass

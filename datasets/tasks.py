@@ -1,8 +1,9 @@
-"""Celery entry points. No logic here: each task takes ids and calls datasets.processing."""
+"""Celery entry points. No logic here: each task takes ids (or nothing) and calls a use case."""
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
 from datasets import processing
 
@@ -11,3 +12,11 @@ from datasets import processing
 def validate_file(file_id: int) -> None:
     # The `default` queue (CELERY_TASK_DEFAULT_QUEUE): validation runs anywhere, not on GPUs.
     processing.file_validate(file_id=file_id)
+
+
+@shared_task(name="datasets.sweep_staging")
+def sweep_staging() -> int:
+    # Beat runs it (CELERY_BEAT_SCHEDULE); services imports this module, hence the late import.
+    from datasets import services
+
+    return services.staging_sweep(max_age_seconds=settings.TUNERY_STAGING_MAX_AGE_SECONDS)

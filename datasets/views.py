@@ -1,15 +1,15 @@
 """Browser pages for datasets: list, upload (with a column mapping step), detail and fixes.
 
 The pages call the same services as the Files API (`datasets.services.file_create`,
-`file_delete`) and the same analysis as `manage.py prepare_data` (`datasets.prepare`). Every
-failure ends in a message on a page, never a 500; another organization's file is a 404.
+`file_delete`) and, for the findings and "Apply fixes", `file_findings_ensure` and
+`file_apply_fixes` over the same analysis as `manage.py prepare_data` (`datasets.prepare`).
+Every failure ends in a message on a page, never a 500; another organization's file is a 404.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
@@ -18,8 +18,6 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
-from django.db.models import ProtectedError
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.html import escape
@@ -32,7 +30,7 @@ from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
 from config.api import ApiError
 from datasets import prepare, readers, selectors, services
-from datasets.forms import FixForm, MappingForm, UploadForm
+from datasets.forms import MappingForm, UploadForm
 from datasets.models import File
 
 logger = logging.getLogger(__name__)
@@ -42,8 +40,6 @@ UPLOAD = "datasets/upload.html"
 DETAIL = "datasets/detail.html"
 PREVIEW_ROWS = 20
 MAPPING_PREVIEW_ROWS = 5
-# The page reads the whole file to analyse it; beyond this, `manage.py prepare_data` does it.
-ANALYZE_MAX_BYTES = 64 * 1024 * 1024
 STAGED_KEY = "datasets_staged"
 STAGED_MAX = 5  # uploads waiting for their mapping step, per session
 
@@ -124,18 +120,13 @@ def file_upload(request: AuthedHtmxRequest) -> HttpResponse:
 
 
 def _stage(request: AuthedHtmxRequest, upload: Any) -> str:
-    """Keep an upload until its columns are mapped; the session remembers whose it is.
-
-    The blob goes through the default storage (shared by every web process, S3 in production)
-    under a random name: the user's filename never becomes a path.
-    """
-    token = secrets.token_urlsafe(16)
-    upload.seek(0)
-    path = default_storage.save(f"staging/{request.organization.pk}/{token}", upload)
+    """Keep an upload until its columns are mapped; the session remembers whose it is."""
+    path = services.staging_save(organization=request.organization, upload=upload)
+    token = PurePath(path).name
     staged: dict[str, dict[str, Any]] = request.session.get(STAGED_KEY, {})
     staged[token] = {"path": path, "filename": upload.name, "org": request.organization.pk}
     while len(staged) > STAGED_MAX:
-        _discard_blob(staged.pop(next(iter(staged))))
+        services.staging_discard(staged.pop(next(iter(staged)))["path"])
     request.session[STAGED_KEY] = staged
     return token
 
@@ -150,15 +141,8 @@ def _staged_or_404(request: AuthedHtmxRequest, token: str) -> dict[str, Any]:
 def _discard(request: AuthedHtmxRequest, token: str) -> None:
     staged = request.session.get(STAGED_KEY, {})
     if token in staged:
-        _discard_blob(staged.pop(token))
+        services.staging_discard(staged.pop(token)["path"])
         request.session[STAGED_KEY] = staged
-
-
-def _discard_blob(staged: dict[str, Any]) -> None:
-    try:
-        default_storage.delete(staged["path"])
-    except OSError:
-        logger.warning("Could not delete the staged upload %s", staged["path"])
 
 
 def _read_staged(staged: dict[str, Any], *, head: int | None) -> readers.ReadResult:
@@ -175,6 +159,11 @@ def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
     posting = request.method == "POST"
     try:
         read = _read_staged(staged, head=None if posting else MAPPING_PREVIEW_ROWS + 1)
+    except FileNotFoundError:
+        # Never mapped within TUNERY_STAGING_MAX_AGE_SECONDS: services.staging_sweep took it.
+        _discard(request, token)
+        messages.error(request, "This upload has expired; please upload the file again.")
+        return redirect("datasets:upload")
     except (readers.ReadError, OSError) as exc:
         _discard(request, token)
         messages.error(request, getattr(exc, "message", None) or f"Could not read it: {exc}")
@@ -258,7 +247,9 @@ def file_detail(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
 
 
 def _detail_context(request: AuthedHtmxRequest, file: File) -> dict[str, Any]:
-    findings, findings_note = _findings(file)
+    stored = services.file_findings_ensure(file=file) or {}
+    findings = stored if "findings" in stored else None
+    findings_note = stored.get("unavailable")
     stats = file.stats or {}
     preview = None
     if file.status != File.Status.UPLOADED:
@@ -319,32 +310,6 @@ def _summary(file: File, stats: dict[str, Any]) -> list[dict[str, Any]]:
         label = f"Over {stats.get('context_length', '?')} tokens"
         items.append({"label": label, "value": f"{over['count']:,}", "note": ""})
     return items
-
-
-def _analysis(file: File) -> prepare.Analysis:
-    with file.blob.open("rb") as fh:
-        return prepare.analyze(readers.read_jsonl_lenient(fh))
-
-
-def _findings(file: File) -> tuple[dict[str, Any] | None, str | None]:
-    """The stored analysis, computed and stored on first need: (findings, or why there are none)."""
-    if file.findings:
-        return file.findings, None  # type: ignore[return-value]
-    if file.purpose != File.Purpose.FINE_TUNE or file.status == File.Status.UPLOADED:
-        return None, None
-    if file.bytes > ANALYZE_MAX_BYTES:
-        return None, (
-            f"This file is too large to analyse here (over {ANALYZE_MAX_BYTES // 2**20} MiB). "
-            "Download it and run `python manage.py prepare_data -f FILE` on it."
-        )
-    try:
-        analysis = _analysis(file)
-    except (readers.ReadError, OSError) as exc:
-        logger.warning("Could not analyse %s: %s", file.public_id, exc)
-        return None, f"Could not analyse this file: {getattr(exc, 'message', exc)}"
-    file.findings = analysis.to_json()
-    file.save(update_fields=["findings"])
-    return file.findings, None  # type: ignore[return-value]
 
 
 def _findings_view(findings: dict[str, Any]) -> dict[str, Any]:
@@ -503,66 +468,24 @@ def _charts(stats: dict[str, Any]) -> list[dict[str, Any]]:
 def file_fix(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
     """Apply the chosen fixes to a copy: a NEW file derived from this one, which stays as is."""
     file = _file_or_404(request, file_id)
-    if file.purpose != File.Purpose.FINE_TUNE:
-        messages.error(request, "Only training files can be fixed.")
-        return redirect(file)
-    if file.bytes > ANALYZE_MAX_BYTES:
-        messages.error(request, "This file is too large to fix here; use `manage.py prepare_data`.")
-        return redirect(file)
     try:
-        analysis = _analysis(file)
-    except (readers.ReadError, OSError) as exc:
-        messages.error(request, f"Could not read the file: {getattr(exc, 'message', exc)}")
+        fixed = services.file_apply_fixes(
+            file=file, accepted=request.POST.getlist("accept"), uploaded_by=request.user
+        )
+    except (ApiError, ValidationError) as exc:
+        messages.error(request, _message(exc))
         return redirect(file)
-    form = FixForm(request.POST, analysis=analysis)
-    if not form.is_valid():
-        messages.error(request, "The file changed since the page was shown; review the fixes.")
-        return redirect(file)
-    try:
-        rows, outputs = prepare.apply(analysis, form.cleaned_data["accept"])
-    except ValueError as exc:
-        messages.error(request, f"These problems can't be fixed automatically: {exc}")
-        return redirect(file)
-    if not outputs.changed and not outputs.split:
+    if not fixed.files:
         messages.info(request, "Nothing to change: no fix was selected and none is necessary.")
         return redirect(file)
-    if not rows:
-        messages.error(request, "The fixes would leave no examples, so nothing was written.")
-        return redirect(file)
-
-    stem = PurePath(file.filename).stem or "dataset"
-    if outputs.split:
-        parts = [
-            (f"{stem}_prepared_train.jsonl", outputs.train or []),
-            (f"{stem}_prepared_valid.jsonl", outputs.valid or []),
-        ]
-    else:
-        parts = [(f"{stem}_prepared.jsonl", rows)]
-    try:
-        # Both halves of a split or neither.
-        with transaction.atomic():
-            created = [
-                services.file_create(
-                    organization=request.organization,
-                    uploaded_by=request.user,
-                    filename=name,
-                    purpose=File.Purpose.FINE_TUNE,
-                    content=ContentFile(prepare.jsonl_bytes(part), name=name),
-                    derived_from=file,
-                )
-                for name, part in parts
-            ]
-    except (ApiError, ValidationError) as exc:
-        messages.error(request, f"Could not save the fixed file: {_message(exc)}")
-        return redirect(file)
     summary = ", ".join(
-        f"{f.filename} ({len(p):,} examples)" for f, (_, p) in zip(created, parts, strict=True)
+        f"{f.filename} ({n:,} examples)" for f, n in zip(fixed.files, fixed.examples, strict=True)
     )
     text = f"Created {summary}; {file.filename} is unchanged."
-    if outputs.split:
-        text += f" Suggested options for the fine-tune:{outputs.create_options}."
+    if fixed.split:
+        text += f" Suggested options for the fine-tune:{fixed.create_options}."
     messages.success(request, text)
-    return redirect(created[0])
+    return redirect(fixed.files[0])
 
 
 @org_required
@@ -620,9 +543,6 @@ def file_delete(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
         services.file_delete(file=file)
     except (ApiError, ValidationError) as exc:
         messages.error(request, f"{name} was not deleted: {_message(exc)}")
-        return redirect(file)
-    except ProtectedError:  # file_delete translates it; kept so a page can never 500 on it
-        messages.error(request, f"{name} was not deleted: a fine-tune job refers to it.")
         return redirect(file)
     messages.success(request, f"Deleted {name}.")
     return redirect("datasets:list")

@@ -2,10 +2,17 @@
 
     .venv/bin/python bench/prepare_data/run.py [--rows 100000,1000000] [--repeat 3]
 
-It generates JSONL inputs in bench/prepare_data/out/ (git-ignored), makes a separate venv there
-with openai==0.28.1 + pandas + openpyxl (the legacy tool's `datalib` extra), then runs each tool
-as its own subprocess, so that the peak RSS reported by wait4() is that tool's alone, and prints a
-Markdown table (also saved as out/results-<rows>.json) for docs/benchmarks/prepare_data.md.
+It generates JSONL inputs in bench/prepare_data/out/ (git-ignored) and runs each tool as its own
+cold subprocess, so that the peak RSS reported by wait4() is that tool's alone: Tunery as
+`python -m datasets.validation --json FILE` (the same checks and token counting as the upload
+worker, without Django's app registry or the database), the legacy tool as
+`openai tools fine_tunes.prepare_data -f FILE -q`. The legacy tool runs from the repository's
+.venv-openai028 when `make test` has built it (requirements-openai028.txt: openai==0.28.1 with
+pandas and openpyxl, the `datalib` extra), else from a venv this script makes in out/ with pip.
+Runs alternate between the tools (and which goes first), so that both see the same background
+load; the table gives the best run of each and the spread, and the load average at the time.
+It prints a Markdown table (also saved as out/results-<rows>.json) for
+docs/benchmarks/prepare_data.md.
 
 Inputs are built from the SMS spam rows in shared/data/sms_spam/all.jsonl, two ways:
 * `sms`: rows cycle through the 5,160 messages, as in the issue's 0.28 measurement. Exact repeats
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import time
 import venv
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 OUT = HERE / "out"
 VENV028 = OUT / "venv-openai028"
+REPO_VENV028 = REPO / ".venv-openai028"  # made by `make test` from the same requirements
 SOURCE = REPO.parent / "shared" / "data" / "sms_spam" / "all.jsonl"
 # The legacy tool with its `datalib` extra, pinned as in requirements-openai028.txt.
 LEGACY_REQUIREMENTS = REPO / "requirements-openai028.txt"
@@ -64,6 +73,8 @@ def generate(path: Path, rows: int, *, unique: bool, source: Path) -> None:
 
 
 def ensure_legacy_venv() -> Path:
+    if (REPO_VENV028 / ".installed").exists() and (REPO_VENV028 / "bin" / "openai").exists():
+        return REPO_VENV028 / "bin" / "openai"
     openai_bin = VENV028 / "bin" / "openai"
     if not openai_bin.exists():
         print(f"creating {VENV028} (openai==0.28.1, pandas, openpyxl)", flush=True)
@@ -100,12 +111,21 @@ def measure(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) ->
 
 def run_tunery(path: Path) -> dict[str, Any]:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    result = measure(
-        [sys.executable, str(Path(__file__)), "--validate", str(path)], cwd=REPO, env=env
-    )
-    if result["exit"] != 0:
-        raise RuntimeError(f"Tunery's validation failed:\n{result['output']}")
-    result["report"] = json.loads(result["output"].strip().splitlines()[-1])
+    command = [sys.executable, "-m", "datasets.validation", "--json", str(path)]
+    result = measure(command, cwd=REPO, env=env)
+    if result["exit"] not in (0, 1):  # 1: the file has errors, as these inputs do
+        raise RuntimeError(f"Tunery's validation failed:\n{result['output'][-2000:]}")
+    out = json.loads(result["output"].strip().splitlines()[-1])
+    stats = out["stats"]
+    result["report"] = {
+        "examples": stats.get("examples"),
+        "errors": out["error_count"],
+        "tokens": (stats.get("tokens") or {}).get("total"),
+        "duplicates": (stats.get("duplicates") or {}).get("count"),
+        "task_type": stats.get("task_type"),
+        "tokenizer_s": out["seconds"]["tokenizer"],
+        "validate_s": out["seconds"]["validation"],
+    }
     return result
 
 
@@ -123,41 +143,6 @@ def run_legacy(openai_bin: Path, path: Path) -> dict[str, Any]:
     if result["exit"] != 0:
         raise RuntimeError(f"prepare_data failed:\n{result['output'][-2000:]}")
     return result
-
-
-def validate_main(path: str) -> None:
-    """The measured Tunery side: Django settings, the default tokenizer, one validation pass.
-
-    Prints the phases' times too: a Celery worker pays `setup_s` and `tokenizer_s` once per
-    process, so `validate_s` is what each further file costs it.
-    """
-    started = time.perf_counter()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
-    from datasets import processing, tokens
-
-    setup = time.perf_counter()
-    counter = tokens.get_counter()
-    loaded = time.perf_counter()
-    report = processing.validate_path(path, counter=counter)
-    done = time.perf_counter()
-    stats = report.stats
-    print(
-        json.dumps(
-            {
-                "examples": stats.get("examples"),
-                "errors": report.error_count,
-                "tokens": (stats.get("tokens") or {}).get("total"),
-                "duplicates": (stats.get("duplicates") or {}).get("count"),
-                "task_type": stats.get("task_type"),
-                "setup_s": round(setup - started, 2),
-                "tokenizer_s": round(loaded - setup, 2),
-                "validate_s": round(done - loaded, 2),
-            }
-        )
-    )
 
 
 # --- reporting ---------------------------------------------------------------------------------
@@ -183,11 +168,14 @@ def machine() -> str:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    walls = [r["wall_s"] for r in runs]
     return {
-        "wall_s": statistics.median(r["wall_s"] for r in runs),
-        "wall_all": [r["wall_s"] for r in runs],
+        "wall_best": min(walls),
+        "wall_median": statistics.median(walls),
+        "wall_max": max(walls),
+        "wall_all": walls,
         "rss_mib": max(r["rss_mib"] for r in runs),
-        "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "cpu_best": min(r["cpu_s"] for r in runs),
         "cpu_all": [r["cpu_s"] for r in runs],
     }
 
@@ -201,11 +189,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--legacy-repeat", type=int, default=None, help="defaults to --repeat")
     parser.add_argument("--source", type=Path, default=SOURCE)
-    parser.add_argument("--validate", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.validate:
-        validate_main(args.validate)
-        return
 
     OUT.mkdir(exist_ok=True)
     openai_bin = ensure_legacy_venv()
@@ -215,16 +199,25 @@ def main() -> None:
     for rows in (int(r) for r in args.rows.split(",")):
         for kind in args.kinds.split(","):
             path = make_input(rows, kind, args.source)
-            tunery, legacy, loads = [], [], []
-            # Interleaved, so that both tools see the same background load on a shared machine.
-            for i in range(max(args.repeat, args.legacy_repeat or args.repeat)):
+            tunery: list[dict[str, Any]] = []
+            legacy: list[dict[str, Any]] = []
+            loads = []
+            legacy_repeat = args.legacy_repeat or args.repeat
+            # Alternating, and swapping which goes first, so that both tools see the same
+            # background load on a shared machine.
+            for i in range(max(args.repeat, legacy_repeat)):
                 loads.append(os.getloadavg()[0])
-                if i < args.repeat:
-                    tunery.append(run_tunery(path))
-                if i < (args.legacy_repeat or args.repeat):
-                    legacy.append(run_legacy(openai_bin, path))
+                runs = [
+                    (tunery, partial(run_tunery, path), i < args.repeat),
+                    (legacy, partial(run_legacy, openai_bin, path), i < legacy_repeat),
+                ]
+                for into, run, wanted in runs if i % 2 == 0 else runs[::-1]:
+                    if wanted:
+                        into.append(run())
+            loads.append(os.getloadavg()[0])
             t, lg = summarise(tunery), summarise(legacy)
-            t["validate_s"] = statistics.median(r["report"]["validate_s"] for r in tunery)
+            t["validate_best"] = min(r["report"]["validate_s"] for r in tunery)
+            t["tokenizer_best"] = min(r["report"]["tokenizer_s"] for r in tunery)
             results.append(
                 {
                     "rows": rows,
@@ -232,10 +225,12 @@ def main() -> None:
                     "bytes": path.stat().st_size,
                     "tunery": t,
                     "legacy": lg,
-                    "speedup": round(lg["wall_s"] / t["wall_s"], 2),
-                    "speedup_warm": round(lg["wall_s"] / t["validate_s"], 2),
+                    "speedup_best": round(lg["wall_best"] / t["wall_best"], 2),
+                    "speedup_median": round(lg["wall_median"] / t["wall_median"], 2),
+                    "speedup_cpu": round(lg["cpu_best"] / t["cpu_best"], 2),
                     "report": tunery[-1]["report"],
-                    "load_average": round(statistics.mean(loads), 2),
+                    "load_min": round(min(loads), 2),
+                    "load_max": round(max(loads), 2),
                 }
             )
             print(json.dumps(results[-1]), flush=True)
@@ -244,19 +239,22 @@ def main() -> None:
     )
     print(f"\nMachine: {machine()}\n")
     print(
-        "| input | rows | size | Tunery wall (cold process) | of which validation | Tunery CPU "
-        "| Tunery peak RSS | 0.28 wall | 0.28 CPU | 0.28 peak RSS | speed-up (cold) "
-        "| speed-up (warm worker) | tokens counted | load avg |"
+        "| input | rows | size | runs | Tunery wall: best (range) | of which validation "
+        "| Tunery CPU | Tunery peak RSS | 0.28 wall: best (range) | 0.28 CPU | 0.28 peak RSS "
+        "| speed-up: best / median / CPU | tokens counted | load avg |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         t, lg, rep = r["tunery"], r["legacy"], r["report"]
         print(
-            f"| {r['kind']} | {r['rows']:,} | {r['bytes'] / 2**20:.0f} MiB | {t['wall_s']:.2f} s | "
-            f"{t['validate_s']:.2f} s | {t['cpu_s']:.1f} s | {t['rss_mib']:.0f} MiB | "
-            f"{lg['wall_s']:.2f} s | {lg['cpu_s']:.1f} s | {lg['rss_mib']:.0f} MiB | "
-            f"{r['speedup']:.2f}x | {r['speedup_warm']:.2f}x | {rep['tokens']:,} | "
-            f"{r['load_average']:.1f} |"
+            f"| {r['kind']} | {r['rows']:,} | {r['bytes'] / 2**20:.0f} MiB "
+            f"| {len(t['wall_all'])} + {len(lg['wall_all'])} "
+            f"| {t['wall_best']:.2f} s ({t['wall_best']:.2f}–{t['wall_max']:.2f}) "
+            f"| {t['validate_best']:.2f} s | {t['cpu_best']:.1f} s | {t['rss_mib']:.0f} MiB "
+            f"| {lg['wall_best']:.2f} s ({lg['wall_best']:.2f}–{lg['wall_max']:.2f}) "
+            f"| {lg['cpu_best']:.1f} s | {lg['rss_mib']:.0f} MiB "
+            f"| {r['speedup_best']:.2f}x / {r['speedup_median']:.2f}x / {r['speedup_cpu']:.2f}x "
+            f"| {rep['tokens']:,} | {r['load_min']:.1f}–{r['load_max']:.1f} |"
         )
 
 

@@ -322,3 +322,82 @@ def test_delete_with_the_current_sdks_empty_json_body_works(owner: Persona) -> N
     response = owner.api().delete(f"/v1/files/{file.public_id}", content_type="application/json")
 
     assert response.status_code == 200
+
+
+# --- deleting a file that fine-tune jobs use ---------------------------------------------------
+
+
+def make_job(file: File, status: str, *, api: str = "current") -> Any:
+    from jobs.models import FineTuneJob
+    from models_app.models import BaseModel
+
+    prefix = "ftjob-" if api == "current" else "ft-"
+    return FineTuneJob.objects.create(
+        public_id=f"{prefix}{status}{file.pk}",
+        api=api,
+        organization=file.organization,
+        model="SmolLM2-135M-Instruct",
+        base_model=BaseModel.objects.get(name="SmolLM2-135M-Instruct"),
+        training_file=file,
+        seed=1,
+        status=status,
+    )
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_delete_is_refused_while_an_unfinished_job_uses_the_file(
+    owner: Persona, status: str
+) -> None:
+    (file,) = make_files(owner, 1)
+    job = make_job(file, status)
+    client = owner.api()
+
+    error = assert_envelope(client.delete(f"/v1/files/{file.public_id}"), 400)
+
+    assert error["param"] == "id"
+    assert error["type"] == "invalid_request_error"
+    assert f"in use by fine-tune job {job.public_id}, which has not finished" in error["message"]
+    assert client.get(f"/v1/files/{file.public_id}").status_code == 200
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_a_file_finished_jobs_used_can_be_deleted_and_the_jobs_keep_its_id(
+    owner: Persona, media_dir: Path, django_capture_on_commit_callbacks: Any, status: str
+) -> None:
+    (file,) = make_files(owner, 1)
+    current = make_job(file, status)
+    legacy = make_job(file, status, api="legacy")
+    client = owner.api()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.delete(f"/v1/files/{file.public_id}")
+
+    assert response.json() == {"id": file.public_id, "object": "file", "deleted": True}
+    for path in ("", "/content"):
+        assert_envelope(client.get(f"/v1/files/{file.public_id}{path}"), 404)
+    assert_envelope(client.delete(f"/v1/files/{file.public_id}"), 404)
+    assert client.get("/v1/files").json()["data"] == []
+    assert blobs_of(owner.org.pk, media_dir) == []
+    job = client.get(f"/v1/fine_tuning/jobs/{current.public_id}").json()
+    assert job["training_file"] == file.public_id
+    fine_tune = client.get(f"/v1/fine-tunes/{legacy.public_id}").json()
+    assert fine_tune["training_files"][0]["id"] == file.public_id
+    assert fine_tune["training_files"][0]["status"] == "deleted"
+
+
+def test_a_deleted_file_cant_start_a_new_job(owner: Persona) -> None:
+    (file,) = make_files(owner, 1)
+    File.objects.filter(pk=file.pk).update(status=File.Status.PROCESSED)
+    make_job(file, "succeeded")
+    client = owner.api()
+    client.delete(f"/v1/files/{file.public_id}")
+
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        {"model": "SmolLM2-135M-Instruct", "training_file": file.public_id},
+        content_type="application/json",
+    )
+
+    error = assert_envelope(response, response.status_code)
+    assert response.status_code in (400, 404)
+    assert error["param"] == "training_file"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -121,6 +122,70 @@ def test_multiclass_split_suggests_n_classes() -> None:
     )
     assert outputs.valid is not None
     assert len(outputs.valid) == 6
+
+
+def test_the_split_is_stratified_by_label() -> None:
+    # 95% ham, 5% spam: a plain random 20% sample can miss most of the spam; this can't.
+    rows = [
+        {"prompt": f"m{i} ->", "completion": " spam" if i % 20 == 0 else " ham"} for i in range(200)
+    ]
+
+    train, valid = prepare.split_rows(rows)
+
+    assert (len(train), len(valid)) == (160, 40)
+    assert Counter(r["completion"] for r in valid) == {" ham": 38, " spam": 2}
+    assert Counter(r["completion"] for r in train) == {" ham": 152, " spam": 8}
+    assert sorted(map(str, train + valid)) == sorted(map(str, rows))
+
+
+def test_the_split_is_the_same_on_every_run_and_differs_by_seed() -> None:
+    rows = [{"prompt": f"m{i} ->", "completion": f" c{i % 3}"} for i in range(90)]
+
+    first = prepare.split_rows(rows)
+
+    assert prepare.split_rows(rows) == first
+    assert prepare.split_rows(rows, seed=7) != first
+    _, valid = first
+    assert valid == [r for r in rows if r in valid]  # in the file's order
+
+
+def test_every_label_with_two_examples_is_validated_and_trained_on() -> None:
+    # 1000 rows, 20% = 200 for validation; 50 rare labels with 2 to 3 examples each would get
+    # no validation row by proportion alone: the common label gives up 26 of its 176.
+    rows = [{"prompt": f"a{i} ->", "completion": " common"} for i in range(880)]
+    rows += [{"prompt": f"r{i} ->", "completion": f" rare{i % 50}"} for i in range(120)]
+
+    train, valid = prepare.split_rows(rows)
+
+    assert (len(train), len(valid)) == (800, 200)
+    validated = Counter(r["completion"] for r in valid)
+    trained = Counter(r["completion"] for r in train)
+    assert all(validated[f" rare{k}"] == 1 and trained[f" rare{k}"] >= 1 for k in range(50))
+    assert validated[" common"] == 150
+
+
+@pytest.mark.parametrize(
+    ("counts", "total", "expected"),
+    [
+        ([50, 30, 15, 3, 2], 20, [9, 6, 3, 1, 1]),  # the biggest spares a row for the last
+        ([2, 2, 2, 2, 2, 2], 3, [1, 1, 1, 0, 0, 0]),  # fewer rows than labels: first come
+        ([4003, 1002], 1000, [800, 200]),
+        ([10, 10, 10], 6, [2, 2, 2]),
+        ([7, 1], 2, [2, 0]),  # a single example stays in training
+        ([1, 1, 1], 2, [1, 1, 0]),  # ...unless nothing else can fill the budget
+        ([5], 0, [0]),
+        ([], 3, []),
+    ],
+)
+def test_allocate_gives_proportional_shares(
+    counts: list[int], total: int, expected: list[int]
+) -> None:
+    assert prepare.allocate(counts, total) == expected
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(10, (8, 2)), (11, (8, 3)), (5005, (4005, 1000))])
+def test_split_sizes_are_the_legacy_tools(n: int, sizes: tuple[int, int]) -> None:
+    assert prepare.split_sizes(n) == sizes
 
 
 def test_findings_serialise_with_line_numbers_through_necessary_fixes() -> None:

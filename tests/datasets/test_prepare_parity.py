@@ -5,6 +5,11 @@ by fixtures_prepare/record.py; these tests replay each case through both faces o
 implementation: the `prepare_data` command (same stdout, stderr, exit code and output files) and
 the analysis the dataset page uses (same findings, same necessary and recommended remediations,
 same rows after "Apply fixes").
+
+One deliberate difference (docs/adr/0006-stratified-classification-split.md): the classification
+split has the legacy sizes and the same rows in all, but is stratified by label where the legacy
+tool sampled at random, so the split files are compared by size, content and label shares rather
+than row for row.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -43,6 +49,30 @@ def _parse(data: bytes) -> list[dict[str, str]]:
 
 def _recorded(case: Case, name: str) -> list[dict[str, str]]:
     return _parse(output_bytes(case.name, name))
+
+
+def _assert_same_split(
+    train: list[dict[str, str]],
+    valid: list[dict[str, str]],
+    legacy_train: list[dict[str, str]],
+    legacy_valid: list[dict[str, str]],
+) -> None:
+    """The legacy split's sizes and rows, stratified: each label's share of the validation rows
+    is its share of the data, to within one row."""
+    assert (len(train), len(valid)) == (len(legacy_train), len(legacy_valid))
+
+    def key(row: dict[str, str]) -> str:
+        return json.dumps(row, sort_keys=True)
+
+    assert sorted(map(key, train + valid)) == sorted(map(key, legacy_train + legacy_valid))
+    labels = Counter(r["completion"] for r in train + valid)
+    validated = Counter(r["completion"] for r in valid)
+    for label, count in labels.items():
+        share = len(valid) * count / (len(train) + len(valid))
+        assert abs(validated[label] - share) <= 1, label
+        if count >= 2:
+            # Every label is validated on, and trained on (the legacy sample didn't promise it).
+            assert 0 < validated[label] < count, label
 
 
 def _run(case: Case, workdir: Path) -> tuple[int, str, str]:
@@ -113,6 +143,15 @@ def test_command_matches_the_legacy_tool(
         assert ESTIMATE.sub("take T to train", out) == ESTIMATE.sub("take T to train", stdout)
     written = sorted(p.name for p in workdir.iterdir() if p.name != case.filename)
     assert written == meta["outputs"]
+    if any("_train" in name for name in written):
+        train, valid = written  # sorted: *_train.jsonl, then *_valid.jsonl
+        _assert_same_split(
+            _parse((workdir / train).read_bytes()),
+            _parse((workdir / valid).read_bytes()),
+            _recorded(case, train),
+            _recorded(case, valid),
+        )
+        return
     for name in written:
         assert _parse((workdir / name).read_bytes()) == _recorded(case, name), name
 
@@ -170,7 +209,10 @@ def test_apply_all_fixes_writes_the_legacy_rows(case: Case) -> None:
     if outputs.split:
         train = next(n for n in names if "_train" in n)
         valid = next(n for n in names if "_valid" in n)
-        assert outputs.train == _recorded(case, train)
-        assert outputs.valid == _recorded(case, valid)
+        assert outputs.train is not None
+        assert outputs.valid is not None
+        _assert_same_split(
+            outputs.train, outputs.valid, _recorded(case, train), _recorded(case, valid)
+        )
     else:
         assert rows == _recorded(case, names[0])

@@ -1,4 +1,5 @@
-"""Worker-side validation: streaming, line-numbered errors, statistics, idempotency."""
+"""Validation: streaming, line-numbered errors, statistics (datasets.validation), and the
+worker side (datasets.processing): recording the outcome, idempotency, the findings."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from unittest import mock
 
 import pytest
 
-from datasets import processing
+from datasets import processing, validation
 from datasets.models import File
-from datasets.processing import analyse_stream, iter_lines
 from datasets.tokens import TokenCounter
+from datasets.validation import analyse_stream, iter_lines
 from tests.conftest import Persona
 from tests.datasets.conftest import jsonl, validate
 
@@ -47,7 +48,7 @@ def make_file(persona: Persona, data: bytes, **kwargs: Any) -> File:
 def test_iter_lines_splits_the_same_whatever_the_chunk_size(
     chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processing, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(validation, "CHUNK_BYTES", chunk)
     data = b'{"a": 1}\n\nsecond line\r\nno newline at the end'
 
     lines = list(iter_lines(io.BytesIO(data).read, max_line_bytes=1000))
@@ -59,7 +60,7 @@ def test_iter_lines_splits_the_same_whatever_the_chunk_size(
 def test_iter_lines_skips_over_long_lines_without_holding_them(
     chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processing, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(validation, "CHUNK_BYTES", chunk)
     data = b"short\n" + b"x" * 50 + b"\nafter\n" + b"y" * 30
 
     lines = list(iter_lines(io.BytesIO(data).read, max_line_bytes=10))
@@ -97,7 +98,7 @@ def test_a_50_mb_line_is_reported_without_being_read_into_memory() -> None:
         }
     ]
     assert report.stats["examples"] == 1
-    assert stream.biggest <= processing.CHUNK_BYTES
+    assert stream.biggest <= validation.CHUNK_BYTES
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -337,3 +338,121 @@ def test_validation_goes_to_the_default_queue_not_the_training_one() -> None:
     route = app.amqp.router.route({}, "datasets.validate_file", args=(1,), kwargs={})
 
     assert route["queue"].name == "default"
+
+
+# --- the findings, stored by the worker after validating ------------------------------------------
+
+
+def test_file_validate_stores_the_prepare_data_findings(owner: Persona) -> None:
+    file = make_file(owner, jsonl(rows(12, completion="yes")))
+
+    file = validate(file)
+
+    assert file.findings["examples"] == 12
+    ids = [f["id"] for f in file.findings["findings"]]
+    assert "completion_leading_space" in ids
+
+
+def test_a_file_too_large_to_analyse_gets_a_note_instead(
+    owner: Persona, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processing, "ANALYZE_MAX_BYTES", 10)
+    file = make_file(owner, jsonl(rows(3)))
+
+    file = validate(file)
+
+    assert file.status == File.Status.PROCESSED
+    assert "too large to analyse here" in file.findings["unavailable"]
+    assert "manage.py prepare_data" in file.findings["unavailable"]
+
+
+def test_a_failing_analysis_neither_fails_validation_nor_is_retried(owner: Persona) -> None:
+    file = make_file(owner, jsonl(rows(3)))
+
+    with mock.patch("datasets.prepare.analyze", side_effect=KeyError("bug")):
+        file = validate(file)
+
+    assert file.status == File.Status.PROCESSED
+    assert file.findings == {"unavailable": "The analysis failed unexpectedly."}
+
+
+def test_file_analyse_is_idempotent_and_skips_unvalidated_files(owner: Persona) -> None:
+    file = make_file(owner, jsonl(rows(3)))
+
+    with mock.patch("datasets.processing.load_analysis") as analyse:
+        processing.file_analyse(file_id=file.pk)  # still `uploaded`: nothing to analyse
+    analyse.assert_not_called()
+
+    file = validate(file)
+    stored = file.findings
+    with mock.patch("datasets.processing.load_analysis") as analyse:
+        processing.file_analyse(file_id=file.pk)  # already stored
+    analyse.assert_not_called()
+    file.refresh_from_db()
+    assert file.findings == stored
+
+
+def test_validation_spells_the_file_formats_as_the_model_does() -> None:
+    # datasets.validation can't import the models (it must start without Django).
+    assert validation.PROMPT_COMPLETION == File.Format.PROMPT_COMPLETION
+    assert validation.CHAT == File.Format.CHAT
+
+
+# --- python -m datasets.validation ---------------------------------------------------------------
+
+
+def test_the_command_line_reports_like_the_worker(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(jsonl(rows(5)) + b"not json\n")
+
+    code = validation.main([str(path), "--json"])
+
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["errors"] == [
+        {"line": 6, "message": "is not valid JSON at column 1: Expecting value", "param": None}
+    ]
+    assert out["stats"]["examples"] == 5
+    assert out["stats"]["tokens"]["total"] > 0
+    assert set(out["seconds"]) == {"tokenizer", "validation"}
+
+
+def test_the_command_line_prints_a_summary_and_exits_0_for_a_good_file(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(jsonl(rows(4)))
+
+    code = validation.main([str(path), "--no-tokens"])
+
+    assert code == 0
+    assert capsys.readouterr().out == f"{path}: 4 examples.\n"
+
+
+def test_the_command_line_starts_without_django_setup(tmp_path: Any) -> None:
+    # What makes it start fast: no app registry, no models, no Celery app, no database.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(jsonl(rows(3)))
+    probe = (
+        "import sys; from datasets import validation; code = validation.main(sys.argv[1:]); "
+        "from django.apps import apps; "
+        "print(apps.ready, 'datasets.models' in sys.modules, 'celery' in sys.modules, code)"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path), "--no-tokens"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"},
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False False False 0"

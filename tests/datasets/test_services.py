@@ -1,17 +1,24 @@
-"""file_create / file_delete: storage, naming, limits, enqueueing, and nothing half-written."""
+"""The datasets use cases: file_create / file_delete (storage, naming, limits, enqueueing, nothing
+half-written, deleting files finished jobs used), the findings and "Apply fixes", the staging sweep."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import IntegrityError
+from django.db.models import ProtectedError
 
 from config.api import ApiError
-from datasets import services
+from datasets import prepare, processing, selectors, services
 from datasets.models import File
 from jobs.models import FineTuneJob
 from models_app.models import BaseModel
@@ -242,13 +249,294 @@ def test_file_delete_is_refused_while_an_unfinished_job_uses_the_file(
     assert File.objects.filter(pk=file.pk).exists()
 
 
-def test_file_delete_of_a_file_a_finished_job_refers_to_is_a_clear_400(owner: Persona) -> None:
+@pytest.mark.parametrize("status", FineTuneJob.FINISHED)
+@pytest.mark.parametrize("role", ["training_file", "validation_file", "result_file"])
+def test_a_file_only_finished_jobs_use_is_deleted_and_the_jobs_keep_its_id(
+    owner: Persona,
+    media_dir: Path,
+    django_capture_on_commit_callbacks: Any,
+    status: str,
+    role: str,
+) -> None:
+    # As at OpenAI: delete is refused only while an unfinished job uses the file.
     file = create(owner)
-    job = make_job(file, FineTuneJob.Status.SUCCEEDED)
+    job = make_job(create(owner, filename="other.jsonl"), status)
+    FineTuneJob.objects.filter(pk=job.pk).update(**{role: file})
+    path = media_dir / file.blob.name
 
-    with pytest.raises(ApiError) as caught:
+    with django_capture_on_commit_callbacks(execute=True):
         services.file_delete(file=file)
 
-    assert caught.value.status_code == 400
-    assert job.public_id in caught.value.message
-    assert File.objects.filter(pk=file.pk).exists()
+    row = File.objects.get(pk=file.pk)  # kept for the job (PROTECT), soft-deleted
+    assert (row.status, row.blob.name) == (File.Status.DELETED, "")
+    assert row.deleted_at is not None
+    assert not path.exists()
+    job.refresh_from_db()
+    assert getattr(job, f"{role}_id") == file.pk
+    assert getattr(job, role).public_id == file.public_id
+    assert selectors.file_find_for_org(organization=owner.org, file_id=file.public_id) is None
+    assert file not in selectors.file_list_for_org(organization=owner.org)
+
+
+def test_a_file_no_job_uses_loses_its_row(owner: Persona) -> None:
+    file = create(owner)
+    make_job(create(owner, filename="other.jsonl"), FineTuneJob.Status.SUCCEEDED)
+
+    services.file_delete(file=file)
+
+    assert not File.objects.filter(pk=file.pk).exists()
+
+
+def test_a_job_created_on_the_file_meanwhile_keeps_the_row(owner: Persona) -> None:
+    # The check for jobs and the delete aren't atomic with job creation: a job created in
+    # between makes the delete protected, and the file is soft-deleted instead of a 500.
+    file = create(owner)
+
+    with mock.patch.object(File, "delete", side_effect=ProtectedError("in use", set())):
+        services.file_delete(file=file)
+
+    assert File.objects.get(pk=file.pk).status == File.Status.DELETED
+
+
+def test_a_soft_deleted_source_is_unlinked_from_its_fixed_copies(owner: Persona) -> None:
+    source = create(owner)
+    make_job(source, FineTuneJob.Status.SUCCEEDED)
+    copy = create(owner, filename="train_prepared.jsonl", derived_from=source)
+
+    services.file_delete(file=source)
+
+    copy.refresh_from_db()
+    assert copy.derived_from is None
+
+
+def test_a_deleted_file_cant_be_used_for_a_new_job(owner: Persona) -> None:
+    from jobs.services import JobRequest, job_create
+
+    file = create(owner)
+    File.objects.filter(pk=file.pk).update(status=File.Status.PROCESSED)
+    make_job(file, FineTuneJob.Status.SUCCEEDED)
+    services.file_delete(file=file)
+
+    with pytest.raises(ApiError) as caught:
+        job_create(
+            organization=owner.org,
+            created_by=owner.user,
+            req=JobRequest(
+                api=FineTuneJob.Api.CURRENT,
+                model="SmolLM2-135M-Instruct",
+                training_file=file.public_id,
+            ),
+        )
+
+    assert caught.value.param == "training_file"
+    assert caught.value.status_code in (400, 404)
+
+
+# --- findings and "Apply fixes" -----------------------------------------------------------------
+
+UNPREPARED = jsonl([{"prompt": f"Question {i}", "completion": f"answer {i}"} for i in range(6)])
+CLASSES = jsonl(
+    [{"prompt": f"Text {i} ->", "completion": " ham" if i % 4 else " spam"} for i in range(40)]
+)
+
+
+def processed(persona: Persona, data: bytes, **kwargs: Any) -> File:
+    file = create(persona, content=data, **kwargs)
+    File.objects.filter(pk=file.pk).update(status=File.Status.PROCESSED)
+    file.refresh_from_db()
+    return file
+
+
+def test_findings_are_read_not_computed_once_stored(owner: Persona) -> None:
+    file = processed(owner, UNPREPARED)
+    File.objects.filter(pk=file.pk).update(findings={"findings": [], "examples": 6})
+    file.refresh_from_db()
+
+    with mock.patch("datasets.processing.load_analysis") as analyse:
+        findings = services.file_findings_ensure(file=file)
+
+    analyse.assert_not_called()
+    assert findings == {"findings": [], "examples": 6}
+
+
+def test_findings_missing_from_a_validated_file_are_computed_and_stored(owner: Persona) -> None:
+    # Files validated before the worker stored findings get them on first view, once.
+    file = processed(owner, UNPREPARED)
+
+    findings = services.file_findings_ensure(file=file)
+
+    assert findings is not None
+    assert findings["examples"] == 6
+    assert "completion_leading_space" in [f["id"] for f in findings["findings"]]
+    assert File.objects.get(pk=file.pk).findings == findings
+
+
+@pytest.mark.parametrize(
+    ("status", "purpose"),
+    [("uploaded", "fine-tune"), ("processed", "fine-tune-results")],
+)
+def test_no_findings_while_validating_or_for_results_files(
+    owner: Persona, status: str, purpose: str
+) -> None:
+    file = create(owner, purpose=purpose)
+    File.objects.filter(pk=file.pk).update(status=status)
+    file.refresh_from_db()
+
+    assert services.file_findings_ensure(file=file) is None
+
+
+def test_apply_fixes_writes_a_fixed_copy_and_keeps_the_original(owner: Persona) -> None:
+    file = processed(owner, UNPREPARED)
+
+    fixed = services.file_apply_fixes(
+        file=file,
+        accepted=[prepare.ADD_PROMPT_SEPARATOR, prepare.ADD_COMPLETION_SPACE],
+        uploaded_by=owner.user,
+    )
+
+    (copy,) = fixed.files
+    assert (copy.filename, copy.derived_from, fixed.examples) == (
+        "train_prepared.jsonl",
+        file,
+        [6],
+    )
+    first = json.loads(copy.blob.open("rb").readline())
+    assert first == {"prompt": "Question 0 ->", "completion": " answer 0"}
+    assert File.objects.get(pk=file.pk).blob.read() == UNPREPARED
+
+
+def test_apply_fixes_splits_classification_data_stratified(owner: Persona) -> None:
+    file = processed(owner, CLASSES, filename="sms.jsonl")
+
+    fixed = services.file_apply_fixes(file=file, accepted=[prepare.SPLIT], uploaded_by=owner.user)
+
+    train, valid = fixed.files
+    assert (train.filename, valid.filename) == (
+        "sms_prepared_train.jsonl",
+        "sms_prepared_valid.jsonl",
+    )
+    assert fixed.examples == [32, 8]
+    labels = [json.loads(line)["completion"] for line in valid.blob.open("rb")]
+    assert sorted(labels) == [" ham"] * 6 + [" spam"] * 2  # 30/10 → 6/2: the data's shares
+    assert fixed.split
+    assert fixed.create_options == (
+        ' --compute_classification_metrics --classification_positive_class " ham"'
+    )
+
+
+def test_apply_fixes_with_nothing_to_change_writes_nothing(owner: Persona) -> None:
+    file = processed(owner, UNPREPARED)
+
+    fixed = services.file_apply_fixes(file=file, accepted=[], uploaded_by=owner.user)
+
+    assert fixed.files == []
+    assert File.objects.filter(organization=owner.org).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "accepted", "param", "needle"),
+    [
+        ("unknown_fix", ["drop_everything"], "accept", "review the fixes"),
+        ("split_not_offered", [prepare.SPLIT], "accept", "review the fixes"),
+        ("still_validating", [], "id", "Only validated training files"),
+        ("too_large", [], "id", "too large to fix here"),
+        ("blob_missing", [], "id", "Could not read the file"),
+        ("fatal", [], "id", "can't be fixed automatically"),
+    ],
+)
+def test_apply_fixes_refuses_with_a_400_naming_the_param(
+    owner: Persona,
+    monkeypatch: pytest.MonkeyPatch,
+    setup: str,
+    accepted: list[str],
+    param: str,
+    needle: str,
+) -> None:
+    data = UNPREPARED
+    if setup == "fatal":
+        data = jsonl([{"prompt": "same ->", "completion": f" {i}"} for i in range(5)])
+    file = processed(owner, data)
+    if setup == "still_validating":
+        File.objects.filter(pk=file.pk).update(status=File.Status.UPLOADED)
+        file.refresh_from_db()
+    elif setup == "too_large":
+        monkeypatch.setattr(processing, "ANALYZE_MAX_BYTES", 10)
+    elif setup == "blob_missing":
+        file.blob.storage.delete(file.blob.name)
+
+    with pytest.raises(ApiError) as caught:
+        services.file_apply_fixes(file=file, accepted=accepted, uploaded_by=owner.user)
+
+    assert (caught.value.status_code, caught.value.param) == (400, param)
+    assert needle in caught.value.message
+    assert File.objects.filter(organization=owner.org).count() == 1
+
+
+def test_apply_fixes_writes_both_halves_of_a_split_or_neither(
+    owner: Persona, media_dir: Path
+) -> None:
+    file = processed(owner, CLASSES)
+    real_create = services.file_create
+    calls = []
+
+    def second_fails(**kwargs: Any) -> File:
+        calls.append(kwargs["filename"])
+        if len(calls) == 2:
+            raise ApiError("storage full", param="file")
+        return real_create(**kwargs)
+
+    with (
+        mock.patch("datasets.services.file_create", side_effect=second_fails),
+        pytest.raises(ApiError),
+    ):
+        services.file_apply_fixes(file=file, accepted=[prepare.SPLIT], uploaded_by=owner.user)
+
+    assert list(File.objects.filter(organization=owner.org)) == [file]
+    assert blobs_of(owner.org.pk, media_dir) == [media_dir / file.blob.name]
+
+
+# --- staged uploads (the mapping step) -----------------------------------------------------------
+
+
+def stage(persona: Persona, data: bytes, *, age_hours: float) -> Path:
+    path = services.staging_save(organization=persona.org, upload=ContentFile(data, "x.csv"))
+    local = Path(default_storage.path(path))
+    when = time.time() - age_hours * 3600
+    os.utime(local, (when, when))
+    return local
+
+
+def test_the_sweep_deletes_stale_staged_uploads_and_keeps_fresh_ones(
+    owner: Persona, outsider: Persona, media_dir: Path
+) -> None:
+    stale = stage(owner, b"a,b\n1,2\n", age_hours=25)
+    fresh = stage(owner, b"a,b\n3,4\n", age_hours=1)
+    other_stale = stage(outsider, b"a,b\n5,6\n", age_hours=48)
+
+    removed = services.staging_sweep(max_age_seconds=24 * 3600)
+
+    assert removed == 2
+    assert not stale.exists()
+    assert not other_stale.exists()
+    assert not other_stale.parent.exists()  # the emptied org folder goes too
+    assert fresh.exists()
+    assert str(fresh).startswith(str(media_dir / "staging"))
+
+
+def test_the_sweep_with_nothing_staged_does_nothing(media_dir: Path) -> None:
+    assert services.staging_sweep(max_age_seconds=60) == 0
+
+
+def test_the_beat_task_sweeps_with_the_configured_age(owner: Persona, settings: Any) -> None:
+    from config.celery import app
+    from datasets import tasks
+
+    settings.TUNERY_STAGING_MAX_AGE_SECONDS = 3600
+    stale = stage(owner, b"a\n1\n", age_hours=2)
+    fresh = stage(owner, b"a\n1\n", age_hours=0.5)
+
+    assert tasks.sweep_staging() == 1
+
+    assert (stale.exists(), fresh.exists()) == (False, True)
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert "datasets.sweep_staging" in scheduled

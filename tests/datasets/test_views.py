@@ -7,13 +7,14 @@ import io
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from datasets import prepare
+from datasets import prepare, services
 from datasets.models import File
 from jobs.models import FineTuneJob
 from tests.conftest import Persona
@@ -257,6 +258,22 @@ def test_a_staged_upload_is_private_to_its_session(
     assert other.get(url).status_code == 404
 
 
+def test_an_upload_swept_before_its_mapping_says_it_expired(browser_client: Client) -> None:
+    from datasets import services
+
+    url = browser_client.post(
+        reverse("datasets:upload"),
+        {"file": SimpleUploadedFile("t.csv", _csv([["prompt", "completion"], ["a", "b"]]))},
+    )["Location"]
+    assert services.staging_sweep(max_age_seconds=-1) == 1  # everything is stale
+
+    response = browser_client.get(url, follow=True)
+
+    assert response.redirect_chain[-1][0] == reverse("datasets:upload")
+    assert "This upload has expired" in " ".join(_messages(response))
+    assert browser_client.get(url).status_code == 404  # forgotten by the session too
+
+
 # --- detail ---------------------------------------------------------------------------------
 
 STATS = {
@@ -288,6 +305,31 @@ def test_detail_shows_findings_preview_and_charts(browser_client: Client, owner:
     assert "answer number 0" in content
     file.refresh_from_db()
     assert file.findings["version"] == 1  # computed once, then stored
+
+
+def test_detail_shows_stored_findings_without_analysing_the_file(
+    browser_client: Client, owner: Persona
+) -> None:
+    # The validation worker stores the findings; the page only reads them.
+    file = _file(owner, UNPREPARED, stats=STATS)
+    services.file_findings_ensure(file=file)
+
+    with mock.patch("datasets.processing.load_analysis", side_effect=AssertionError) as analyse:
+        response = browser_client.get(file.get_absolute_url())
+
+    analyse.assert_not_called()
+    assert "Add a whitespace character to the beginning of the completion" in (
+        response.content.decode()
+    )
+
+
+def test_detail_explains_why_there_are_no_findings(browser_client: Client, owner: Persona) -> None:
+    file = _file(owner, UNPREPARED, stats=STATS, findings={"unavailable": "Too big, sorry."})
+
+    response = browser_client.get(file.get_absolute_url())
+
+    assert "Too big, sorry." in response.content.decode()
+    assert 'data-testid="apply-fixes"' not in response.content.decode()
 
 
 def test_detail_makes_whitespace_and_separators_visible(
@@ -468,6 +510,33 @@ def test_delete_is_refused_while_an_unfinished_job_uses_the_file(
     assert "was not deleted" in response.content.decode()
     assert "ft-inuse" in response.content.decode()
     assert File.objects.filter(pk=file.pk).exists()
+
+
+@pytest.mark.parametrize("status", FineTuneJob.FINISHED)
+def test_delete_of_a_file_finished_jobs_used_succeeds_and_the_job_keeps_it(
+    browser_client: Client, owner: Persona, status: str
+) -> None:
+    file = _file(owner, UNPREPARED)
+    job = FineTuneJob.objects.create(
+        public_id="ft-done",
+        api=FineTuneJob.Api.LEGACY,
+        organization=owner.org,
+        model="tiny-llama",
+        base_model=BaseModelFactory.create(),
+        training_file=file,
+        seed=1,
+        status=status,
+    )
+
+    response = browser_client.post(reverse("datasets:delete", args=[file.public_id]), follow=True)
+
+    assert response.redirect_chain[-1][0] == reverse("datasets:list")
+    assert f"Deleted {file.filename}." in _messages(response)
+    assert file.public_id not in response.content.decode()  # gone from the list
+    assert browser_client.get(file.get_absolute_url()).status_code == 404
+    job.refresh_from_db()
+    assert job.training_file.public_id == file.public_id
+    assert job.training_file.status == File.Status.DELETED
 
 
 def test_delete_removes_the_file(browser_client: Client, owner: Persona) -> None:
