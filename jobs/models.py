@@ -28,8 +28,8 @@ class FineTuneJob(models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     class Method(models.TextChoices):
-        LORA = "lora"
-        FULL = "full"
+        LORA = "lora", "LoRA"
+        FULL = "full", "Full"
 
     public_id = models.CharField(max_length=40, unique=True, editable=False)
     api = models.CharField(max_length=8, choices=Api)

@@ -74,6 +74,8 @@ def _claim(job: FineTuneJob) -> str:
 
 
 def job_run(*, job_id: int) -> str:
+    from jobs import services  # services -> tasks -> runner: import at call time
+
     job = (
         FineTuneJob.objects.select_related(
             "organization", "base_model", "parent_model", "training_file", "validation_file"
@@ -90,12 +92,15 @@ def job_run(*, job_id: int) -> str:
         return WAIT_FOR_FILES
     if state != "ok":
         _fail_queued(job, state)
+        services.forecast_runs_dispatch(job)
         forecast.forecast_record(job=job)
         return DONE
     outcome = _claim(job)
     if outcome != DONE:
         return DEFERRED if outcome == DEFERRED else DONE
     job.refresh_from_db()
+    if job.attempts == 1:  # a resumed job's runs were sent when it first started
+        services.forecast_runs_dispatch(job)
     _announce_queue_moved()
     wandb_run = JobRun(job)  # logs only if the job or its organization asked for W&B
     try:

@@ -26,8 +26,12 @@ def job_find_for_org(*, organization: Organization, job_id: str) -> FineTuneJob 
 
 
 # Training speed to assume before this installation has finished any job (tokens/s):
-# measured with SmolLM2-135M LoRA on a 2-core CPU; a GPU worker is far faster.
-DEFAULT_TOKENS_PER_SECOND = 600.0
+# SmolLM2-135M LoRA at the small automatic batch sizes, on a 2-core CPU (docs/benchmarks/
+# training.md); a GPU worker is far faster, and the estimate switches to the measured speed
+# after the first job.
+DEFAULT_TOKENS_PER_SECOND = 120.0
+# A data-scaling forecast also trains on 1/4 and 1/2 of the data.
+FORECAST_WORK = 1.75
 
 
 def measured_tokens_per_second(*, base_model_id: int) -> float | None:
@@ -52,6 +56,7 @@ def job_preflight(
     n_epochs: int | None,
     batch_size: int | None,
     learning_rate_multiplier: float | None,
+    scaling_forecast: bool = False,
 ) -> dict[str, object]:
     """The auto hyperparameters and a time estimate, shown on the create form."""
     import engine
@@ -61,7 +66,7 @@ def job_preflight(
     )
     measured = measured_tokens_per_second(base_model_id=base_model_id)
     speed = measured or DEFAULT_TOKENS_PER_SECOND
-    to_train = tokens * n_epochs
+    to_train = round(tokens * n_epochs * (FORECAST_WORK if scaling_forecast else 1))
     return {
         "n_epochs": n_epochs,
         "batch_size": batch_size,
@@ -69,5 +74,6 @@ def job_preflight(
         "tokens_to_train": to_train,
         "tokens_per_second": speed,
         "speed_is_measured": measured is not None,
+        "scaling_forecast": scaling_forecast,
         "seconds": to_train / speed if speed else None,
     }

@@ -83,6 +83,7 @@ def job_preflight(request: AuthedHtmxRequest) -> HttpResponse:
             n_epochs=number("n_epochs", int),  # type: ignore[arg-type]
             batch_size=number("batch_size", int),  # type: ignore[arg-type]
             learning_rate_multiplier=number("learning_rate_multiplier", float),  # type: ignore[arg-type]
+            scaling_forecast=request.GET.get("scaling_forecast") == "on",
         )
     return render(request, "jobs/create.html#preflight", {"estimate": estimate, "file": file})
 

@@ -16,6 +16,7 @@ import engine
 from jobs import forecast, runner, services
 from jobs.forecast import FLAT_SENTENCE, Point, fit_log2, forecast_from_points
 from jobs.models import FineTuneJob
+from jobs.selectors import queue_position
 from jobs.services import JobRequest
 from models_app.models import FineTunedModel
 from tests.conftest import Persona
@@ -134,8 +135,17 @@ def test_create_queues_two_runs_after_the_parent_with_the_same_settings(
 
     children = list(job.children.order_by("data_fraction"))
     assert [c.data_fraction for c in children] == [0.25, 0.5]
-    # Queued right after the parent (FIFO): the user's model comes first.
-    assert [call.args[0] for call in delay.call_args_list] == [job.pk, *(c.pk for c in children)]
+    # Queued right after the parent, but only the parent's message is sent now: the runs' go
+    # out when it leaves the queue, so no broker can start them first.
+    assert [call.args[0] for call in delay.call_args_list] == [job.pk]
+    assert [c.status for c in children] == ["queued", "queued"]
+    assert [queue_position(c) for c in children] == [1, 2]
+    with (
+        mock.patch("jobs.tasks.run_training_job.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        services.forecast_runs_dispatch(job)
+    assert [call.args[0] for call in delay.call_args_list] == [c.pk for c in children]
     # Resolved once from all 1000 examples: batch 2 (0.2%), lr multiplier 0.05.
     fixed = {"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 0.05}
     assert job.resolved_hyperparameters == {**fixed, "prompt_loss_weight": 0.01}

@@ -7,6 +7,7 @@ from unittest import mock
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from jobs import services
 from jobs.models import FineTuneJob
@@ -91,6 +92,21 @@ def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
     )
     assert "Auto values" in page and "160000" in page  # 4 epochs x 40k tokens
 
+    with_forecast = (
+        browser_for(owner)
+        .get(
+            "/jobs/new/preflight/",
+            {
+                "model": "SmolLM2-135M-Instruct",
+                "training_file": good.public_id,
+                "scaling_forecast": "on",
+            },
+            headers={"HX-Request": "true"},
+        )
+        .content.decode()
+    )
+    assert "280000" in with_forecast and "forecast" in with_forecast  # plus the 1/4 and 1/2 runs
+
 
 def test_live_fragment_polls_until_finished(owner: Persona) -> None:
     job = make_job(owner)
@@ -120,3 +136,14 @@ def test_other_orgs_jobs_are_404(owner: Persona, outsider: Persona) -> None:
     assert client.get(job.get_absolute_url()).status_code == 404
     assert client.post(f"/jobs/{job.public_id}/cancel/").status_code == 404
     assert job.public_id not in client.get("/jobs/").content.decode()
+
+
+def test_a_deleted_training_file_keeps_its_name_without_a_dead_link(owner: Persona) -> None:
+    job = make_job(owner)
+    File = type(job.training_file)
+    File.objects.filter(pk=job.training_file_id).update(deleted_at=timezone.now())
+
+    page = browser_for(owner).get(job.get_absolute_url()).content.decode()
+
+    assert f'{job.training_file.filename}</span> <span class="muted">(deleted)' in page
+    assert job.training_file.get_absolute_url() not in page

@@ -5,6 +5,7 @@ Credentials are printed only when they are created; running it again changes not
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Any
 
@@ -46,17 +47,17 @@ class Command(BaseCommand):
             name=options["org"].capitalize(), slug=options["org"], owner=user
         )
         key = services.api_key_create(organization=org, name="bootstrap", created_by=user)
+        # The address `make run` serves on (Procfile: TUNERY_PORT, default 8000).
+        site = f"http://127.0.0.1:{os.environ.get('TUNERY_PORT') or 8000}"
         self.stdout.write(
             "\n".join(
                 [
                     "",
                     "=" * 72,
                     "Tunery is set up. These credentials are shown only once:",
-                    f"  login:    http://127.0.0.1:8000/login/  user {user.username!r}"
-                    f"  password {password!r}",
+                    f"  login:    {site}/login/  user {user.username!r}  password {password!r}",
                     f"  API key:  {key.secret}",
-                    "  try:      curl -H 'Authorization: Bearer <API key>' "
-                    "http://127.0.0.1:8000/v1/models",
+                    f"  try:      curl -H 'Authorization: Bearer <API key>' {site}/v1/models",
                     "=" * 72,
                     "",
                 ]
