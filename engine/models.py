@@ -160,17 +160,30 @@ def auto_threads() -> int:
 
     OpenMP's matmul threads wait for each other, so one thread too many costs far more than one
     too few: on this project's 2-core runner with other jobs running, 2 threads trained ~3x
-    slower than 1. The 1-minute load average is the best cheap estimate of "busy".
+    slower than 1. "Busy" is sampled over half a second, while this process is idle (called
+    before the model loads): the 1-minute load average used before also counted this
+    worker's previous job, and gave the next job on a quiet 2-core machine one thread.
     """
     if hasattr(os, "sched_getaffinity"):
         cores = len(os.sched_getaffinity(0))
     else:
         cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
+    busy = _busy_cores(cores)
+    if busy is None:
         return cores
     return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _busy_cores(cores: int, seconds: float = 0.5) -> float | None:
+    """Cores' worth of CPU the machine is using now, or None if that can't be read."""
+    try:
+        import psutil
+    except ImportError:  # e.g. a bare GPU host: fall back to the load average
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return None
+    return psutil.cpu_percent(interval=seconds) / 100 * (os.cpu_count() or cores)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -268,3 +268,18 @@ def test_a_second_process_waits_for_the_first_dequantization(tmp_path: Path) -> 
     assert waiter.returncode == 0
     assert out.strip() == str(target)
     assert not list(cache.glob(".tmp-*"))  # it never started a copy of its own
+
+
+def test_auto_threads_leaves_the_cores_other_processes_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(engine_models, "_busy_cores", lambda cores: 0.1)
+    assert engine_models.auto_threads() == cores
+    monkeypatch.setattr(engine_models, "_busy_cores", lambda cores: cores - 0.9)
+    assert engine_models.auto_threads() == 1  # never zero
+
+
+def test_busy_cores_is_a_current_sample() -> None:
+    busy = engine_models._busy_cores(2, seconds=0.2)
+    assert busy is not None and 0 <= busy <= (__import__("os").cpu_count() or 1)
