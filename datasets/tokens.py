@@ -99,25 +99,6 @@ GPT2_SPLIT = regex.compile(
 )
 
 
-def _byte_level_ascii() -> dict[int, str]:
-    """GPT-2's byte-to-character map (tokenizers' ByteLevel), for the ASCII bytes.
-
-    Printable ASCII maps to itself; space, control characters and DEL map to U+0100 onwards.
-    """
-    printable = list(range(ord("!"), ord("~") + 1))
-    table, shifted = {}, 0
-    for byte in range(128):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + shifted)
-            shifted += 1
-    return table
-
-
-BYTE_LEVEL_ASCII = _byte_level_ascii()
-
-
 def _byte_level_all() -> list[str]:
     """GPT-2's byte-to-character map for all 256 bytes (tokenizers' ByteLevel)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
@@ -132,6 +113,8 @@ def _byte_level_all() -> list[str]:
 
 
 BYTE_LEVEL = _byte_level_all()
+# The ASCII half as a str.translate table: the common case, with no UTF-8 encoding needed.
+BYTE_LEVEL_ASCII = dict(enumerate(BYTE_LEVEL[:128]))
 
 
 def byte_level(word: str) -> str:

@@ -118,6 +118,11 @@ class FineTuneJob(models.Model):
         """One of the ¼ and ½ runs of a scaling forecast: measured, never kept as a model."""
         return self.parent_job_id is not None
 
+    @property
+    def in_forecast(self) -> bool:
+        """A forecast's parent or one of its runs: the three must be measured alike."""
+        return self.scaling_forecast or self.is_forecast_run
+
 
 class JobEvent(models.Model):
     class Level(models.TextChoices):

@@ -168,7 +168,7 @@ def _spec(job: FineTuneJob, work: Path, *, resume: bool) -> engine.TrainSpec:
         cache_dir=str(settings.TUNERY_MODEL_CACHE_DIR),
         max_train_examples=None,
         data_fraction=job.data_fraction,
-        final_full_validation=job.scaling_forecast or job.is_forecast_run,
+        final_full_validation=job.in_forecast,
     )
 
 
@@ -300,7 +300,7 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
             "learning_rate_multiplier": lrm,
             "prompt_loss_weight": spec.prompt_loss_weight,
         }
-        if job.scaling_forecast or job.is_forecast_run:
+        if job.in_forecast:
             # A forecast's runs all train with the values resolved from the full training set
             # (the engine would resolve a ¼ run's auto batch size from its ¼).
             spec.n_epochs, spec.batch_size = n_epochs, batch_size
