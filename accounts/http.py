@@ -10,8 +10,13 @@ from rest_framework.request import Request
 from accounts.models import ApiKey, Membership, Organization
 
 
-class AuthedHtmxRequest(HttpRequest):
+class LoggedInRequest(HttpRequest):
+    """Behind @login_required: a real user, maybe in no organization yet."""
+
     user: User
+
+
+class AuthedHtmxRequest(LoggedInRequest):
     htmx: HtmxDetails
     organization: Organization
     membership: Membership
@@ -21,6 +26,6 @@ class AuthedApiRequest(Request):
     auth: ApiKey
 
 
-def api_org(request: Request) -> Organization:
+def api_org(request: AuthedApiRequest) -> Organization:
     """The organization a /v1 request acts for: its API key's."""
     return request.auth.organization

@@ -16,8 +16,9 @@ class CurrentOrganizationMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request.organization = None  # type: ignore[attr-defined]
-        request.membership = None  # type: ignore[attr-defined]
+        # Set on every request here; views read them through AuthedHtmxRequest (accounts/http.py).
+        request.organization = None  # type: ignore[attr-defined]  # added by this middleware
+        request.membership = None  # type: ignore[attr-defined]  # as above
         # /v1 is authenticated by API key, never by session.
         if not request.path.startswith("/v1") and request.user.is_authenticated:
             memberships = list(selectors.membership_list_for_user(user=request.user))
@@ -26,7 +27,7 @@ class CurrentOrganizationMiddleware:
                 memberships[0] if memberships else None,
             )
             if chosen is not None:
-                request.organization = chosen.organization  # type: ignore[attr-defined]
-                request.membership = chosen  # type: ignore[attr-defined]
-                request.memberships = memberships  # type: ignore[attr-defined]
+                request.organization = chosen.organization  # type: ignore[attr-defined]  # as above
+                request.membership = chosen  # type: ignore[attr-defined]  # as above
+                request.memberships = memberships  # type: ignore[attr-defined]  # as above
         return self.get_response(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.shortcuts import get_object_or_404
 
 from accounts.models import ApiKey, Membership, Organization, hash_secret
@@ -27,7 +27,15 @@ def member_get_for_org(*, organization: Organization, membership_id: int) -> Mem
 
 
 def api_key_list_for_org(*, organization: Organization) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(organization=organization).select_related("created_by")
+    """The org's keys, each annotated with `creator_is_member` (see api_key_get_by_secret)."""
+    creator_is_member = Membership.objects.filter(
+        organization_id=OuterRef("organization_id"), user_id=OuterRef("created_by_id")
+    )
+    return (
+        ApiKey.objects.filter(organization=organization)
+        .select_related("created_by")
+        .annotate(creator_is_member=Exists(creator_is_member))
+    )
 
 
 def api_key_get_for_org(*, organization: Organization, key_id: int) -> ApiKey:
@@ -35,10 +43,24 @@ def api_key_get_for_org(*, organization: Organization, key_id: int) -> ApiKey:
 
 
 def api_key_get_by_secret(*, secret: str) -> ApiKey | None:
-    """The live (not revoked) key with this secret, or None."""
+    """The live key with this secret, or None.
+
+    Live means: not revoked, and its creator is still an active user with a membership in the
+    key's organization. This is checked here, on every request, rather than by revoking keys
+    when a member leaves: a key must die the moment its owner's membership or account does,
+    whichever way that happens (the settings page, the admin, a shell, a deleted user).
+    """
+    creator_is_member = Membership.objects.filter(
+        organization_id=OuterRef("organization_id"), user_id=OuterRef("created_by_id")
+    )
     return (
         ApiKey.objects.select_related("organization", "created_by")
-        .filter(hashed_secret=hash_secret(secret), revoked_at=None)
+        .filter(
+            Exists(creator_is_member),
+            hashed_secret=hash_secret(secret),
+            revoked_at=None,
+            created_by__is_active=True,
+        )
         .first()
     )
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import KEY_PREFIX, ApiKey, Membership, Organization, hash_secret
+from accounts.selectors import api_key_get_for_org
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,16 @@ def api_key_create(*, organization: Organization, name: str, created_by: User | 
     return CreatedKey(key=key, secret=secret)
 
 
-def api_key_revoke(*, key: ApiKey) -> bool:
-    """Returns False if it had already been revoked."""
-    return bool(ApiKey.objects.filter(pk=key.pk, revoked_at=None).update(revoked_at=timezone.now()))
+def api_key_revoke(*, actor: User, organization: Organization, key_id: int) -> tuple[ApiKey, bool]:
+    """Revoke any key of `organization`, whoever made it; only its owners may.
+
+    PermissionDenied for a member; Http404 for another org's key (never leak existence).
+    Returns the key and False if it had already been revoked.
+    """
+    require_owner(user=actor, organization=organization)
+    key = api_key_get_for_org(organization=organization, key_id=key_id)
+    revoked = ApiKey.objects.filter(pk=key.pk, revoked_at=None).update(revoked_at=timezone.now())
+    return key, bool(revoked)
 
 
 # Writing last_used_at on every request would turn each API call into a write; a minute's
@@ -79,7 +87,9 @@ def member_add(*, organization: Organization, username: str, role: str) -> Membe
         raise ValidationError({"role": f"Role must be one of {Membership.Role.values}."})
     user = User.objects.filter(username=username).first()
     if user is None:
-        raise ValidationError({"username": f"No user named {username!r}."})
+        raise ValidationError(
+            {"username": f"No user named {username!r}. To add someone new, invite them instead."}
+        )
     membership, created = Membership.objects.get_or_create(
         organization=organization, user=user, defaults={"role": role}
     )

@@ -10,15 +10,23 @@ project-wide handler404/handler500 answer JSON for any path under /v1.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
+
+from common.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +62,8 @@ def not_found(kind: str, object_id: str, *, param: str = "id") -> ApiError:
 def error_body(
     message: str, *, type: str = INVALID_REQUEST, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    # Every /v1 error passes here: the last line against exception text that shows a path.
+    return {"error": {"message": redact(message), "type": type, "param": param, "code": code}}
 
 
 def error_response(
@@ -103,13 +112,23 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         param, message = _first_validation_error(exc.detail)
         return Response(error_body(message, param=param), status=400)
     if isinstance(exc, exceptions.Throttled):
-        wait = int(exc.wait or 1)
+        wait = int(exc.wait or 1)  # type: ignore[attr-defined]  # stub gap: DRF sets it in __init__
         body = error_body(
             f"Rate limit reached for requests. Try again in {wait}s.",
             type="rate_limit_error",
             code="rate_limit_exceeded",
         )
         return Response(body, status=429, headers={"Retry-After": str(wait)})
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = error_body(
+            f"The request body is too large: the maximum is {limit:,} bytes "
+            f"({limit / 2**20:.0f} MiB). Upload training data with POST /v1/files.",
+            code="request_too_large",
+        )
+        return Response(body, status=413)
+    if isinstance(exc, SuspiciousOperation):  # too many fields, a malformed multipart body
+        return Response(error_body(f"The request was refused: {exc}"), status=400)
     if isinstance(exc, exceptions.APIException):
         return Response(error_body(str(exc.detail)), status=exc.status_code)
     return None  # unexpected: Django's handler500 answers (JSON under /v1)
@@ -145,7 +164,7 @@ def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
 class ApiExceptionMiddleware:
     """Unexpected exceptions under /v1 become OpenAI's 500 envelope, with DEBUG on or off."""
 
-    def __init__(self, get_response: Any) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -163,12 +182,16 @@ class AlwaysJsonNegotiation(BaseContentNegotiation):
     file body that views return themselves), and a 406 would break clients that send
     `Accept: application/binary` for downloads."""
 
-    def select_parser(self, request: Any, parsers: list[Any]) -> Any:
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
         media_type = request.content_type.split(";")[0].strip()
+        parsers = list(parsers)
         for parser in parsers:
             if parser.media_type == media_type:
                 return parser
         return parsers[0] if not media_type else None
 
-    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: Any = None) -> Any:
-        return (renderers[0], renderers[0].media_type)
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        first = next(iter(renderers))
+        return (first, first.media_type)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from django.urls import include, path, re_path
 
 from config.api import api_not_found
+from config.openapi import OpenApiSchemaApi
 
 urlpatterns = [
+    path("openapi.json", OpenApiSchemaApi.as_view()),
+    path("", include("accounts.api_urls")),
     path("", include("datasets.api_urls")),
     path("", include("jobs.api_urls")),
     path("", include("models_app.api_urls")),

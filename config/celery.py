@@ -10,4 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("tunery")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Training messages go to their base model's device-class queue (jobs.routing); then the
+# static routes of the settings.
+app.conf.task_routes = ("jobs.routing.route", app.conf.task_routes)
 app.autodiscover_tasks()

@@ -11,7 +11,12 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+
+# Lets Django's generic classes be subscripted at run time (`admin.ModelAdmin[File]`,
+# `forms.ModelForm[Membership]`), as their stubs type them for mypy (ADR 0015).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -92,6 +97,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_htmx",
     "template_partials",
+    "common",  # template filters shared by the apps (`redact`)
     "accounts",
     "datasets",
     "jobs",
@@ -101,6 +107,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.guards.RequestGuardMiddleware",  # NULs in URLs, chunked bodies (issue #11)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -166,42 +173,66 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
 
 
-def _plotly_js_dir() -> str:
-    # plotly.js ships inside the plotly package: serve it from there, no CDN, nothing vendored.
-    import importlib.util
-
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImproperlyConfigured("The plotly package is not installed (see requirements.txt).")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "package_data")
-
-
-STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", _plotly_js_dir())]
+# Front-end packages from npm (scripts/npm/package.json, pinned by its lock file), installed by
+# `make assets`: plotly.js's basic bundle (scatter and bar only: a quarter of the full one).
+NPM_MODULES = BASE_DIR / "scripts" / "npm" / "node_modules"
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/plotly", NPM_MODULES / "plotly.js-basic-dist-min"),
+]
 MEDIA_ROOT = DATA_DIR / "media"
 
 STORAGE_BACKEND = env_choice("STORAGE_BACKEND", "local", ("local", "s3"))
+# The artifact store (common.store, built by common.artifacts): uploads, results, checkpoints
+# with optimizer state, adapters, merged/GGUF exports. Local: DATA_DIR itself. S3: any
+# S3-compatible store; each host then keeps only a bounded LRU cache of what it read.
+S3_BUCKET = env_str("S3_BUCKET", "tunery")
+S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "") or None
+S3_REGION = env_str("S3_REGION", "") or None
+S3_ACCESS_KEY_ID = env_str("S3_ACCESS_KEY_ID", "") or None
+S3_SECRET_ACCESS_KEY = env_str("S3_SECRET_ACCESS_KEY", "") or None
+TUNERY_STORE_CACHE_DIR = Path(env_str("TUNERY_STORE_CACHE_DIR", str(DATA_DIR / "store-cache")))
+TUNERY_STORE_CACHE_BYTES = env_int("TUNERY_STORE_CACHE_BYTES", 50 * 1024**3, minimum=1)
+# Processes per training job (engine.distributed under torchrun): a training worker's device
+# count on a multi-GPU host; 1 trains in the worker's own process.
+TUNERY_TRAIN_PROCESSES = env_int("TUNERY_TRAIN_PROCESSES", 1, minimum=1)
+# Device-aware routing (jobs.routing): the device class of base models that name none (empty:
+# the one `training` queue), and a training worker's own class (empty: detected, `cpu` or
+# `cuda`; see `manage.py worker_devices`).
+TUNERY_DEFAULT_DEVICE_CLASS = env_str("TUNERY_DEFAULT_DEVICE_CLASS", "")
+TUNERY_WORKER_DEVICE_CLASS = env_str("TUNERY_WORKER_DEVICE_CLASS", "")
 STORAGES = {
     "default": (
         {"BACKEND": "django.core.files.storage.FileSystemStorage"}
         if STORAGE_BACKEND == "local"
         else {
+            # Uploaded files through django-storages (multipart uploads, streamed reads), under
+            # the same keys the artifact store reads them by (`media/<blob name>`).
             "BACKEND": "storages.backends.s3.S3Storage",
             "OPTIONS": {
-                "bucket_name": env_str("S3_BUCKET", "tunery"),
-                "endpoint_url": env_str("S3_ENDPOINT_URL", "") or None,
+                "bucket_name": S3_BUCKET,
+                "endpoint_url": S3_ENDPOINT_URL,
+                "region_name": S3_REGION,
+                "access_key": S3_ACCESS_KEY_ID,
+                "secret_key": S3_SECRET_ACCESS_KEY,
+                "location": "media",
+                "file_overwrite": False,
             },
         }
     ),
+    # Hashed names (so they can be cached for ever) and gzip copies, written by
+    # `collectstatic` (make run, the Dockerfile, the test session); DEBUG serves the sources.
     "staticfiles": {
         "BACKEND": (
-            "whitenoise.storage.CompressedStaticFilesStorage"
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
             if not DEBUG
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
 }
-# Tests and `make run` serve static files straight from the finders.
-WHITENOISE_USE_FINDERS = True
+# Without DEBUG only collected files are served: whitenoise gives the hashed ones a far-future
+# Cache-Control (immutable) and serves the compressed copy the browser accepts.
+WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # Uploads: Django spools big uploads to disk, never to memory.
@@ -215,11 +246,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.FormParser",
-    ],
+    # JSON only (415 otherwise): a form body would bypass the JSON parser's checks. The Files
+    # API adds multipart for uploads (datasets/api.py).
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.BoundedJsonParser"],
     "EXCEPTION_HANDLER": "config.api.exception_handler",
     # /v1 always answers JSON: clients send Accept headers like application/binary.
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.api.AlwaysJsonNegotiation",
@@ -266,11 +295,32 @@ TUNERY_TOKENIZER_THREADS = env_int("TUNERY_TOKENIZER_THREADS", 2, minimum=1)
 # CSV/TSV/XLSX uploads waiting for their column mapping; older ones are swept (hourly, by beat).
 TUNERY_STAGING_MAX_AGE_SECONDS = env_int("TUNERY_STAGING_MAX_AGE_SECONDS", 24 * 3600, minimum=60)
 TUNERY_MAX_RUNNING_JOBS_PER_ORG = env_int("TUNERY_MAX_RUNNING_JOBS_PER_ORG", 2, minimum=1)
-TUNERY_HEARTBEAT_STALE_SECONDS = env_int("TUNERY_HEARTBEAT_STALE_SECONDS", 120, minimum=5)
 TUNERY_MAX_JOB_ATTEMPTS = env_int("TUNERY_MAX_JOB_ATTEMPTS", 3, minimum=1)
+# Inference. The web tier never runs a model: `local` is Tunery's own inference service
+# (`manage.py serve_inference`, playground/server.py), `remote` an OpenAI-compatible server
+# that hot-loads LoRA adapters (vLLM). Both are reached over HTTP at TUNERY_INFERENCE_URL.
 TUNERY_INFERENCE_BACKEND = env_choice("TUNERY_INFERENCE_BACKEND", "local", ("local", "remote"))
-TUNERY_INFERENCE_URL = env_str("TUNERY_INFERENCE_URL", "http://127.0.0.1:8001/v1")
+TUNERY_INFERENCE_HOST = env_str("TUNERY_INFERENCE_HOST", "127.0.0.1")  # the service binds it
+TUNERY_INFERENCE_PORT = env_int("TUNERY_INFERENCE_PORT", 8001, minimum=1)
+TUNERY_INFERENCE_URL = env_str(
+    "TUNERY_INFERENCE_URL", f"http://127.0.0.1:{TUNERY_INFERENCE_PORT}/v1"
+)
+TUNERY_INFERENCE_TIMEOUT = env_int("TUNERY_INFERENCE_TIMEOUT", 600, minimum=1)
+# The service's own limits (engine/batching.py): base models kept loaded, sequences decoded
+# in one batch, prompt tokens read per scheduler loop (so a long prompt never stalls the
+# batch), and requests waiting for a place before it answers 429.
 TUNERY_INFERENCE_MAX_BASES = env_int("TUNERY_INFERENCE_MAX_BASES", 2, minimum=1)
+TUNERY_INFERENCE_MAX_BATCH = env_int("TUNERY_INFERENCE_MAX_BATCH", 32, minimum=1)
+TUNERY_INFERENCE_PREFILL_CHUNK = env_int("TUNERY_INFERENCE_PREFILL_CHUNK", 256, minimum=16)
+TUNERY_INFERENCE_MAX_QUEUE = env_int("TUNERY_INFERENCE_MAX_QUEUE", 64, minimum=1)
+# auto: bfloat16 (or float16) on a GPU, float32 on a CPU.
+TUNERY_INFERENCE_DTYPE = env_choice(
+    "TUNERY_INFERENCE_DTYPE", "auto", ("auto", "float32", "bfloat16", "float16")
+)
+# Per-request bounds, checked by the web tier and the service alike (0: the model's context).
+TUNERY_INFERENCE_MAX_PROMPT_TOKENS = env_int("TUNERY_INFERENCE_MAX_PROMPT_TOKENS", 0)
+TUNERY_INFERENCE_MAX_TOKENS = env_int("TUNERY_INFERENCE_MAX_TOKENS", 4096, minimum=1)
+TUNERY_INFERENCE_MAX_MESSAGES = env_int("TUNERY_INFERENCE_MAX_MESSAGES", 1000, minimum=1)
 TUNERY_RATE_LIMIT_PER_MINUTE = env_int("TUNERY_RATE_LIMIT_PER_MINUTE", 600, minimum=0)
 # Weights & Biases (jobs/wandb.py): where a job logs when its org switched W&B on but the job
 # named no project, and where runs are written offline (no WANDB_API_KEY) for `wandb sync`.
@@ -278,9 +328,109 @@ TUNERY_WANDB_PROJECT = env_str("TUNERY_WANDB_PROJECT", "tunery")
 TUNERY_WANDB_ENTITY = os.environ.get("TUNERY_WANDB_ENTITY") or None
 TUNERY_WANDB_DIR = Path(env_str("TUNERY_WANDB_DIR", str(DATA_DIR / "wandb")))
 
+# --- OpenAI's current API in full: checkpoints, sharing, webhooks (docs/admin-guide.md) --------
+# Comparing checkpoints loads each one: a training worker's job, like training.
+CELERY_TASK_ROUTES["jobs.compare_checkpoints"] = {"queue": "training"}
+# Webhook deliveries: attempts per event and the first retry delay (doubled on each retry).
+TUNERY_WEBHOOK_MAX_ATTEMPTS = env_int("TUNERY_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+TUNERY_WEBHOOK_RETRY_SECONDS = env_int("TUNERY_WEBHOOK_RETRY_SECONDS", 30, minimum=0)
+TUNERY_WEBHOOK_TIMEOUT_SECONDS = env_int("TUNERY_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# Off: no delivery to loopback, private or this server's own addresses (SSRF). On (a trusted,
+# internal install): those are allowed; link-local and cloud metadata addresses never are.
+TUNERY_WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool(
+    "TUNERY_WEBHOOK_ALLOW_PRIVATE_TARGETS", default=False
+)
+
+# --- Dashboard (issue #15): invitations and their email --------------------------------------
+# An invitation link works once, for this many days (accounts/invitations.py).
+TUNERY_INVITATION_DAYS = env_int("TUNERY_INVITATION_DAYS", 7, minimum=1)
+# Invitation emails. The console backend prints them (the embedded setup has no mail server);
+# production sets the SMTP backend and EMAIL_HOST etc. in the usual Django settings.
+EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("DJANGO_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("DJANGO_EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("DJANGO_EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("DJANGO_EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "tunery@localhost")
+
+# --- Reliability: checkpoints, liveness, leases, retention (docs/admin-guide.md) -----------
+# Resume checkpoints every N seconds of training and/or every N steps (0: off). At most this
+# much training is lost when a worker dies; epoch ends are resume points too.
+TUNERY_CHECKPOINT_EVERY_SECONDS = env_int("TUNERY_CHECKPOINT_EVERY_SECONDS", 600)
+TUNERY_CHECKPOINT_EVERY_STEPS = env_int("TUNERY_CHECKPOINT_EVERY_STEPS", 0)
+# What a job's `early_stopping: "auto"` means (docs/adr/0018): "auto" selects the best
+# checkpoint and stops early when there is a validation file; "off" keeps OpenAI's exact
+# behaviour (the final model is the last step's) unless a request asks for it.
+TUNERY_EARLY_STOPPING = env_str("TUNERY_EARLY_STOPPING", "auto")
+if TUNERY_EARLY_STOPPING not in ("auto", "off"):
+    raise ImproperlyConfigured(
+        f"TUNERY_EARLY_STOPPING must be 'auto' or 'off', got {TUNERY_EARLY_STOPPING!r}"
+    )
+# A training worker beats every TUNERY_HEARTBEAT_SECONDS. The reaper (every
+# TUNERY_REAPER_SECONDS, on the default queue) shows "worker lost, resuming" once a job's
+# heartbeat is TUNERY_HEARTBEAT_LOST_SECONDS old and requeues it at
+# TUNERY_HEARTBEAT_STALE_SECONDS: with the defaults, within 25 s and 50 s of the worker's death,
+# plus the default queue's latency.
+TUNERY_HEARTBEAT_SECONDS = env_float("TUNERY_HEARTBEAT_SECONDS", 5.0)
+TUNERY_HEARTBEAT_LOST_SECONDS = env_int("TUNERY_HEARTBEAT_LOST_SECONDS", 20, minimum=2)
+TUNERY_HEARTBEAT_STALE_SECONDS = env_int("TUNERY_HEARTBEAT_STALE_SECONDS", 45, minimum=3)
+TUNERY_REAPER_SECONDS = env_float("TUNERY_REAPER_SECONDS", 5.0)
+# A worker that beats but whose step has not advanced for max(MIN, MULTIPLE x its step time)
+# (STARTUP before its first step) is hung: its job is requeued the same way.
+TUNERY_HUNG_STEP_MULTIPLE = env_float("TUNERY_HUNG_STEP_MULTIPLE", 20.0)
+TUNERY_HUNG_MIN_SECONDS = env_int("TUNERY_HUNG_MIN_SECONDS", 900, minimum=1)
+TUNERY_HUNG_STARTUP_SECONDS = env_int("TUNERY_HUNG_STARTUP_SECONDS", 3600, minimum=1)
+# How long worker code retries a transient database/broker error before giving up.
+TUNERY_DB_RETRY_SECONDS = env_int("TUNERY_DB_RETRY_SECONDS", 300)
+# A job whose files are still validating after this long fails with a clear error.
+TUNERY_JOB_FILE_WAIT_SECONDS = env_int("TUNERY_JOB_FILE_WAIT_SECONDS", 3600, minimum=1)
+# Validation and merged exports hold a lease, renewed while they run; the sweeper
+# (every TUNERY_SWEEP_SECONDS) restarts one whose lease expired (its worker died), up to
+# TUNERY_WORK_MAX_TRIES tries, then marks it failed.
+TUNERY_LEASE_SECONDS = env_int("TUNERY_LEASE_SECONDS", 300, minimum=3)
+TUNERY_WORK_MAX_TRIES = env_int("TUNERY_WORK_MAX_TRIES", 3, minimum=1)
+TUNERY_SWEEP_SECONDS = env_float("TUNERY_SWEEP_SECONDS", 60.0)
+# Retention: the defaults of the admin's Retention policy (jobs.models.RetentionPolicy).
+TUNERY_RETAIN_WORK_DAYS = env_int("TUNERY_RETAIN_WORK_DAYS", 7)
+TUNERY_RETAIN_CHECKPOINT_DAYS = env_int("TUNERY_RETAIN_CHECKPOINT_DAYS", 0)  # 0: keep
+TUNERY_FILE_CACHE_MAX_BYTES = env_int("TUNERY_FILE_CACHE_MAX_BYTES", 20 * 1024**3)
+TUNERY_FILE_CACHE_IDLE_DAYS = env_int("TUNERY_FILE_CACHE_IDLE_DAYS", 7)
+TUNERY_GC_SECONDS = env_float("TUNERY_GC_SECONDS", 3600.0)
+# A process frozen inside a transaction (a stopped VM, SIGSTOP) would hold its row locks for
+# ever: PostgreSQL ends such a session after this long, so the reaper can requeue its job.
+TUNERY_DB_IDLE_IN_TRANSACTION_SECONDS = env_int("TUNERY_DB_IDLE_IN_TRANSACTION_SECONDS", 60)
+if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+        f"-c idle_in_transaction_session_timeout={TUNERY_DB_IDLE_IN_TRANSACTION_SECONDS * 1000}"
+    )
+    # The web tier (uvicorn, config.asgi) sets TUNERY_DB_POOL: under ASGI each request runs in
+    # its own context, so Django's persistent connections would be opened per request and never
+    # reused; a psycopg pool per process hands them out and takes them back instead.
+    TUNERY_DB_POOL = env_int("TUNERY_DB_POOL", 0)
+    if TUNERY_DB_POOL > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": TUNERY_DB_POOL,
+            "timeout": 10,
+        }
+# Every task is idempotent (each claims its row first), so a message whose worker died is
+# handed to another worker rather than dropped; the leases and attempt counts above bound a
+# message that keeps killing its worker.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+
 CELERY_BEAT_SCHEDULE = {
-    "requeue-stale-jobs": {"task": "jobs.requeue_stale_jobs", "schedule": 30.0},
+    "requeue-stale-jobs": {
+        "task": "jobs.requeue_stale_jobs",
+        "schedule": TUNERY_REAPER_SECONDS,
+        # A round that waited in a busy queue is superseded by the next: drop it.
+        "options": {"expires": TUNERY_REAPER_SECONDS},
+    },
     "sweep-staging-uploads": {"task": "datasets.sweep_staging", "schedule": 3600.0},
+    "sweep-validations": {"task": "datasets.sweep_validations", "schedule": TUNERY_SWEEP_SECONDS},
+    "sweep-exports": {"task": "models_app.sweep_exports", "schedule": TUNERY_SWEEP_SECONDS},
+    "collect-garbage": {"task": "jobs.collect_garbage", "schedule": TUNERY_GC_SECONDS},
 }
 
 LOGGING = {

@@ -15,7 +15,7 @@ from datasets.models import File
 
 
 @admin.register(File)
-class FileAdmin(OrgScopedAdmin):
+class FileAdmin(OrgScopedAdmin[File]):
     list_display = ["public_id", "filename", "organization", "purpose", "status", "bytes"]
     list_display += ["error_count", "created_at"]
     list_filter = ["purpose", "status", "format"]

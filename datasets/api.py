@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.core.files.uploadhandler import FileUploadHandler
-from django.http import FileResponse
+from django.http import FileResponse, QueryDict
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
 from common.pagination import cursor_page, parse_limit
 from config.api import ApiError, not_found
-from datasets import selectors, services
+from config.parsers import BoundedJsonParser
+from datasets import selectors, services, uploads
 from datasets.models import File
-
-# Room for the multipart framing and the `purpose` field around the file itself.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def file_json(file: File) -> dict[str, Any]:
@@ -44,28 +41,9 @@ def _get_file(request: AuthedApiRequest, file_id: str) -> File:
     return file
 
 
-class _UploadSizeLimit(FileUploadHandler):
-    """Stops a multipart upload as soon as its files pass MAX_UPLOAD_BYTES.
-
-    Without it Django would spool the whole body to disk before the service could say no,
-    which matters when a client sends no (or a false) Content-Length.
-    """
-
-    def __init__(self, request: Any = None) -> None:
-        super().__init__(request)
-        self.received = 0
-
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
-        self.received += len(raw_data)
-        if self.received > settings.MAX_UPLOAD_BYTES:
-            raise services.too_large()
-        return raw_data
-
-    def file_complete(self, file_size: int) -> None:
-        return None  # the next handler builds the UploadedFile
-
-
 class FileListCreateApi(APIView):
+    parser_classes = [BoundedJsonParser, MultiPartParser, FormParser]
+
     class InputSerializer(serializers.Serializer[None]):
         file = serializers.FileField(allow_empty_file=True, use_url=False)
         purpose = serializers.CharField()
@@ -94,14 +72,7 @@ class FileListCreateApi(APIView):
         )
 
     def post(self, request: AuthedApiRequest) -> Response:
-        # Say no before reading a body that is too big anyway.
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
-            raise services.too_large(length)
-        request._request.upload_handlers.insert(0, _UploadSizeLimit(request._request))
+        uploads.limit_upload(request._request)
         try:
             data = self.InputSerializer(data=request.data)
         except RequestDataTooBig:
@@ -109,9 +80,18 @@ class FileListCreateApi(APIView):
             raise services.too_large() from None
         except SuspiciousOperation as exc:  # too many fields or files
             raise ApiError(f"The upload was refused: {exc}", param="file") from None
+        parts = request.data
+        # A multipart body parses to a QueryDict: the one kind of body that can repeat a part.
+        names = ("file", "purpose") if isinstance(parts, QueryDict) else ()
+        for name in names:
+            assert isinstance(parts, QueryDict)
+            given = parts.getlist(name)
+            if len(given) > 1:
+                # Storing the last part silently would train on a file the client didn't mean.
+                raise ApiError(f"Send exactly one `{name}` part, not {len(given)}.", param=name)
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
-        file = services.file_create(
+        file = services.file_upload(
             organization=api_org(request),
             uploaded_by=request.user if request.user.is_authenticated else None,
             filename=upload.name or "",

@@ -11,6 +11,7 @@ from django import forms
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
+from common.forms import set_choices
 from datasets import prepare, readers
 
 NONE = ""  # the "(none)" choice of an optional column
@@ -51,6 +52,7 @@ class MappingForm(forms.Form):
     MODES = [
         (prepare.PROMPT_COMPLETION, "Prompt and completion"),
         (prepare.CHAT, "Chat: system, user and assistant messages"),
+        (prepare.PREFERENCE, "Preference pairs (DPO): prompt, chosen and rejected replies"),
     ]
 
     mode = forms.ChoiceField(choices=MODES, widget=forms.RadioSelect)
@@ -64,15 +66,24 @@ class MappingForm(forms.Form):
     )
     user = forms.ChoiceField(required=False, label="User column")
     assistant = forms.ChoiceField(required=False, label="Assistant column")
+    # Preference pairs: the prompt column (above) with the chosen and rejected replies.
+    chosen = forms.ChoiceField(required=False, label="Chosen (preferred) reply column")
+    rejected = forms.ChoiceField(required=False, label="Rejected (non-preferred) reply column")
 
     def __init__(self, *args: Any, columns: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         choices = [(NONE, "(none)")] + [(c, c) for c in columns]
-        for name in ("prompt", "completion", "system", "user", "assistant"):
-            self.fields[name].choices = choices  # type: ignore[attr-defined]
+        for name in ("prompt", "completion", "system", "user", "assistant", "chosen", "rejected"):
+            set_choices(self, name, choices)
         chatty = bool(_guess(columns, "user", "assistant"))
+        paired = bool(_guess(columns, "chosen", "preferred")) and bool(
+            _guess(columns, "rejected", "non_preferred")
+        )
+        mode = prepare.CHAT if chatty else prepare.PROMPT_COMPLETION
         self.initial = {
-            "mode": prepare.CHAT if chatty else prepare.PROMPT_COMPLETION,
+            "mode": prepare.PREFERENCE if paired else mode,
+            "chosen": _guess(columns, "chosen", "preferred"),
+            "rejected": _guess(columns, "rejected", "non_preferred"),
             "prompt": _guess(columns, "prompt", "question", "input", "text"),
             "completion": _guess(columns, "completion", "answer", "output", "label"),
             "system": _guess(columns, "system"),
@@ -87,7 +98,11 @@ class MappingForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if data.get("mode") == prepare.CHAT:
+        if data.get("mode") == prepare.PREFERENCE:
+            for name in ("prompt", "chosen", "rejected"):
+                if not data.get(name):
+                    self.add_error(name, f"Choose the {name} column.")
+        elif data.get("mode") == prepare.CHAT:
             for name in ("user", "assistant"):
                 if not data.get(name):
                     self.add_error(name, f"Choose the {name} column.")
@@ -97,6 +112,15 @@ class MappingForm(forms.Form):
 
     def convert(self, rows: list[Any]) -> list[dict[str, Any]]:
         data = self.cleaned_data
+        if data["mode"] == prepare.PREFERENCE:
+            return prepare.rows_to_preference(
+                rows,
+                system=data["system"] or None,
+                system_text=data["system_text"],
+                prompt=data["prompt"],
+                chosen=data["chosen"],
+                rejected=data["rejected"],
+            )
         if data["mode"] == prepare.CHAT:
             return prepare.rows_to_chat(
                 rows,

@@ -34,6 +34,7 @@ class File(models.Model):
         UNKNOWN = ""
         PROMPT_COMPLETION = "prompt_completion"
         CHAT = "chat"
+        PREFERENCE = "preference"  # DPO pairs (datasets.validation)
         RESULTS = "results_csv"
 
     public_id = models.CharField(max_length=40, unique=True, default=new_file_id, editable=False)
@@ -59,6 +60,10 @@ class File(models.Model):
     derived_from = models.ForeignKey(
         "self", models.SET_NULL, null=True, blank=True, related_name="derivatives"
     )
+    # Validation tries so far, and until when the current one holds the file (renewed while it
+    # runs; datasets.processing.file_validate and the sweeper).
+    validation_attempts = models.PositiveSmallIntegerField(default=0)
+    validation_lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Set by datasets.services.file_delete when jobs still refer to the file (see DELETED).
     deleted_at = models.DateTimeField(null=True, blank=True)

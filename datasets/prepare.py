@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from datasets.readers import FIELDS, ReadResult, cell_text, columns_of
+from engine import chat_format
 
 Level = Literal["info", "warning", "error"]
 Row = dict[str, Any]
@@ -49,6 +50,7 @@ OPEN_ENDED = "open-ended generation"
 CLASSIFICATION = "classification"
 CONDITIONAL = "conditional generation"
 CHAT = "chat"
+PREFERENCE = "preference"
 PROMPT_COMPLETION = "prompt_completion"
 
 MIN_EXAMPLES = 100
@@ -58,7 +60,13 @@ MAX_PROMPT_PREFIX = 12
 MIN_COMPLETION_PREFIX = 5
 MAX_VALID_EXAMPLES = 1000
 SPLIT_SEED = 42  # the legacy tool's random_state; the split is the same on every run
-PROMPT_SEPARATORS = (" ->", "\n\n###\n\n", "\n\n===\n\n", "\n\n---\n\n", "\n\n===>\n\n")
+PROMPT_SEPARATORS: tuple[str, ...] = (
+    " ->",
+    "\n\n###\n\n",
+    "\n\n===\n\n",
+    "\n\n---\n\n",
+    "\n\n===>\n\n",
+)
 PROMPT_SEPARATORS += ("\n\n--->\n\n",)
 FALLBACK_PROMPT_SEPARATOR = "\n\n### =>\n\n"
 COMPLETION_ENDINGS = ("\n", ".", " END", "***", "+++", "&&&", "$$$", "@@@", "%%%")
@@ -81,6 +89,7 @@ ADD_COMPLETION_ENDING = "add_completion_ending"
 ADD_COMPLETION_SPACE = "add_completion_leading_space"
 REMOVE_INVALID_EXAMPLES = "remove_invalid_examples"
 REMOVE_UNREADABLE = "remove_unreadable_lines"
+REMOVE_IDENTICAL_PAIRS = "remove_identical_pairs"
 SPLIT = "split_train_valid"
 
 # The legacy validator names, used in "ERROR in <name> validator: ..." lines.
@@ -232,7 +241,8 @@ def analyze(data: ReadResult | Sequence[Any] | Any) -> Analysis:
     if isinstance(data, ReadResult):
         read, rows = data, list(data.rows)
     elif hasattr(data, "to_dict") and hasattr(data, "columns"):
-        rows = data.fillna("").astype(str).to_dict("records")
+        frame: Any = data  # a pandas DataFrame, without importing pandas to say so
+        rows = frame.fillna("").astype(str).to_dict("records")
     else:
         rows = list(data)
 
@@ -257,7 +267,9 @@ def analyze(data: ReadResult | Sequence[Any] | Any) -> Analysis:
             )
         )
 
-    if is_chat(rows):
+    if is_preference(rows):
+        analysis = _analyze_preference(rows)
+    elif is_chat(rows):
         analysis = _analyze_chat(rows)
     else:
         columns = read.columns if read is not None and read.columns else columns_of(rows)
@@ -273,6 +285,12 @@ def is_chat(rows: Sequence[Any]) -> bool:
     has_messages = any(isinstance(r, dict) and "messages" in r for r in rows)
     has_prompt = any(isinstance(r, dict) and "prompt" in r for r in rows)
     return has_messages and not has_prompt
+
+
+def is_preference(rows: Sequence[Any]) -> bool:
+    """Preference (DPO) data if the first object is a preference pair (engine.chat_format)."""
+    first = next((r for r in rows if isinstance(r, dict)), None)
+    return first is not None and chat_format.is_preference_row(first)
 
 
 class _Stop(Exception):
@@ -778,10 +796,20 @@ CHECKS: tuple[Callable[[_State], None], ...] = (
 
 # --- chat ---------------------------------------------------------------------------------
 
-CHAT_ROLES = ("system", "user", "assistant", "function", "tool")
-CHAT_MESSAGE_KEYS = ("role", "content", "name", "function_call", "weight", "tool_calls")
+CHAT_ROLES = chat_format.ROLES
+CHAT_MESSAGE_KEYS: tuple[str, ...] = (
+    "role",
+    "content",
+    "name",
+    "function_call",
+    "weight",
+    "tool_calls",
+)
 CHAT_MESSAGE_KEYS += ("tool_call_id",)
-# The cookbook's format-error categories (Chat_finetuning_data_prep.ipynb) and what they mean.
+# The example keys that make two chat examples the same example.
+CHAT_KEYS = ("messages", "tools", "functions", "parallel_tool_calls")
+# The cookbook's format-error categories (Chat_finetuning_data_prep.ipynb) and what they mean,
+# then ours for what the cookbook predates (tools) or lets through.
 CHAT_ERRORS = {
     "data_type": "the example is not a JSON object",
     "missing_messages_list": "the example has no `messages` list",
@@ -792,15 +820,23 @@ CHAT_ERRORS = {
     + ", ".join(f"`{r}`" for r in CHAT_ROLES),
     "missing_content": "a message's content is missing or not a string (and it makes no call)",
     "example_missing_assistant_message": "the example has no assistant message",
+    "nothing_to_learn": "every assistant message has weight 0, so training learns nothing from "
+    "the example",
+    "format_error": "the example breaks OpenAI's chat format",
 }
+# Categories that are a warning rather than an error (the example is well formed).
+CHAT_WARNINGS = ("nothing_to_learn",)
 
 
 def chat_errors(example: Any) -> list[str]:
-    """The cookbook categories one example falls into (empty: the example is well formed).
+    """The categories one example falls into (empty: the example validates and trains).
 
-    The cookbook predates tools; `tool` messages and `tool_calls` are accepted here, as the
-    current API accepts them (reference §5.4).
+    Whether an example is valid is the shared schema's call (`engine.chat_format`, as upload
+    validation and training decide it); the categories say why, in the cookbook's terms where
+    they apply.
     """
+    if not chat_format.validate_example(example):
+        return []
     if not isinstance(example, dict):
         return ["data_type"]
     messages = example.get("messages")
@@ -819,11 +855,19 @@ def chat_errors(example: Any) -> list[str]:
             found.append("unrecognized_role")
         content = message.get("content")
         makes_call = message.get("function_call") or message.get("tool_calls")
-        if not makes_call and (not content or not isinstance(content, str)):
+        if not makes_call and not isinstance(content, str | list):
             found.append("missing_content")
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+    replies = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not replies:
         found.append("example_missing_assistant_message")
-    return list(dict.fromkeys(found))
+    elif all(m.get("weight", 1) == 0 for m in replies):
+        found.append("nothing_to_learn")
+    return list(dict.fromkeys(found)) or ["format_error"]
+
+
+def _first_problem(example: Any) -> str:
+    errors = chat_format.validate_example(example)
+    return errors[0].message if errors else ""
 
 
 def _analyze_chat(rows: list[Any]) -> Analysis:
@@ -848,12 +892,16 @@ def _analyze_chat(rows: list[Any]) -> Analysis:
             invalid.append(i)
     for key, positions in by_error.items():
         if positions:
+            detail = ""
+            if key == "format_error":
+                shown = [f"row {i}: {_first_problem(rows[i])}" for i in positions[:3]]
+                detail = "\n" + "\n".join(shown) + ("\n..." if len(positions) > 3 else "")
             state.add(
                 Finding(
                     f"chat_{key}",
-                    "error",
+                    "warning" if key in CHAT_WARNINGS else "error",
                     f"{len(positions)} examples have `{key}` errors: {CHAT_ERRORS[key]}. These "
-                    f"are rows: {positions}",
+                    f"are rows: {positions}{detail}",
                     rows=tuple(positions),
                 )
             )
@@ -890,7 +938,11 @@ def _analyze_chat(rows: list[Any]) -> Analysis:
                 )
             )
 
-    duplicates = duplicate_positions(state.rows, ("messages",))
+    tool_use = _tool_use(state.rows)
+    if tool_use:
+        state.add(Finding("chat_tools", "info", tool_use))
+
+    duplicates = duplicate_positions(state.rows, CHAT_KEYS)
     if duplicates:
         state.add(
             Finding(
@@ -906,6 +958,138 @@ def _analyze_chat(rows: list[Any]) -> Analysis:
     )
 
 
+PREFERENCE_KEYS = chat_format.PREFERENCE_KEYS
+
+
+def identical_positions(rows: Sequence[Row]) -> list[int]:
+    """Valid pairs whose two outputs say the same thing: DPO learns nothing from them."""
+    found = []
+    for i, row in enumerate(rows):
+        preferred, other = chat_format.normalise_preference(row).output_texts()
+        if preferred == other:
+            found.append(i)
+    return found
+
+
+def _preference_lengths(rows: Sequence[Row]) -> str:
+    """Mean characters of the inputs and of each output (the validator counts tokens)."""
+
+    def chars(messages: Any) -> int:
+        return sum(len(chat_format.content_text(m.get("content"))) for m in messages)
+
+    n = len(rows) or 1
+    given = sum(chars(r["input"]["messages"]) for r in rows) / n
+    preferred = sum(chars(r["preferred_output"]) for r in rows) / n
+    other = sum(chars(r["non_preferred_output"]) for r in rows) / n
+    note = ""
+    if preferred and other and max(preferred, other) > 2 * min(preferred, other):
+        note = (
+            ". One output is much longer than the other on average: DPO sums log-probabilities "
+            "over the output's tokens, so it can learn length rather than quality"
+        )
+    return (
+        f"Mean length in characters: input {given:.0f}, preferred output {preferred:.0f}, "
+        f"non-preferred output {other:.0f}{note}"
+    )
+
+
+def _analyze_preference(rows: list[Any]) -> Analysis:
+    """Preference pairs (DPO): format errors (the shared schema's), duplicates, pairs whose
+    outputs are identical, and lengths."""
+    n = len(rows)
+    state = _State(rows=list(rows), columns=[], origins=list(range(n)))
+    advice = (
+        ""
+        if n >= MIN_CHAT_EXAMPLES
+        else f". At least {MIN_CHAT_EXAMPLES} pairs are required to fine-tune with DPO"
+    )
+    state.add(
+        Finding(
+            "num_examples",
+            "info" if not advice else "warning",
+            f"Your file contains {n} preference pairs{advice}",
+        )
+    )
+    invalid = [i for i, row in enumerate(rows) if chat_format.validate_preference(row)]
+    if invalid:
+        shown = [
+            f"row {i}: {chat_format.validate_preference(rows[i])[0].message}" for i in invalid[:3]
+        ]
+        state.add(
+            Finding(
+                "preference_invalid_examples",
+                "warning",
+                f"{len(invalid)} pairs have format errors and can't be used for fine-tuning. "
+                f"These are rows: {invalid}\n" + "\n".join(shown),
+                Remediation(
+                    REMOVE_INVALID_EXAMPLES, True, f"Remove {len(invalid)} pairs with format errors"
+                ),
+                rows=tuple(invalid),
+            )
+        )
+        state.keep(lambda row: not chat_format.validate_preference(row))
+    identical = identical_positions(state.rows)
+    if identical:
+        state.add(
+            Finding(
+                "identical_outputs",
+                "warning",
+                f"{len(identical)} pairs have the same preferred and non-preferred output: DPO "
+                f"learns nothing from them. These are rows: {identical}",
+                Remediation(
+                    REMOVE_IDENTICAL_PAIRS, False, f"Remove {len(identical)} identical pairs"
+                ),
+                rows=tuple(identical),
+            )
+        )
+    duplicates = duplicate_positions(state.rows, PREFERENCE_KEYS)
+    if duplicates:
+        state.add(
+            Finding(
+                "duplicates",
+                "warning",
+                f"There are {len(duplicates)} duplicated pairs. These are rows: {duplicates}",
+                Remediation(REMOVE_DUPLICATES, False, f"Remove {len(duplicates)} duplicate rows"),
+                rows=tuple(duplicates),
+            )
+        )
+    if state.rows:
+        state.add(Finding("preference_lengths", "info", _preference_lengths(state.rows)))
+    return Analysis(
+        format=PREFERENCE,
+        examples=n,
+        findings=state.findings,
+        rows=state.rows,
+        task_type=PREFERENCE,
+    )
+
+
+def _tool_use(rows: Sequence[Row]) -> str | None:
+    """A summary of tool definitions, calls and untrained turns in valid chat examples."""
+    with_tools = calls = replies = untrained = 0
+    for row in rows:
+        conversation = chat_format.normalise_example(row)
+        with_tools += bool(conversation.tools)
+        calls += sum(len(m.get("tool_calls", ())) for m in conversation.messages)
+        replies += sum(flag is not None for flag in conversation.trained)
+        untrained += sum(flag is False for flag in conversation.trained)
+    if not (with_tools or calls or untrained):
+        return None
+    parts = []
+    if with_tools or calls:
+        parts.append(
+            f"{with_tools} examples define tools and {calls} assistant messages call them; tool "
+            "definitions and calls are trained through the model's chat template (see the user "
+            'guide, "Tools")'
+        )
+    if untrained:
+        parts.append(
+            f"{untrained} of {replies} assistant messages have weight 0: they are context, and "
+            "carry no loss"
+        )
+    return ". ".join(parts) + "."
+
+
 # --- applying remediations ----------------------------------------------------------------
 
 
@@ -913,8 +1097,13 @@ def apply_remediation(rows: list[Row], remediation: Remediation) -> tuple[list[R
     """Apply one recommended remediation; returns the new rows and a note to show, if any."""
     params = remediation.params
     rid = remediation.id
+    if rid == REMOVE_IDENTICAL_PAIRS:
+        drop = set(identical_positions(rows))
+        return [r for i, r in enumerate(rows) if i not in drop], None
     if rid == REMOVE_DUPLICATES:
-        keys = ("messages",) if rows and "messages" in rows[0] else FIELDS
+        keys: tuple[str, ...] = CHAT_KEYS if rows and "messages" in rows[0] else FIELDS
+        if rows and is_preference(rows):
+            keys = PREFERENCE_KEYS
         drop = set(duplicate_positions(rows, keys))
         return [r for i, r in enumerate(rows) if i not in drop], None
     if rid == REMOVE_LONG_EXAMPLES:
@@ -985,8 +1174,8 @@ def apply(
 
 def finish(rows: list[Row], analysis: Analysis, *, changed: bool, split: bool) -> Outputs:
     """The outputs for the final rows: split them if asked and they are classification data."""
-    if analysis.format == CHAT:
-        return Outputs(rows, None, None, changed, CHAT, "", "", None)
+    if analysis.format in (CHAT, PREFERENCE):
+        return Outputs(rows, None, None, changed, analysis.format, "", "", None)
     rows = [{f: r[f] for f in FIELDS} for r in rows]
     task_type = infer_task_type(rows)
     outputs = Outputs(
@@ -1120,6 +1309,38 @@ def rows_to_prompt_completion(
         for row in rows
         if isinstance(row, dict)
     ]
+
+
+def rows_to_preference(
+    rows: Sequence[Any],
+    *,
+    system: str | None,
+    system_text: str,
+    prompt: str,
+    chosen: str,
+    rejected: str,
+) -> list[Row]:
+    """Table rows → preference pairs (DPO): an optional system message and the prompt as the
+    input, the chosen and rejected cells as the preferred and non-preferred outputs."""
+    pairs = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        messages = []
+        system_content = cell_text(row.get(system)) if system else system_text
+        if system_content:
+            messages.append({"role": "system", "content": system_content})
+        messages.append({"role": "user", "content": cell_text(row.get(prompt))})
+        pairs.append(
+            {
+                "input": {"messages": messages},
+                "preferred_output": [{"role": "assistant", "content": cell_text(row.get(chosen))}],
+                "non_preferred_output": [
+                    {"role": "assistant", "content": cell_text(row.get(rejected))}
+                ],
+            }
+        )
+    return pairs
 
 
 def rows_to_chat(

@@ -9,10 +9,15 @@ has to compute them on request.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
 
+from common.redact import redact
+from common.transient import Renewer
 from datasets import prepare, readers
 from datasets.models import File
 from datasets.tokens import TokenCounter
@@ -57,16 +62,85 @@ def file_validate(*, file_id: int) -> None:
 
     Only a file still `uploaded` is validated, and the result is written with an UPDATE guarded
     on that status, so a duplicate or redelivered message either finds nothing to do or writes
-    nothing. There is deliberately no intermediate "validating" state: a worker killed mid-file
-    leaves the row `uploaded`, and the broker's redelivery validates it again.
+    nothing. The status stays `uploaded` while it runs (OpenAI's vocabulary); a lease, renewed
+    while it runs, tells the sweeper (`files_sweep_validations`) whether a worker is still on
+    it. A worker killed mid-file leaves the lease to expire, and the file is validated again,
+    at most TUNERY_WORK_MAX_TRIES times: a file that keeps killing its worker ends in `error`.
     """
-    file = File.objects.filter(pk=file_id, status=File.Status.UPLOADED).first()
+    file = _claim(file_id)
     if file is None:
         logger.info("File %s is not waiting for validation; skipping", file_id)
         return
     if file.purpose != File.Purpose.FINE_TUNE:
         _finish(file_id, status=File.Status.PROCESSED, details=None, report=None)
         return
+    if file.validation_attempts > settings.TUNERY_WORK_MAX_TRIES:
+        _give_up(file_id, file.validation_attempts - 1)
+        return
+    with Renewer(lambda: _renew(file_id), settings.TUNERY_LEASE_SECONDS / 3, f"validate-{file_id}"):
+        _validate(file)
+
+
+def _lease_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.TUNERY_LEASE_SECONDS)
+
+
+def _claim(file_id: int) -> File | None:
+    """Count one more try and take the lease; None if the file no longer waits for this."""
+    claimed = File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
+        validation_attempts=F("validation_attempts") + 1, validation_lease_until=_lease_until()
+    )
+    return File.objects.filter(pk=file_id).first() if claimed else None
+
+
+def _renew(file_id: int) -> bool:
+    return bool(
+        File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
+            validation_lease_until=_lease_until()
+        )
+    )
+
+
+def _give_up(file_id: int, tries: int) -> None:
+    _finish(
+        file_id,
+        status=File.Status.ERROR,
+        details=f"Validation did not finish after {tries} tries: the worker validating it was "
+        "lost each time (it may have run out of memory). Check the default-queue workers' "
+        "logs, then upload the file again.",
+        report=None,
+    )
+
+
+def files_sweep_validations() -> list[int]:
+    """Beat task: files whose validation lease expired (their worker died) or that were never
+    picked up. Returns the ids to validate again; a file out of tries fails instead."""
+    now = timezone.now()
+    waiting = File.objects.filter(status=File.Status.UPLOADED)
+    expired = waiting.filter(validation_lease_until__lt=now)
+    # Never picked up (the message was lost, e.g. the broker was down at upload time).
+    forgotten = waiting.filter(
+        validation_lease_until=None,
+        created_at__lt=now - timedelta(seconds=settings.TUNERY_LEASE_SECONDS),
+    )
+    again: list[int] = []
+    for file in (expired | forgotten).only("pk", "validation_attempts", "validation_lease_until"):
+        if file.validation_attempts >= settings.TUNERY_WORK_MAX_TRIES:
+            _give_up(file.pk, file.validation_attempts)
+            continue
+        # Reserve it for one lease period, so the next sweeps don't send it again meanwhile.
+        if File.objects.filter(
+            pk=file.pk,
+            status=File.Status.UPLOADED,
+            validation_lease_until=file.validation_lease_until,
+        ).update(validation_lease_until=_lease_until()):
+            logger.warning("File %s: validation lost its worker; sending it again", file.pk)
+            again.append(file.pk)
+    return again
+
+
+def _validate(file: File) -> None:
+    file_id = file.pk
     counter = _counter_or_none()
     try:
         with file.blob.open("rb") as stream:
@@ -136,7 +210,8 @@ def findings_of(file: File) -> dict[str, Any]:
         return load_analysis(file).to_json()
     except (readers.ReadError, OSError) as exc:
         logger.warning("Could not analyse %s: %s", file.public_id, exc)
-        return {"unavailable": f"Could not analyse this file: {getattr(exc, 'message', exc)}"}
+        reason = redact(str(getattr(exc, "message", exc)))
+        return {"unavailable": f"Could not analyse this file: {reason}"}
     except Exception:
         # A bug in the analysis must not fail the validation task or, later, the page.
         logger.exception("Analysing %s failed", file.public_id)

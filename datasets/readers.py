@@ -22,13 +22,17 @@ import codecs
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
+
+from common.safejson import MAX_DEPTH, JsonProblem, nul_path, surrogate_path, too_deep
+from datasets.validation import duplicate_key
 
 EXTENSIONS = (".csv", ".tsv", ".xlsx", ".txt", ".json", ".jsonl")
 FIELDS = ("prompt", "completion")
@@ -75,6 +79,9 @@ class ReadResult:
     # JSONL read leniently: the 1-based line of each row, and the lines left out (line, why).
     line_numbers: list[int] | None = None
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    # Tables: whether the first row was read as column names, and whether it looks like data.
+    header: bool = True
+    header_looks_like_data: bool = False
 
 
 def extension_error(filename: str) -> str:
@@ -107,7 +114,9 @@ def kind_of(filename: str) -> str | None:
     return None
 
 
-def read_path(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> ReadResult:
+def read_path(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, header: bool = True
+) -> ReadResult:
     """Read a local file; `path` is also the name used in messages (as the CLI echoes it)."""
     name = os.fspath(path)
     if not os.path.isfile(name):
@@ -115,15 +124,23 @@ def read_path(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) 
     if kind_of(name) is None:
         raise ReadError(extension_error(name))
     with open(name, "rb") as fh:
-        return read_any(fh, name, limits=limits)
+        return read_any(fh, name, limits=limits, header=header)
 
 
 def read_any(
-    fh: BinaryIO, filename: str, *, limits: Limits = DEFAULT_LIMITS, head: int | None = None
+    fh: IO[bytes],
+    filename: str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    head: int | None = None,
+    header: bool = True,
 ) -> ReadResult:
     """Read an open binary file whose format is given by `filename`'s extension.
 
     With `head`, stop after that many rows (a preview): the row limits then don't apply.
+    `header=False` reads the first row of a table (CSV, TSV, XLSX) as data, naming the columns
+    `column 1`, `column 2`, ...; with the default, a first row that looks like data is said so
+    in the message (`ReadResult.header_looks_like_data`).
     """
     kind = kind_of(filename)
     if kind is None:
@@ -135,9 +152,9 @@ def read_any(
         )
     try:
         if kind in ("CSV", "TSV"):
-            return _read_delimited(fh, filename, kind, limits, head)
+            return _read_delimited(fh, filename, kind, limits, head, header)
         if kind == "XLSX":
-            return _read_xlsx(fh, filename, limits, head)
+            return _read_xlsx(fh, filename, limits, head, header)
         if kind == "TXT":
             return _head(_read_txt(fh, filename, limits), head)
         if kind == "JSONL":
@@ -164,7 +181,7 @@ def _size_of(fh: IO[bytes]) -> int | None:
     return size
 
 
-def _text(fh: BinaryIO) -> io.TextIOWrapper:
+def _text(fh: IO[bytes]) -> io.TextIOWrapper:
     # utf-8-sig drops a BOM, as pandas does; newline="" leaves line endings to the csv module.
     return io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
 
@@ -206,6 +223,64 @@ def _header(cells: Sequence[Any]) -> list[str]:
     return mangle_duplicates(names)
 
 
+def _columns_without_header(width: int) -> list[str]:
+    return [f"column {i + 1}" for i in range(width)]
+
+
+def looks_like_data(cells: Sequence[Any]) -> bool:
+    """Whether a first row reads as an example rather than as column names: a number, a long
+    text or a sentence in it. (Headers are short labels: prompt, question, label...)"""
+    texts = [cell_text(cell).strip() for cell in cells]
+    return any(
+        _NUMBER.fullmatch(text) or len(text) > 40 or len(text.split()) >= 5
+        for text in texts
+        if text
+    )
+
+
+HEADER_HINT = (
+    "\n- The first row ({cells}) looks like data rather than column names. If the file has no "
+    'header row, choose "First row is data" (`--no-header` for `manage.py prepare_data`) so '
+    "that it is kept as an example."
+)
+
+
+def _header_hint(cells: Sequence[Any]) -> str:
+    shown = ", ".join(f"`{cell_text(c)[:30]}`" for c in list(cells)[:3])
+    return HEADER_HINT.format(cells=shown)
+
+
+DELIMITERS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars"}
+
+
+def _sniff_delimiter(fh: IO[bytes], kind: str) -> tuple[str, str]:
+    """The delimiter of a CSV/TSV, and a note if it isn't the one its extension says.
+
+    A TSV saved as `.csv` (or the reverse) would otherwise read as one column holding whole
+    lines. Only the first line is looked at, and only when it holds none of the expected
+    delimiter: a real CSV with commas is never second-guessed.
+    """
+    expected = "," if kind == "CSV" else "\t"
+    try:
+        position = fh.tell()
+        sample = fh.read(64 * 1024)
+        fh.seek(position)
+    except (OSError, AttributeError, ValueError):
+        return expected, ""
+    first = sample.decode("utf-8", errors="ignore").lstrip("\ufeff").split("\n", 1)[0]
+    unquoted = re.sub(r'"[^"]*"', "", first)
+    if expected in unquoted:
+        return expected, ""
+    counts = {d: unquoted.count(d) for d in DELIMITERS if d != expected}
+    found = max(counts, key=lambda d: counts[d])
+    if not counts[found]:
+        return expected, ""
+    return found, (
+        f"\n- Your file is named .{kind.lower()} but its columns are separated by "
+        f"{DELIMITERS[found]}, not {DELIMITERS[expected]}: it was read that way."
+    )
+
+
 def _check_table(rows: int, columns: int, limits: Limits, filename: str) -> None:
     if rows > limits.max_rows:
         raise ReadError(
@@ -224,21 +299,30 @@ def _check_table(rows: int, columns: int, limits: Limits, filename: str) -> None
 
 
 def _read_delimited(
-    fh: BinaryIO, filename: str, kind: str, limits: Limits, head: int | None
+    fh: IO[bytes], filename: str, kind: str, limits: Limits, head: int | None, has_header: bool
 ) -> ReadResult:
-    separator = "," if kind == "CSV" else "\t"
+    separator, note = _sniff_delimiter(fh, kind)
     # The csv module's limit is process-wide; every reader sets the same bound.
     csv.field_size_limit(limits.max_cell_chars)
     text = _text(fh)
+    suspect = False
     try:
         reader = csv.reader(text, delimiter=separator)
         try:
-            header = _header(next(reader))
+            first = next(reader)
         except StopIteration:
             raise invalid_format(filename, "the file is empty") from None
+        if has_header:
+            header = _header(first)
+            suspect = looks_like_data(first)
+            note += _header_hint(first) if suspect else ""
+        else:
+            header = _columns_without_header(len(first))
         width = len(header)
         _check_table(0, width, limits, filename)
         rows: list[dict[str, str]] = []
+        if not has_header:
+            rows.append(dict(zip(header, first, strict=True)))
         for cells in reader:
             if not cells:  # pandas skips blank lines
                 continue
@@ -261,12 +345,14 @@ def _read_delimited(
         kind=kind,
         rows=rows,
         columns=header,
-        message=f"Based on your file extension, your file is formatted as a {kind} file",
+        message=f"Based on your file extension, your file is formatted as a {kind} file" + note,
         conversion=f"Your format `{kind}` will be converted to `JSONL`",
+        header=has_header,
+        header_looks_like_data=suspect,
     )
 
 
-def check_xlsx_zip(fh: BinaryIO, filename: str, limits: Limits = DEFAULT_LIMITS) -> None:
+def check_xlsx_zip(fh: IO[bytes], filename: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """Refuse a zip bomb on the archive's declared sizes, before anything is decompressed.
 
     zipfile never inflates a member past its declared size, so a lying header can't get round
@@ -300,10 +386,12 @@ def check_xlsx_zip(fh: BinaryIO, filename: str, limits: Limits = DEFAULT_LIMITS)
             )
 
 
-def _read_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -> ReadResult:
+def _read_xlsx(
+    fh: IO[bytes], filename: str, limits: Limits, head: int | None, has_header: bool = True
+) -> ReadResult:
     check_xlsx_zip(fh, filename, limits)
     try:
-        return _parse_xlsx(fh, filename, limits, head)
+        return _parse_xlsx(fh, filename, limits, head, has_header)
     except ReadError:
         raise
     except Exception as exc:
@@ -312,11 +400,63 @@ def _read_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) ->
         raise invalid_format(filename, str(exc) or type(exc).__name__) from None
 
 
-def _parse_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -> ReadResult:
+class _Formulas:
+    """Formula cells, read from a second pass over the sheet with formulas kept.
+
+    `data_only` gives a formula cell's saved result, or None when the file has none (written by
+    a library that doesn't calculate): that None would silently become an empty completion.
+    """
+
+    def __init__(self, rows: Iterator[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.number = 0
+        self.missing: list[str] = []
+        self.missing_count = 0
+        self.cached = 0
+
+    def check(self, values: Sequence[Any]) -> None:
+        from openpyxl.utils import get_column_letter
+
+        self.number += 1
+        formulas = next(self.rows, ())
+        for column, (value, formula) in enumerate(zip(values, formulas, strict=False), start=1):
+            if not (isinstance(formula, str) and formula.startswith("=")) or formula == value:
+                continue
+            if value is None:
+                self.missing_count += 1
+                if len(self.missing) < 10:
+                    self.missing.append(f"{get_column_letter(column)}{self.number}")
+            else:
+                self.cached += 1
+
+    def verdict(self, filename: str) -> str:
+        """A note on formulas whose saved results were used; ReadError if some have none."""
+        if self.missing:
+            more = self.missing_count - len(self.missing)
+            cells = ", ".join(self.missing) + (f" and {more:,} more" if more > 0 else "")
+            raise ReadError(
+                f"Your file `{filename}` has formulas with no saved result in cells {cells}: "
+                "the program that wrote it didn't calculate them, so there is no text to train "
+                "on. Open the file in Excel or LibreOffice and save it (which stores the "
+                "results), or replace the formulas with their values."
+            )
+        if self.cached:
+            return (
+                f"\n- {self.cached:,} cell{'s' if self.cached != 1 else ''} hold formulas: "
+                "their saved results were used."
+            )
+        return ""
+
+
+def _parse_xlsx(
+    fh: IO[bytes], filename: str, limits: Limits, head: int | None, has_header: bool
+) -> ReadResult:
     import openpyxl
 
     # data_only: cached values, never formulas; read_only: rows are streamed.
     workbook = openpyxl.load_workbook(fh, read_only=True, data_only=True, keep_links=False)
+    with_formulas = openpyxl.load_workbook(fh, read_only=True, data_only=False, keep_links=False)
+    suspect = False
     try:
         message = "Based on your file extension, your file is formatted as an Excel file"
         if len(workbook.sheetnames) > 1:
@@ -326,6 +466,7 @@ def _parse_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -
                 "first sheet..."
             )
         sheet = workbook.worksheets[0]
+        formulas = _Formulas(with_formulas.worksheets[0].iter_rows(values_only=True))
         # The declared dimensions can lie, so they are checked here and counted again below.
         declared_rows, declared_columns = sheet.max_row or 0, sheet.max_column or 0
         _check_table(max(declared_rows - 1, 0), declared_columns, limits, filename)
@@ -333,12 +474,22 @@ def _parse_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -
         header_cells = next(values, None)
         if header_cells is None:
             raise invalid_format(filename, "the first sheet is empty")
-        header = _header(_trim(header_cells))
+        formulas.check(header_cells)
+        first = _trim(header_cells[: limits.max_columns + 1])
+        if has_header:
+            header = _header(first)
+            suspect = looks_like_data(first)
+            message += _header_hint(first) if suspect else ""
+        else:
+            header = _columns_without_header(len(first))
         width = len(header)
         _check_table(0, width, limits, filename)
         rows: list[dict[str, str]] = []
         pending_blank: list[dict[str, str]] = []
-        for cells in values:
+        data = values if has_header else itertools.chain([header_cells], values)
+        for index, cells in enumerate(data):
+            if has_header or index:
+                formulas.check(cells)
             texts = [cell_text(value) for value in cells[: limits.max_columns + 1]]
             used = len(_trim(texts))
             if used > width:
@@ -359,8 +510,10 @@ def _parse_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -
                 pending_blank.append(row)
             if len(rows) + len(pending_blank) > limits.max_rows:
                 _check_table(len(rows) + len(pending_blank), width, limits, filename)
+        message += formulas.verdict(filename)
     finally:
         workbook.close()
+        with_formulas.close()
     _check_table(len(rows), width, limits, filename)
     for row in rows:  # rows read before the header grew
         for name in header[len(row) :]:
@@ -371,6 +524,8 @@ def _parse_xlsx(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -
         columns=header,
         message=message,
         conversion="Your format `XLSX` will be converted to `JSONL`",
+        header=has_header,
+        header_looks_like_data=suspect,
     )
 
 
@@ -396,7 +551,7 @@ def cell_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _read_txt(fh: BinaryIO, filename: str, limits: Limits) -> ReadResult:
+def _read_txt(fh: IO[bytes], filename: str, limits: Limits) -> ReadResult:
     text = _read_text(fh, filename, limits.max_bytes)
     # Universal newlines, as the legacy open(); every line is a completion with no prompt.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -410,15 +565,44 @@ def _read_txt(fh: BinaryIO, filename: str, limits: Limits) -> ReadResult:
     )
 
 
-def _read_text(fh: BinaryIO, filename: str, limit: int) -> str:
+def _read_text(fh: IO[bytes], filename: str, limit: int) -> str:
     data = fh.read(limit + 1)
     if len(data) > limit:
         raise ReadError(f"Your file `{filename}` is larger than {limit:,} bytes.")
     return codecs.decode(data, "utf-8-sig")
 
 
+# A JSON escape of a UTF-16 surrogate: only text holding one can decode to a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def loads(raw: bytes | str) -> Any:
+    """`json.loads` (the legacy tool's reading: NaN, big integers) within common.safejson's
+    limits: nesting past MAX_DEPTH and lone surrogates raise JsonProblem (a ValueError), never
+    a RecursionError here or a UnicodeEncodeError wherever the value is shown or written."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise JsonProblem(f"nested more than {MAX_DEPTH} levels deep") from None
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    # Cheap byte scans first: the walks below only run for rows that could fail them.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and too_deep(value):
+        raise JsonProblem(f"nested more than {MAX_DEPTH} levels deep")
+    if _SURROGATE_ESCAPE.search(data):
+        path = surrogate_path(value)
+        if path is not None:
+            where = f" in `{path}`" if path else ""
+            raise JsonProblem(f"holds a lone UTF-16 surrogate escape{where}, which is not text")
+    if b"\\u0000" in data:
+        path = nul_path(value)
+        if path is not None:
+            where = f" in `{path}`" if path else ""
+            raise JsonProblem(f"holds a NUL character (\\u0000){where}")
+    return value
+
+
 def iter_jsonl(
-    fh: BinaryIO, *, max_line_bytes: int = DEFAULT_LIMITS.max_cell_chars
+    fh: IO[bytes], *, max_line_bytes: int = DEFAULT_LIMITS.max_cell_chars
 ) -> Iterator[tuple[int, Any | Exception]]:
     """(line number, parsed value or the exception) for every non-blank line, streaming."""
     for number, raw in enumerate(_lines(fh, max_line_bytes), start=1):
@@ -430,12 +614,19 @@ def iter_jsonl(
         if not raw.strip():
             continue
         try:
-            yield number, json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            value = loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, JsonProblem) as exc:
             yield number, exc
+            continue
+        key = duplicate_key(raw, value)
+        if key is not None:
+            # json.loads kept the last of the two silently; the user should say which they mean.
+            yield number, ReadError(f"the key {json.dumps(key)} appears twice in one object")
+            continue
+        yield number, value
 
 
-def _lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[bytes | Exception]:
+def _lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[bytes | Exception]:
     while True:
         line = fh.readline(max_line_bytes + 1)
         if not line:
@@ -449,7 +640,7 @@ def _lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[bytes | Exception]:
         yield line
 
 
-def _read_jsonl(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -> ReadResult:
+def _read_jsonl(fh: IO[bytes], filename: str, limits: Limits, head: int | None) -> ReadResult:
     rows = _strict_jsonl(fh, filename, limits, head)
     if len(rows) == 1 and isinstance(rows[0], list):
         # One line holding an array: JSON in disguise (the legacy message).
@@ -466,7 +657,7 @@ def _read_jsonl(fh: BinaryIO, filename: str, limits: Limits, head: int | None) -
 
 
 def _strict_jsonl(
-    fh: BinaryIO, filename: str, limits: Limits, head: int | None = None
+    fh: IO[bytes], filename: str, limits: Limits, head: int | None = None
 ) -> list[Any]:
     rows: list[Any] = []
     for number, value in iter_jsonl(fh, max_line_bytes=limits.max_cell_chars):
@@ -481,7 +672,7 @@ def _strict_jsonl(
     return rows
 
 
-def read_jsonl_lenient(fh: BinaryIO, *, limits: Limits = DEFAULT_LIMITS) -> ReadResult:
+def read_jsonl_lenient(fh: IO[bytes], *, limits: Limits = DEFAULT_LIMITS) -> ReadResult:
     """Read stored JSONL, keeping line numbers and leaving out (and listing) unreadable lines.
 
     The dataset page analyses files that failed validation too: "Apply fixes" can then write a
@@ -509,10 +700,12 @@ def _check_rows(rows: list[Any], filename: str, limits: Limits) -> list[Any]:
     return rows
 
 
-def _read_json(fh: BinaryIO, filename: str, limits: Limits) -> ReadResult:
+def _read_json(fh: IO[bytes], filename: str, limits: Limits) -> ReadResult:
     text = _read_text(fh, filename, limits.max_json_bytes)
     try:
-        document = json.loads(text)
+        document = loads(text)
+    except JsonProblem as problem:
+        raise invalid_format(filename, problem.message) from None
     except json.JSONDecodeError as whole_error:
         # Maybe JSONL saved as .json (the legacy tool tried lines first).
         try:

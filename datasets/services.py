@@ -18,12 +18,13 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.base import File as DjangoFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import Storage, default_storage
 from django.db import transaction
 from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from accounts.models import Organization
+from common.redact import redact
 from config.api import ApiError
 from datasets import prepare, processing, readers, tasks
 from datasets.models import File, blob_path
@@ -33,6 +34,9 @@ from jobs.models import FineTuneJob
 logger = logging.getLogger(__name__)
 
 PURPOSES = (File.Purpose.FINE_TUNE.value, File.Purpose.FINE_TUNE_RESULTS.value)
+# What a client may upload. Results files are written by the runner only: an uploaded one would
+# be stored unvalidated as "processed" (a PNG once was) and passed off as a job's results.
+UPLOAD_PURPOSES = (File.Purpose.FINE_TUNE.value,)
 MAX_FILENAME_CHARS = 255
 # Formats people try to fine-tune on directly. The pages (and `manage.py prepare_data`) convert
 # them; the API wants the JSONL, as OpenAI's does.
@@ -74,20 +78,20 @@ def clean_filename(raw: str) -> str:
     return name
 
 
-def _as_file(content: DjangoFile | bytes) -> DjangoFile:
+def _as_file(content: DjangoFile[bytes] | bytes) -> DjangoFile[bytes]:
     if isinstance(content, bytes | bytearray):
         return ContentFile(bytes(content))
     return content
 
 
-def _head(content: DjangoFile) -> bytes:
+def _head(content: DjangoFile[bytes]) -> bytes:
     content.seek(0)
     head = content.read(8)
     content.seek(0)
     return bytes(head)
 
 
-def _check_training_upload(name: str, content: DjangoFile) -> None:
+def _check_training_upload(name: str, content: DjangoFile[bytes]) -> None:
     """Refuse, before storing anything, training files that can't be JSONL at all."""
     ext = posixpath.splitext(name)[1].lower()
     if ext in SPREADSHEET_EXTENSIONS:
@@ -109,13 +113,41 @@ def _check_training_upload(name: str, content: DjangoFile) -> None:
             )
 
 
+def file_upload(
+    *,
+    organization: Organization,
+    uploaded_by: User | None,
+    filename: str,
+    purpose: str,
+    content: DjangoFile[bytes] | bytes,
+) -> File:
+    """A client's upload (the Files API): `file_create` for the purposes a user may upload."""
+    if purpose not in UPLOAD_PURPOSES:
+        written = purpose in PURPOSES
+        raise ApiError(
+            f"'{purpose[:100]}' is not a supported purpose for uploads"
+            + (" (Tunery writes those files itself)" if written else "")
+            + ". Upload training data with purpose "
+            + " or ".join(f"'{p}'" for p in UPLOAD_PURPOSES)
+            + ".",
+            param="purpose",
+        )
+    return file_create(
+        organization=organization,
+        uploaded_by=uploaded_by,
+        filename=filename,
+        purpose=purpose,
+        content=content,
+    )
+
+
 def file_create(
     *,
     organization: Organization,
     uploaded_by: User | None,
     filename: str,
     purpose: str,
-    content: DjangoFile | bytes,
+    content: DjangoFile[bytes] | bytes,
     derived_from: File | None = None,
 ) -> File:
     """Store an upload and create its File; training files are then validated by a worker.
@@ -165,7 +197,7 @@ def file_create(
                 transaction.on_commit(partial(tasks.validate_file.delay, file.pk))
     except BaseException:
         # Also covers a blob the storage began writing and never finished.
-        for stored in {file.blob.name, blob_name} - {None, ""}:
+        for stored in {name for name in (file.blob.name, blob_name) if name}:
             if storage.exists(stored):
                 storage.delete(stored)
         raise
@@ -212,6 +244,18 @@ def file_delete(*, file: File) -> None:
     # Only once the row is surely gone (or marked): a rolled-back delete must not lose data.
     if blob_name:
         transaction.on_commit(partial(_delete_blob, storage, blob_name))
+    # And the workers' local copy: no job may use the file any more (jobs.retention sweeps a
+    # copy on another host's disk).
+    transaction.on_commit(partial(_delete_cached_copy, file.public_id))
+
+
+def _delete_cached_copy(public_id: str) -> None:
+    from jobs.paths import file_cache_path
+
+    try:
+        file_cache_path(public_id).unlink(missing_ok=True)
+    except OSError:
+        logger.exception("Could not delete the cached copy of %s", public_id)
 
 
 def _soft_delete(file: File) -> None:
@@ -228,9 +272,11 @@ def _soft_delete(file: File) -> None:
     file.status, file.deleted_at, file.blob.name = File.Status.DELETED, now, ""
 
 
-def _delete_blob(storage: object, name: str) -> None:
+def _delete_blob(storage: Storage, name: str | None) -> None:
+    if not name:
+        return
     try:
-        storage.delete(name)  # type: ignore[attr-defined]
+        storage.delete(name)
     except OSError:
         logger.exception("Could not delete blob %s; it is orphaned", name)
 
@@ -249,17 +295,22 @@ def file_open(*, file: File) -> IO[bytes]:
 
 
 def file_findings_ensure(*, file: File) -> dict[str, Any] | None:
-    """The file's prepare-data findings, as File.findings stores them.
+    """The file's prepare-data findings, as File.findings stores them; never computed here.
 
     The validation worker stores them right after validating (`processing.file_analyse`), so
-    this normally only reads. It computes them here for a file validated before the worker did
-    that, or in the moment between the two. None while there are none to have: the file is
-    still being validated, or isn't training data.
+    this normally only reads. For a file validated before the worker did that, it queues the
+    analysis on the default worker (up to 64 MiB of reading: no work for a web request) and
+    returns None; `file_analysis_pending` then says the page should poll. None also while there
+    are none to have: the file is still being validated, or isn't training data.
     """
     if not file.findings and _analysable(file):
-        processing.file_analyse(file_id=file.pk)
-        file.refresh_from_db(fields=["findings"])
-    return file.findings or None  # type: ignore[return-value]
+        transaction.on_commit(partial(tasks.analyse_file.delay, file.pk))
+    return file.findings or None
+
+
+def file_analysis_pending(*, file: File) -> bool:
+    """A validated training file whose findings the default worker has yet to store."""
+    return not file.findings and _analysable(file)
 
 
 def _analysable(file: File) -> bool:
@@ -301,9 +352,8 @@ def file_apply_fixes(*, file: File, accepted: Iterable[str], uploaded_by: User |
     try:
         analysis = processing.load_analysis(file)
     except (readers.ReadError, OSError) as exc:
-        raise ApiError(
-            f"Could not read the file: {getattr(exc, 'message', exc)}", param="id"
-        ) from None
+        reason = redact(str(getattr(exc, "message", exc)))
+        raise ApiError(f"Could not read the file: {reason}", param="id") from None
     wanted = set(accepted)
     offered = {r.id for r in analysis.recommended}
     if analysis.offers_split:
@@ -356,7 +406,7 @@ def file_apply_fixes(*, file: File, accepted: Iterable[str], uploaded_by: User |
 STAGING_DIR = "staging"
 
 
-def staging_save(*, organization: Organization, upload: DjangoFile) -> str:
+def staging_save(*, organization: Organization, upload: DjangoFile[bytes]) -> str:
     """Keep a table upload until its columns are mapped; returns its storage path.
 
     The blob goes through the default storage (shared by every web process, S3 in production)

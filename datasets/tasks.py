@@ -14,9 +14,21 @@ def validate_file(file_id: int) -> None:
     processing.file_validate(file_id=file_id)
 
 
+@shared_task(name="datasets.analyse_file")
+def analyse_file(file_id: int) -> None:
+    # The prepare-data findings of a file validated before the worker stored them (idempotent).
+    processing.file_analyse(file_id=file_id)
+
+
 @shared_task(name="datasets.sweep_staging")
 def sweep_staging() -> int:
     # Beat runs it (CELERY_BEAT_SCHEDULE); services imports this module, hence the late import.
     from datasets import services
 
     return services.staging_sweep(max_age_seconds=settings.TUNERY_STAGING_MAX_AGE_SECONDS)
+
+
+@shared_task(name="datasets.sweep_validations")
+def sweep_validations() -> None:
+    for file_id in processing.files_sweep_validations():
+        validate_file.delay(file_id)

@@ -54,6 +54,8 @@ from typing import Any
 import regex
 from django.conf import settings
 
+from engine import chat_format
+
 logger = logging.getLogger(__name__)
 
 # Used when neither the registry nor the model's config says how long a sequence may be.
@@ -72,7 +74,7 @@ CHUNK_CACHE_ENTRIES = 100_000
 # the others are stored without the space that precedes them. A non-printable, non-ASCII
 # character: no text that takes the chunk path can hold it.
 HEAD = "\uffff"
-CHAT_ROLES = ("system", "user", "assistant", "tool", "function")
+CHAT_ROLES = chat_format.ROLES
 # The Rust BPE model caches the merges of each word it has seen, 10,000 words by default, and
 # stops caching once full. Real datasets have more distinct words than that (every number is
 # one), so the default cache fills early and later text is merged from scratch. A bigger cache
@@ -148,6 +150,7 @@ class TokenCounter:
         name: str,
         context_length: int,
         chat_template: str | None = None,
+        special_tokens: dict[str, str] | None = None,
         threads: int = 2,
     ) -> None:
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer
@@ -187,7 +190,24 @@ class TokenCounter:
                 self._split = None
                 self._by_chunks = False
         self._chat_template = chat_template
+        self._special_tokens = special_tokens or {}
+        self._renderer: chat_format.JinjaRenderer | None | bool = False  # False: not built yet
         self._overheads: tuple[dict[str, int], int] | None = None
+
+    @property
+    def chat_renderer(self) -> chat_format.JinjaRenderer | None:
+        """The model's chat template, rendered as the trainer renders it (None: no template)."""
+        if self._renderer is False:
+            self._renderer = None
+            if self._chat_template:
+                try:
+                    self._renderer = chat_format.JinjaRenderer(
+                        self._chat_template, self._special_tokens
+                    )
+                except Exception:  # a template jinja2 can't compile: estimate instead
+                    logger.warning("Could not compile the chat template", exc_info=True)
+        assert self._renderer is not True
+        return self._renderer
 
     # Measured on first use: only chat data needs them, and rendering the template costs jinja2's
     # import (a few hundredths of a second) that a prompt/completion file shouldn't pay.
@@ -203,7 +223,7 @@ class TokenCounter:
 
     def _template_overheads(self) -> tuple[dict[str, int], int]:
         if self._overheads is None:
-            self._overheads = _template_overheads(self, self._chat_template)
+            self._overheads = _template_overheads(self, self.chat_renderer)
         return self._overheads
 
     def _check_characters(self, chars: set[str]) -> None:
@@ -479,7 +499,9 @@ def _special_tokens_pattern(tokenizer: Any) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(c) for c in reversed(contents)))
 
 
-def _template_overheads(counter: TokenCounter, template: str | None) -> tuple[dict[str, int], int]:
+def _template_overheads(
+    counter: TokenCounter, renderer: chat_format.JinjaRenderer | None
+) -> tuple[dict[str, int], int]:
     """Tokens a chat template adds per message (by role) and once per conversation.
 
     Measured by rendering probe conversations and subtracting the content tokens, so that row
@@ -488,22 +510,12 @@ def _template_overheads(counter: TokenCounter, template: str | None) -> tuple[di
     when the conversation doesn't start with one.
     """
     fallback = dict.fromkeys(CHAT_ROLES, FALLBACK_MESSAGE_OVERHEAD)
-    if not template:
+    if renderer is None:
         return fallback, 0
     try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message: str) -> None:
-            raise ValueError(message)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        compiled = env.from_string(template)
 
         def tokens(messages: list[dict[str, str]]) -> int:
-            text = compiled.render(
-                messages=messages, add_generation_prompt=False, raise_exception=raise_exception
-            )
-            return counter._encode_lengths([text])[0]
+            return counter._encode_lengths([renderer(messages, None, False)])[0]
 
         content = "x"
         content_tokens = counter._encode_lengths([content])[0]
@@ -574,8 +586,22 @@ def build_counter(model_dir: Path, *, name: str, threads: int = 2) -> TokenCount
         name=name,
         context_length=model_context_length(model_dir),
         chat_template=template,
+        special_tokens=special_tokens(model_dir),
         threads=threads,
     )
+
+
+def special_tokens(model_dir: Path) -> dict[str, str]:
+    """`bos_token`, `eos_token`… as chat templates see them (transformers passes these)."""
+    config = _read_json(model_dir / "tokenizer_config.json")
+    out = {}
+    for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token"):
+        value = config.get(key)
+        if isinstance(value, dict):  # the older AddedToken form
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    return out
 
 
 def default_model_dir() -> Path:

@@ -8,7 +8,10 @@ Python-bound (the default tokenizer's chunk path), else on the token counter's p
 while this one parses on (Rust releases the GIL).
 
 Every problem is reported with its 1-based line number; the first `max_errors` are kept and all
-are counted. One line gets at most one error: the first thing wrong with it.
+are counted. One line gets at most one error: the first thing wrong with it. Chat lines are
+checked by `engine.chat_format`, the schema the trainer also uses, and counted as the trainer
+renders them; a key written twice in one object is an error (`duplicate_key`), since every JSON
+reader here would keep the last one silently.
 
 The worker (`datasets.processing.file_validate`) runs this on uploaded files. Nothing here
 imports Django or the models, so a process that only validates starts in a fraction of the
@@ -34,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from common.safejson import MAX_DEPTH, nul_path, too_deep
+from engine import chat_format
+
 if TYPE_CHECKING:
     from datasets.tokens import TokenCounter
 
@@ -52,17 +58,16 @@ HISTOGRAM_BINS = 30
 SMALL_FILE_ROWS = 250_000
 
 PROMPT_COMPLETION_KEYS = frozenset({"prompt", "completion"})
-CHAT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
-MESSAGE_KEYS = frozenset(
-    {"role", "content", "name", "weight", "tool_calls", "function_call", "tool_call_id"}
-)
-ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 # File.Format's values (datasets.processing checks that they agree).
 PROMPT_COMPLETION = "prompt_completion"
 CHAT = "chat"
+PREFERENCE = "preference"  # DPO pairs: input, preferred_output, non_preferred_output
 
 BOM_UTF8 = b"\xef\xbb\xbf"
 BINARY_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
     b"PK\x03\x04": "a ZIP archive (an XLSX spreadsheet?)",
     b"\xd0\xcf\x11\xe0": "a legacy Office document (an XLS spreadsheet?)",
     b"\x1f\x8b": "a gzip archive",
@@ -70,18 +75,9 @@ BINARY_SIGNATURES = {
 }
 
 
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+json_type = chat_format.json_type
+# In a preference row's token layout: a piece of the non-preferred output.
+NON_PREFERRED = "non_preferred"
 
 
 class RowError(Exception):
@@ -136,11 +132,21 @@ def iter_lines(
         yield pending
 
 
+def _looks_like_utf16(head: bytes) -> bool:
+    """ASCII text in UTF-16 without a BOM: NULs at every odd (LE) or even (BE) offset and
+    text bytes between them. A run of NULs is binary, not UTF-16 (it would decode to U+0000s)."""
+    sample = head[:64] if len(head) % 2 == 0 else head[: min(len(head) - 1, 64)]
+    if len(sample) < 4:
+        return False
+    evens, odds = sample[0::2], sample[1::2]
+    little = not any(odds) and all(evens)
+    big = not any(evens) and all(odds)
+    return little or big
+
+
 def sniff(head: bytes) -> None:
     """Refuse, from the first bytes, files that are not UTF-8 text at all."""
-    # A BOM, or ASCII text with NUL bytes interleaved (UTF-16 without a BOM, LE or BE).
-    bom = head.startswith((b"\xff\xfe", b"\xfe\xff"))
-    if bom or (len(head) >= 4 and (head[1] == head[3] == 0 or head[0] == head[2] == 0)):
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_like_utf16(head):
         raise FatalFileError(
             "The file is UTF-16 encoded; JSONL must be UTF-8. Re-save it as UTF-8 and upload it "
             "again."
@@ -152,6 +158,13 @@ def sniff(head: bytes) -> None:
                 "per line. Convert spreadsheets on the upload page or with "
                 "`manage.py prepare_data`."
             )
+    # UTF-8 JSON never holds a NUL byte (JSON escapes control characters in strings).
+    nul = head.find(b"\0")
+    if nul != -1:
+        raise FatalFileError(
+            f"The file is binary, not text: it holds NUL bytes (the first at byte {nul + 1}). "
+            "Fine-tuning needs a UTF-8 JSONL file: one JSON object per line."
+        )
 
 
 # --- row checks --------------------------------------------------------------------------------
@@ -184,90 +197,71 @@ def check_prompt_completion(row: dict[str, Any]) -> tuple[str, str]:
     return prompt, completion
 
 
-def _content_text(message: dict[str, Any], index: int) -> str:
-    content = message.get("content")
-    param = f"messages[{index}].content"
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise RowError(
-                    "content parts must be text parts (`{type: text, text: ...}`)", param
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RowError("a text part's `text` must be a string", param)
-            texts.append(text)
-        return "".join(texts)
-    calls = message.get("tool_calls") or message.get("function_call")
-    if content is None and calls and message.get("role") == "assistant":
-        # A tool call: count its JSON, which is what the model learns to write.
-        return json.dumps(calls, ensure_ascii=False)
-    if "content" not in message:
-        raise RowError(f"`messages[{index}]` has no `content`", param)
-    raise RowError(f"`messages[{index}].content` must be a string, got {json_type(content)}", param)
+def check_chat(row: dict[str, Any]) -> chat_format.Conversation:
+    """The example as the trainer will see it, or RowError naming the first problem."""
+    if "messages" not in row and ("prompt" in row or "completion" in row):
+        raise RowError(
+            "is a prompt/completion example, but the file is chat data (`messages`)",
+            "prompt" if "prompt" in row else "completion",
+        )
+    try:
+        return chat_format.normalise_example(row)
+    except chat_format.ChatFormatError as exc:
+        raise RowError(exc.error.message, exc.error.param) from None
 
 
-def check_chat(row: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """(role, text, trained) per message; trained = an assistant turn with weight 1."""
-    if "messages" not in row:
-        if "prompt" in row or "completion" in row:
-            raise RowError(
-                "is a prompt/completion example, but the file is chat data (`messages`)",
-                "prompt" if "prompt" in row else "completion",
-            )
-        raise RowError("is missing the `messages` key", "messages")
-    extra = sorted(k for k in row if k not in CHAT_KEYS)
-    if extra:
-        raise RowError(f"has unknown key `{extra[0]}`", extra[0])
-    messages = row["messages"]
-    if not isinstance(messages, list):
-        raise RowError(f"`messages` must be an array, got {json_type(messages)}", "messages")
-    if not messages:
-        raise RowError("`messages` is empty", "messages")
-    out = []
-    has_assistant = False
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowError(
-                f"`messages[{i}]` must be an object, got {json_type(message)}", f"messages[{i}]"
-            )
-        unknown = sorted(k for k in message if k not in MESSAGE_KEYS)
-        if unknown:
-            raise RowError(f"`messages[{i}]` has unknown key `{unknown[0]}`", f"messages[{i}]")
-        role = message.get("role")
-        if role is None:
-            raise RowError(f"`messages[{i}]` has no `role`", f"messages[{i}].role")
-        if role not in ROLES:
-            raise RowError(
-                f"`messages[{i}]` has unknown role {json.dumps(role)}; use one of "
-                "system, user, assistant, tool, function",
-                f"messages[{i}].role",
-            )
-        text = _content_text(message, i)
-        trained = False
-        if role == "assistant":
-            has_assistant = True
-            weight = message.get("weight", 1)
-            if type(weight) is not int or weight not in (0, 1):
-                raise RowError(
-                    f"`messages[{i}].weight` must be 0 or 1, got {json.dumps(weight)}",
-                    f"messages[{i}].weight",
-                )
-            trained = weight == 1
-        elif "weight" in message:
-            raise RowError(
-                f"`messages[{i}]` has a `weight`, which only assistant messages may have",
-                f"messages[{i}].weight",
-            )
-        out.append((role, text, trained))
-    if not has_assistant:
-        raise RowError("has no assistant message to learn from", "messages")
-    if not any(trained for _, _, trained in out):
-        raise RowError("every assistant message has weight 0: nothing to learn", "messages")
-    return out
+# --- duplicate keys ------------------------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
+def duplicate_key(raw: bytes | str, value: Any) -> str | None:
+    """A key that appears twice in one object of the line `value` was parsed from, or None.
+
+    JSON parsers keep the last of two equal keys silently. A cheap count finds the lines that
+    can't have one: a line's quote bytes are two per string plus one per escaped quote inside
+    a string (UTF-8 never holds 0x22 otherwise), and orjson writes `value` back the same way, so
+    when the two counts agree no string (no key) was dropped, unless a quote was written as
+    \\u0022 (one byte fewer). Only other lines are parsed again with the standard library,
+    keeping every key.
+    """
+    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        again = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # what only the standard library reads (huge integers)
+        again = b""
+    if data.count(b'"') == again.count(b'"') and b"\\u0022" not in data:
+        return None
+    try:
+        json.loads(data, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        return exc.key
+    except (ValueError, RecursionError):
+        pass
+    return None
+
+
+def duplicate_key_error(key: str) -> RowError:
+    return RowError(
+        f"has the key {json.dumps(key, ensure_ascii=False)} twice in one object; JSON readers "
+        "keep only the last one, so say it once",
+        key,
+    )
 
 
 # --- statistics --------------------------------------------------------------------------------
@@ -352,6 +346,11 @@ class _Validator:
         self.labels: dict[str, int] | None = {}
         self.empty_prompts = 0
         self.roles: dict[str, int] = {}
+        self.preference = dict.fromkeys(("identical_outputs", "with_tools"), 0)
+        self.identical_lines: list[int] = []
+        self.chat = dict.fromkeys(
+            ("assistant_messages", "weight_0", "examples_with_tools", "tool_calls"), 0
+        )
         # Token statistics, filled as batches come back.
         self.hist_prompt: dict[int, int] = {}
         self.hist_completion: dict[int, int] = {}
@@ -388,7 +387,8 @@ class _Validator:
         if len(self.hashes) <= SMALL_FILE_ROWS:
             # One pass with a set: cheaper here than importing numpy (a tenth of a second).
             seen: set[int] = set()
-            count, lines = 0, []
+            count = 0
+            lines: list[int] = []
             for key, line in zip(self.hashes, self.hash_lines, strict=True):
                 if key in seen:
                     count += 1
@@ -443,6 +443,9 @@ class _Validator:
                 and type(prompt := row.get("prompt")) is str
                 and type(completion := row.get("completion")) is str
                 and completion
+                and b"\\u0000" not in raw
+                # Two keys and two string values: eight quotes unless a text holds one.
+                and (raw.count(b'"') == 8 or duplicate_key(raw, row) is None)
             ):
                 self.examples += 1
                 add_hash(hash((prompt, completion)))
@@ -474,6 +477,10 @@ class _Validator:
         if not raw or raw.isspace():
             self.error(number, "is blank; remove blank lines (JSONL has one example per line)")
             return
+        if "depth limit" in str(exc):
+            # The standard library would recurse once per level: don't ask it.
+            self.error(number, f"is nested more than {MAX_DEPTH} levels deep", "file")
+            return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as bad:
@@ -483,19 +490,45 @@ class _Validator:
                 "save the file as UTF-8",
             )
             return
+        # orjson says "surrogate" for invalid UTF-8 too: only valid UTF-8 gets here.
+        if "surrogate" in str(exc):
+            self.error(
+                number,
+                f"holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) at "
+                f"column {exc.colno}, which is not text",
+            )
+            return
         reason: json.JSONDecodeError = exc
         try:
             json.loads(text)
         except json.JSONDecodeError as stdlib:
             reason = stdlib
+        except RecursionError:
+            pass  # invalid where orjson stopped, and too deep after it: orjson's words
         self.error(number, f"is not valid JSON at column {reason.colno}: {reason.msg}")
 
     def other_line(self, number: int, row: Any, raw: bytes) -> None:
         if type(row) is not dict:
             self.error(number, f"must be a JSON object, got {json_type(row)}")
             return
+        # orjson allows 1024 levels; the checks below (and the trainer) must not recurse that far.
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(row):
+            self.error(number, f"is nested more than {MAX_DEPTH} levels deep", "file")
+            return
+        # Text with NUL can't be stored or shown everywhere (PostgreSQL refuses it in jsonb).
+        if b"\\u0000" in raw and (path := nul_path(row)) is not None:
+            self.error(number, f"holds a NUL character (\\u0000) in `{path}`", path or None)
+            return
+        key = duplicate_key(raw, row)
+        if key is not None:
+            error = duplicate_key_error(key)
+            self.error(number, error.message, error.param)
+            return
         if not self.format:
-            if "messages" in row:
+            if chat_format.is_preference_row(row):
+                self.format = PREFERENCE
+                self.labels = None  # two outputs a line: no classification labels
+            elif "messages" in row:
                 self.format = CHAT
             elif "prompt" in row or "completion" in row:
                 self.format = PROMPT_COMPLETION
@@ -503,12 +536,16 @@ class _Validator:
                 keys = ", ".join(f"`{k}`" for k in list(row)[:5]) or "no keys"
                 self.error(
                     number,
-                    f"has {keys}; expected `prompt` and `completion`, or `messages` for chat",
+                    f"has {keys}; expected `prompt` and `completion`, `messages` for chat, or "
+                    "`input`, `preferred_output` and `non_preferred_output` for preference "
+                    "pairs",
                 )
                 return
         try:
             if self.format == PROMPT_COMPLETION:
                 self.prompt_completion_row(number, row)
+            elif self.format == PREFERENCE:
+                self.preference_row(number, row, raw)
             else:
                 self.chat_row(number, row, raw)
         except RowError as exc:
@@ -528,22 +565,85 @@ class _Validator:
             self.flush()
 
     def chat_row(self, number: int, row: dict[str, Any], raw: bytes) -> None:
-        messages = check_chat(row)
+        conversation = check_chat(row)
         self.examples += 1
         self.add_duplicate_key(hash(raw.strip()), number)
-        last_assistant = ""
-        layout = []
-        roles = self.roles
-        for role, text, trained in messages:
-            roles[role] = roles.get(role, 0) + 1
-            self.texts.append(text)
-            layout.append((role, trained))
-            if role == "assistant":
-                last_assistant = text
-        self.add_label(last_assistant)
-        self.rows.append((number, layout))
+        roles, chat = self.roles, self.chat
+        for message in row["messages"]:
+            roles[message["role"]] = roles.get(message["role"], 0) + 1
+        reply = ""
+        for message, flag in zip(conversation.messages, conversation.trained, strict=True):
+            if flag is not None:
+                chat["assistant_messages"] += 1
+                chat["weight_0"] += not flag
+                chat["tool_calls"] += len(message.get("tool_calls", ()))
+                reply = message["content"]
+        if conversation.tools:
+            chat["examples_with_tools"] += 1
+        layout = self.chat_layout(conversation)
+        self.texts.extend(text for _, text, _ in layout)
+        self.add_label(reply)
+        self.rows.append((number, [(role, trained) for role, _, trained in layout]))
         if len(self.texts) >= BATCH_TEXTS:
             self.flush()
+
+    def preference_row(self, number: int, row: dict[str, Any], raw: bytes) -> None:
+        """A DPO pair: checked by `engine.chat_format` as the trainer reads it; counted as the
+        input once plus both outputs (the non-preferred output's pieces are marked NON_PREFERRED
+        so that `consume` can tell each sequence's length)."""
+        try:
+            pair = chat_format.normalise_preference(row)
+        except chat_format.ChatFormatError as exc:
+            raise RowError(exc.error.message, exc.error.param) from None
+        self.examples += 1
+        self.add_duplicate_key(hash(raw.strip()), number)
+        for message in row["input"]["messages"]:
+            self.roles[message["role"]] = self.roles.get(message["role"], 0) + 1
+        preferred, non_preferred = pair.output_texts()
+        self.preference["with_tools"] += bool(pair.preferred.tools)
+        if preferred == non_preferred:
+            self.preference["identical_outputs"] += 1
+            if len(self.identical_lines) < KEPT_LINE_NUMBERS:
+                self.identical_lines.append(number)
+        layout: list[tuple[Any, str, bool | str]] = list(self.chat_layout(pair.preferred))
+        layout += [
+            (role, text, NON_PREFERRED)
+            for role, text, trained in self.chat_layout(pair.non_preferred)
+            if trained
+        ]
+        self.texts.extend(text for _, text, _ in layout)
+        self.rows.append((number, [(role, trained) for role, _, trained in layout]))
+        if len(self.texts) >= BATCH_TEXTS:
+            self.flush()
+
+    def chat_layout(self, conversation: chat_format.Conversation) -> list[tuple[Any, str, bool]]:
+        """(role, text, trained) pieces whose token counts add up to the example's.
+
+        A plain conversation is counted message by message, plus the template's overhead per
+        role (measured once). One with tools is rendered through the template, as the trainer
+        renders it, and cut at the assistant turns (role None: no overhead to add).
+        """
+        if conversation.uses_tools and self.counter is not None:
+            renderer = self.counter.chat_renderer
+            if renderer is not None:
+                try:
+                    rendered = chat_format.render_chat(renderer, conversation)
+                except chat_format.TemplateError:
+                    pass
+                else:
+                    pieces: list[tuple[Any, str, bool]] = []
+                    done = 0
+                    for start, end, trained in rendered.spans:
+                        pieces.append((None, rendered.text[done:start], False))
+                        pieces.append((None, rendered.text[start:end], trained))
+                        done = end
+                    pieces.append((None, rendered.text[done:], False))
+                    return pieces
+        messages, _, flags = chat_format.template_inputs(conversation, native=False)
+        return [
+            (message["role"], message["content"], bool(flag))
+            for message, flag in zip(messages, flags, strict=True)
+        ]
 
     # --- token counting pipeline ---
 
@@ -577,23 +677,41 @@ class _Validator:
         i = 0
         assert self.counter is not None
         # Only chat rows need the template's overheads (measured on first use).
-        overhead = self.counter.message_overhead if self.format == CHAT else {}
+        overhead = self.counter.message_overhead if self.format in (CHAT, PREFERENCE) else {}
         for number, layout in rows:
             if layout is None:
                 p, c = counts[i], counts[i + 1]
                 i += 2
             else:
-                p = c = 0
-                if layout[0][0] != "system":
+                p = c = other = 0
+                if layout[0][0] not in ("system", None):
                     p += self.counter.conversation_overhead
                 for role, trained in layout:
                     n = counts[i]
                     i += 1
+                    if trained is NON_PREFERRED:
+                        other += n + overhead.get(role, 0)
+                        continue
                     p += overhead.get(role, 0)
                     if trained:
                         c += n
                     else:
                         p += n
+                if other:
+                    # A pair: the longer of its two sequences must fit the context; both
+                    # outputs are completion tokens.
+                    total = p + max(c, other)
+                    c += other
+                    sum_p += p
+                    sum_c += c
+                    hp[p] = hp.get(p, 0) + 1
+                    hc[c] = hc.get(c, 0) + 1
+                    he[total] = he.get(total, 0) + 1
+                    if total > limit:
+                        self.over_context += 1
+                        if len(self.over_context_lines) < KEPT_LINE_NUMBERS:
+                            self.over_context_lines.append(number)
+                    continue
             total = p + c
             sum_p += p
             sum_c += c
@@ -623,6 +741,8 @@ class _Validator:
     def task_type(self) -> str:
         if self.format == CHAT:
             return "chat"
+        if self.format == PREFERENCE:
+            return "preference"
         if self.examples and self.empty_prompts == self.examples:
             return "open-ended generation"
         if self.labels is not None and len(self.labels) < self.examples / 3:
@@ -643,7 +763,7 @@ class _Validator:
             "examples": self.examples,
             "duplicates": self.duplicates(),
             "labels": labels,
-            "tokenizer": self.counter.name if counted else None,
+            "tokenizer": self.counter.name if self.counter is not None else None,
             "context_length": self.context_length,
             "tokens": (
                 {
@@ -663,6 +783,13 @@ class _Validator:
         }
         if self.format == CHAT:
             stats["roles"] = self.roles
+            stats["chat"] = self.chat
+        if self.format == PREFERENCE:
+            stats["roles"] = self.roles
+            stats["preference"] = {
+                **self.preference,
+                "identical_lines": self.identical_lines,
+            }
         return stats
 
 

@@ -19,19 +19,25 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.html import escape
-from django.utils.http import content_disposition_header
+from django.utils.http import content_disposition_header, urlencode
 from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
+from common.redact import redact
 from config.api import ApiError
-from datasets import prepare, readers, selectors, services
+from datasets import advice, prepare, readers, selectors, services, uploads
 from datasets.forms import MappingForm, UploadForm
+from datasets.labels import known_labels
 from datasets.models import File
+from engine import chat_format
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ PREVIEW_ROWS = 20
 MAPPING_PREVIEW_ROWS = 5
 STAGED_KEY = "datasets_staged"
 STAGED_MAX = 5  # uploads waiting for their mapping step, per session
+NO_HEADER = "first_row_is_data"
 
 
 def _file_or_404(request: AuthedHtmxRequest, file_id: str) -> File:
@@ -74,22 +81,62 @@ def token_total(stats: dict[str, Any]) -> int | None:
 @require_GET
 @vary_on_headers("HX-Request")
 def file_list(request: AuthedHtmxRequest) -> HttpResponse:
-    files = list(selectors.file_list_for_org(organization=request.organization)[:500])
-    for file in files:
-        file.token_total = token_total(file.stats)  # type: ignore[attr-defined]
+    # Results files (compiled_results.csv) are a job's output, not data: listed apart, each
+    # with its job, so they don't bury the datasets.
+    results = request.GET.get("show") == "results"
+    files = selectors.file_list_for_org(organization=request.organization)
+    if results:
+        files = files.filter(purpose=File.Purpose.FINE_TUNE_RESULTS)
+    else:
+        files = files.exclude(purpose=File.Purpose.FINE_TUNE_RESULTS)
+    shown = list(files[:500])
+    jobs = _jobs_of_results(shown) if results else {}
+    for file in shown:
+        # Template-only attributes, computed once here rather than per row in the template.
+        file.token_total = token_total(file.stats)  # type: ignore[attr-defined]  # for the template
+        file.job = jobs.get(file.pk)  # type: ignore[attr-defined]  # for the template
     # Poll only while a file is still being validated; the last render carries no trigger.
-    polling = any(f.status == File.Status.UPLOADED for f in files)
+    polling = any(f.status == File.Status.UPLOADED for f in shown)
     template = f"{LIST}#file-table" if request.htmx else LIST
-    return render(request, template, {"files": files, "polling": polling})
+    context = {"files": shown, "polling": polling, "results": results}
+    return render(request, template, context)
+
+
+def _jobs_of_results(files: list[File]) -> dict[int, Any]:
+    from jobs.models import FineTuneJob
+
+    jobs = FineTuneJob.objects.filter(result_file__in=files).only("public_id", "result_file_id")
+    return {job.result_file_id: job for job in jobs if job.result_file_id is not None}
 
 
 # --- upload and the mapping step -------------------------------------------------------------
 
 
+@csrf_exempt  # only until the size limit is in place: _file_upload checks CSRF itself
 @org_required
 @require_http_methods(["GET", "POST"])
 def file_upload(request: AuthedHtmxRequest) -> HttpResponse:
-    form = UploadForm(request.POST or None, request.FILES or None)
+    # The CSRF check reads request.POST, which parses the body: the limit must come first.
+    if request.method == "POST":
+        try:
+            uploads.limit_upload(request)
+        except ApiError as exc:
+            return _too_large(request, exc)
+    return _file_upload(request)
+
+
+def _too_large(request: AuthedHtmxRequest, exc: ApiError) -> HttpResponse:
+    form = UploadForm()
+    form.errors["file"] = form.error_class([exc.message])
+    return render(request, UPLOAD, {"form": form}, status=413)
+
+
+@csrf_protect
+def _file_upload(request: AuthedHtmxRequest) -> HttpResponse:
+    try:
+        form = UploadForm(request.POST or None, request.FILES or None)
+    except ApiError as exc:  # UploadSizeLimit stopped the body mid-stream
+        return _too_large(request, exc)
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         if readers.kind_of(upload.name) == "JSONL":
@@ -132,7 +179,7 @@ def _stage(request: AuthedHtmxRequest, upload: Any) -> str:
 
 
 def _staged_or_404(request: AuthedHtmxRequest, token: str) -> dict[str, Any]:
-    staged = request.session.get(STAGED_KEY, {}).get(token)
+    staged: dict[str, Any] | None = request.session.get(STAGED_KEY, {}).get(token)
     if staged is None or staged["org"] != request.organization.pk:
         raise Http404("This upload has expired or belongs to another organization.")
     return staged
@@ -145,9 +192,14 @@ def _discard(request: AuthedHtmxRequest, token: str) -> None:
         request.session[STAGED_KEY] = staged
 
 
-def _read_staged(staged: dict[str, Any], *, head: int | None) -> readers.ReadResult:
+def _read_staged(
+    staged: dict[str, Any], *, head: int | None, header: bool = True
+) -> readers.ReadResult:
     with default_storage.open(staged["path"], "rb") as fh:
-        return readers.read_any(fh.file, staged["filename"], head=head)
+        # An opened storage file always has its `.file`; the stub allows None for a closed one.
+        raw = fh.file
+        assert raw is not None
+        return readers.read_any(raw, staged["filename"], head=head, header=header)
 
 
 @org_required
@@ -157,8 +209,12 @@ def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
     """Choose the prompt/completion (or chat) columns of a table, then convert it to JSONL."""
     staged = _staged_or_404(request, token)
     posting = request.method == "POST"
+    # "First row is data": the table has no header row (offered when its first row looks so).
+    header = (request.POST if posting else request.GET).get(NO_HEADER) != "1"
     try:
-        read = _read_staged(staged, head=None if posting else MAPPING_PREVIEW_ROWS + 1)
+        read = _read_staged(
+            staged, head=None if posting else MAPPING_PREVIEW_ROWS + 1, header=header
+        )
     except FileNotFoundError:
         # Never mapped within TUNERY_STAGING_MAX_AGE_SECONDS: services.staging_sweep took it.
         _discard(request, token)
@@ -166,7 +222,9 @@ def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
         return redirect("datasets:upload")
     except (readers.ReadError, OSError) as exc:
         _discard(request, token)
-        messages.error(request, getattr(exc, "message", None) or f"Could not read it: {exc}")
+        messages.error(
+            request, getattr(exc, "message", None) or redact(f"Could not read it: {exc}")
+        )
         return redirect("datasets:upload")
     columns = read.columns or readers.columns_of(read.rows)
     chat_as_is = prepare.is_chat(read.rows)
@@ -209,6 +267,8 @@ def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
         "form": form,
         "chat_as_is": chat_as_is,
         "converted": [json.dumps(r, ensure_ascii=False) for r in converted],
+        "no_header": not header,
+        "no_header_field": NO_HEADER,
     }
     if request.htmx and not posting:
         return render(request, f"{UPLOAD}#mapping-preview", context)
@@ -219,6 +279,15 @@ def _default_conversion(
     form: MappingForm, columns: list[str], rows: list[Any]
 ) -> list[dict[str, Any]]:
     initial = form.initial
+    if initial["mode"] == prepare.PREFERENCE and initial["prompt"]:
+        return prepare.rows_to_preference(
+            rows,
+            system=initial["system"] or None,
+            system_text="",
+            prompt=initial["prompt"],
+            chosen=initial["chosen"],
+            rejected=initial["rejected"],
+        )
     if initial["mode"] == prepare.CHAT and initial["user"] and initial["assistant"]:
         return prepare.rows_to_chat(
             rows,
@@ -267,7 +336,8 @@ def _detail_context(request: AuthedHtmxRequest, file: File) -> dict[str, Any]:
     )
     return {
         "file": file,
-        "polling": file.status == File.Status.UPLOADED,
+        # Validating, or the default worker is analysing it: the page asks again every 2 s.
+        "polling": file.status == File.Status.UPLOADED or services.file_analysis_pending(file=file),
         "summary": _summary(file, stats),
         "token_rows": [
             (label, stats[key])
@@ -285,16 +355,62 @@ def _detail_context(request: AuthedHtmxRequest, file: File) -> dict[str, Any]:
         "split_id": prepare.SPLIT,
         "preview": preview,
         "preview_chat": any("messages" in row for row in preview or []),
+        "preview_pairs": any("preferred" in row for row in preview or []),
         "derivatives": derivatives,
         "is_training_data": file.purpose == File.Purpose.FINE_TUNE,
+        # A results file (compiled_results.csv) names the job it came from.
+        "results_of": (
+            _jobs_of_results([file]).get(file.pk)
+            if file.purpose == File.Purpose.FINE_TUNE_RESULTS
+            else None
+        ),
+        "finetune_url": _finetune_url(request, file),
     }
+
+
+def _finetune_url(request: AuthedHtmxRequest, file: File) -> str | None:
+    """The create form pre-filled for this file: with its validation half after a split, and
+    for classification data the metrics on, the rarer of two classes as the positive one."""
+    if (
+        file.purpose != File.Purpose.FINE_TUNE
+        or file.status != File.Status.PROCESSED
+        or file.error_count
+    ):
+        return None
+    training, validation = file, None
+    if file.derived_from_id and file.filename.endswith(
+        ("_prepared_train.jsonl", "_prepared_valid.jsonl")
+    ):
+        stem = file.filename.rsplit("_prepared_", 1)[0]
+        siblings = {
+            f.filename: f
+            for f in selectors.file_list_for_org(organization=request.organization).filter(
+                derived_from_id=file.derived_from_id, status=File.Status.PROCESSED, error_count=0
+            )
+        }
+        training = siblings.get(f"{stem}_prepared_train.jsonl") or file
+        validation = siblings.get(f"{stem}_prepared_valid.jsonl")
+    params = {"training_file": training.public_id}
+    if validation is not None:
+        params["validation_file"] = validation.public_id
+        labels = known_labels(training, validation)
+        if labels and (training.stats or {}).get("task_type") == prepare.CLASSIFICATION:
+            params["compute_classification_metrics"] = "on"
+            if len(labels) == 2:
+                params["classification_positive_class"] = min(labels, key=lambda k: labels[k])
+            else:
+                params["classification_n_classes"] = str(len(labels))
+    return f"{reverse('jobs:create')}?{urlencode(params)}"
 
 
 def _summary(file: File, stats: dict[str, Any]) -> list[dict[str, Any]]:
     """The headline numbers of File.stats, as (label, value, note) for the stats grid."""
     if file.status == File.Status.UPLOADED or not stats:
         return []
-    items = [{"label": "Examples", "value": f"{stats.get('examples', 0):,}", "note": ""}]
+    examples, lines = stats.get("examples", 0), stats.get("lines")
+    # One numbering: lines of the file. Examples are the lines that are valid examples.
+    note = f"valid, of {lines:,} lines" if isinstance(lines, int) and lines != examples else ""
+    items: list[dict[str, Any]] = [{"label": "Examples", "value": f"{examples:,}", "note": note}]
     total = token_total(stats)
     if total is not None:
         items.append({"label": "Tokens", "value": f"{total:,}", "note": stats.get("tokenizer")})
@@ -309,13 +425,26 @@ def _summary(file: File, stats: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(over, dict):
         label = f"Over {stats.get('context_length', '?')} tokens"
         items.append({"label": label, "value": f"{over['count']:,}", "note": ""})
+    chat = stats.get("chat")
+    if isinstance(chat, dict) and (chat.get("tool_calls") or chat.get("examples_with_tools")):
+        note = f"{chat.get('examples_with_tools', 0):,} examples define tools"
+        items.append({"label": "Tool calls", "value": f"{chat['tool_calls']:,}", "note": note})
+    if isinstance(chat, dict) and chat.get("weight_0"):
+        note = f"of {chat.get('assistant_messages', 0):,} assistant messages (weight 0)"
+        items.append({"label": "Not trained", "value": f"{chat['weight_0']:,}", "note": note})
     return items
 
 
 def _findings_view(findings: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for finding in findings["findings"]:
-        rows.append({**finding, "lines_more": finding["row_count"] - len(finding["lines"] or [])})
+        rows.append(
+            {
+                **finding,
+                "message": advice.web_message(finding),
+                "lines_more": finding["row_count"] - len(finding["lines"] or []),
+            }
+        )
     remediations = [f["remediation"] for f in findings["findings"] if f["remediation"]]
     return {
         **findings,
@@ -372,23 +501,37 @@ def _preview(file: File, prompt_suffix: str, completion_suffix: str) -> list[dic
     return rows
 
 
-def _preview_row(number: int, value: Any, prompt_suffix: str, completion_suffix: str) -> dict:
+def _preview_row(
+    number: int, value: Any, prompt_suffix: str, completion_suffix: str
+) -> dict[str, Any]:
     if isinstance(value, Exception):
         return {"line": number, "problem": "not valid JSON"}
     if not isinstance(value, dict):
         return {"line": number, "problem": "not a JSON object"}
+    if chat_format.is_preference_row(value):
+        # A DPO pair: the input's messages, then both outputs side by side.
+        raw_input = value.get("input")
+        given: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
+
+        def messages_of(items: Any) -> list[dict[str, Any]]:
+            items = items if isinstance(items, list) else []
+            return [_preview_message(m) for m in items if isinstance(m, dict)]
+
+        raw_tools = given.get("tools")
+        pair_tools: list[Any] = raw_tools if isinstance(raw_tools, list) else []
+        return {
+            "line": number,
+            "messages": messages_of(given.get("messages")),
+            "tools": _preview_tools(pair_tools),
+            "preferred": messages_of(value.get("preferred_output")),
+            "non_preferred": messages_of(value.get("non_preferred_output")),
+        }
     if "messages" in value and isinstance(value["messages"], list):
-        messages = [
-            {
-                "role": str(m.get("role", "?")),
-                "content": visible(readers.cell_text(m.get("content"))),
-                "weight": m.get("weight"),
-                "calls": m.get("tool_calls") or m.get("function_call"),
-            }
-            for m in value["messages"]
-            if isinstance(m, dict)
-        ]
-        return {"line": number, "messages": messages}
+        messages = [_preview_message(m) for m in value["messages"] if isinstance(m, dict)]
+        tools = value.get("tools") if isinstance(value.get("tools"), list) else None
+        if tools is None and isinstance(value.get("functions"), list):
+            tools = [{"function": f} for f in value["functions"]]
+        return {"line": number, "messages": messages, "tools": _preview_tools(tools or [])}
     return {
         "line": number,
         "prompt": visible(
@@ -402,6 +545,56 @@ def _preview_row(number: int, value: Any, prompt_suffix: str, completion_suffix:
             ending_title="stop sequence (common completion ending)",
         ),
     }
+
+
+def _preview_message(message: dict[str, Any]) -> dict[str, Any]:
+    """One message for the preview: its text, and its tool calls as `name(arguments)`."""
+    content = message.get("content")
+    text = chat_format.content_text(content) if isinstance(content, list) else content
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        calls = [{"function": message["function_call"]}] if "function_call" in message else []
+    return {
+        "role": str(message.get("role", "?")),
+        "content": visible(readers.cell_text(text)) if text is not None else "",
+        "weight": message.get("weight"),
+        "calls": [_call_text(call) for call in calls],
+        "answers": message.get("tool_call_id"),
+    }
+
+
+def _call_text(call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        return json.dumps(call, ensure_ascii=False)
+    arguments = function.get("arguments")
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        shown = json.dumps(parsed, ensure_ascii=False, indent=2)
+    except ValueError:
+        shown = str(arguments)  # the validation errors say what is wrong with it
+    where = f" [{call['id']}]" if isinstance(call.get("id"), str) else ""
+    return f"{function.get('name', '?')}({shown}){where}"
+
+
+def _preview_tools(tools: list[Any]) -> list[dict[str, str]]:
+    out = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict):
+            parameters = function.get("parameters")
+            names = (
+                ", ".join(parameters.get("properties") or {})
+                if isinstance(parameters, dict)
+                else ""
+            )
+            out.append(
+                {
+                    "name": f"{function.get('name', '?')}({names})",
+                    "description": str(function.get("description") or ""),
+                }
+            )
+    return out
 
 
 # --- charts -------------------------------------------------------------------------------
@@ -483,14 +676,14 @@ def file_fix(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
     )
     text = f"Created {summary}; {file.filename} is unchanged."
     if fixed.split:
-        text += f" Suggested options for the fine-tune:{fixed.create_options}."
+        text += " “Fine-tune with these files” opens the create form with both, set up for them."
     messages.success(request, text)
     return redirect(fixed.files[0])
 
 
 @org_required
 @require_GET
-def file_download(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+def file_download(request: AuthedHtmxRequest, file_id: str) -> HttpResponseBase:
     file = _file_or_404(request, file_id)
     try:
         stream = services.file_open(file=file)
@@ -502,7 +695,7 @@ def file_download(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
 
 @org_required
 @require_GET
-def file_export_csv(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+def file_export_csv(request: AuthedHtmxRequest, file_id: str) -> HttpResponseBase:
     """A prompt/completion file as CSV, with formula-looking cells neutralised."""
     file = _file_or_404(request, file_id)
     if file.format != File.Format.PROMPT_COMPLETION:

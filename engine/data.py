@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from engine import chat_format
 from engine.spec import TooLongPolicy, TrainingError, subset_size
 
 
@@ -35,6 +36,21 @@ class Example:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+@dataclass
+class Pair:
+    """A preference pair (DPO): the preferred and the non-preferred completion of one input.
+
+    `reference` holds the reference model's summed log-probabilities of the two outputs'
+    tokens (preferred, non-preferred), filled once before training (engine.dpo)."""
+
+    preferred: Example
+    non_preferred: Example
+    reference: tuple[float, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.preferred) + len(self.non_preferred)
 
 
 @dataclass
@@ -82,6 +98,7 @@ class Tokenizing:
         prefix_len = len(with_specials) - len(plain)
         ok = prefix_len > 0 and with_specials[prefix_len:] == plain
         self.prefix_ids: list[int] = list(with_specials[:prefix_len]) if ok else []
+        self._renderer: chat_format.TokenizerRenderer | None = None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -92,7 +109,7 @@ class Tokenizing:
 
     def example(self, row: dict[str, Any], where: str) -> Example:
         if "messages" in row:
-            return self._chat(row["messages"], where)
+            return self._chat(row, where)
         if "prompt" in row and "completion" in row:
             return self._prompt_completion(row["prompt"], row["completion"], where)
         raise TrainingError(
@@ -112,60 +129,84 @@ class Tokenizing:
         weights[0] = 0.0
         return Example(prompt_ids + completion_ids, weights, target, n_prompt, completion)
 
-    def _chat(self, messages: Any, where: str) -> Example:
-        if not isinstance(messages, list) or not messages:
-            raise TrainingError(f"{where}: 'messages' must be a non-empty list")
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise TrainingError(f"{where}: every message needs a string 'content'")
-            if message.get("role") not in ("system", "user", "assistant", "tool"):
-                raise TrainingError(f"{where}: unknown role {message.get('role')!r}")
-        if getattr(self.tokenizer, "chat_template", None) is None:
+    @property
+    def renderer(self) -> chat_format.TokenizerRenderer:
+        if self._renderer is None:
+            self._renderer = chat_format.TokenizerRenderer(self.tokenizer)
+        return self._renderer
+
+    def _chat(self, row: dict[str, Any], where: str) -> Example:
+        try:
+            conversation = chat_format.normalise_example(row)
+        except chat_format.ChatFormatError as exc:
+            raise TrainingError(f"{where}: {exc.error.message}") from None
+        return self.conversation(conversation, where)
+
+    def preference(self, row: dict[str, Any], where: str) -> Pair:
+        """A preference line (DPO) as two examples: the same rendered conversation ending in
+        the preferred or the non-preferred output, each weighted on its output's tokens only."""
+        try:
+            pair = chat_format.normalise_preference(row)
+        except chat_format.ChatFormatError as exc:
+            raise TrainingError(f"{where}: {exc.error.message}") from None
+        return Pair(
+            self.conversation(pair.preferred, where), self.conversation(pair.non_preferred, where)
+        )
+
+    def conversation(self, conversation: chat_format.Conversation, where: str) -> Example:
+        """A chat conversation as `apply_chat_template` renders it (with its tools), loss on the
+        assistant turns that are trained (weight 1).
+
+        No BOS is added: the template writes one if the model wants it, and serving
+        (`engine.generation.chat_prompt`) tokenizes its prompt the same way, so a prompt is the
+        same tokens at training and at inference.
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
             raise TrainingError("This base model has no chat template; use prompt/completion data")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise TrainingError(f"{where}: a chat example needs at least one assistant message")
+        try:
+            rendered = chat_format.render_chat(self.renderer, conversation)
+        except chat_format.TemplateError as exc:
+            raise TrainingError(f"{where}: {exc}") from None
+        ids, offsets = self._encode_with_offsets(rendered.text, rendered.spans)
+        weights = [0.0] * len(ids)
+        target = [False] * len(ids)
+        spans = rendered.spans
+        k = 0
+        prompt_len = len(ids)
+        last_start = spans[-1][0] if spans else len(rendered.text)
+        for i, (start, end) in enumerate(offsets):
+            # A token belongs to a turn if it overlaps it (a token straddling the turn's start
+            # is what the model writes first), as transformers' assistant masks count it.
+            while k < len(spans) and start >= spans[k][1]:
+                k += 1
+            if prompt_len == len(ids) and end > last_start:
+                prompt_len = i
+            if k < len(spans) and end > spans[k][0] and start < spans[k][1]:
+                weights[i] = 1.0 if spans[k][2] else 0.0
+                target[i] = spans[k][2]
+        if ids:
+            weights[0] = 0.0
+        return Example(ids, weights, target, prompt_len, rendered.last_reply)
 
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-
-        def render(upto: int, generation_prompt: bool) -> str:
-            return self.tokenizer.apply_chat_template(
-                plain[:upto], tokenize=False, add_generation_prompt=generation_prompt
-            )
-
-        # Walk the conversation, rendering the template up to each assistant turn. The text an
-        # assistant turn adds (its content and end-of-turn marker) is what carries loss.
+    def _encode_with_offsets(
+        self, text: str, spans: list[tuple[int, int, bool]]
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of the whole text, and each token's character span in it."""
+        try:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+        except (NotImplementedError, ValueError, KeyError):
+            pass
+        # A tokenizer without offsets (a slow, Python one): encode piece by piece, cut at the
+        # turns' edges, and give each token its piece's span.
+        cuts = sorted({0, len(text), *(p for s in spans for p in s[:2])})
         ids: list[int] = []
-        weights: list[float] = []
-        target: list[bool] = []
-        done = ""
-        prompt_len, completion = 0, ""
-        for index, message in enumerate(plain):
-            if message["role"] != "assistant":
-                continue
-            before = render(index, generation_prompt=True)
-            through = render(index + 1, generation_prompt=False)
-            if not (before.startswith(done) and through.startswith(before)):
-                raise TrainingError(
-                    "The chat template does not render conversations as growing prefixes; "
-                    "loss masks cannot be derived from it"
-                )
-            context = self.encode(before[len(done) :])
-            reply = self.encode(through[len(before) :])
-            weight = 0.0 if messages[index].get("weight", 1) == 0 else 1.0
-            ids += context + reply
-            weights += [0.0] * len(context) + [weight] * len(reply)
-            target += [False] * len(context) + [weight > 0] * len(reply)
-            done = through
-            prompt_len, completion = len(ids) - len(reply), message["content"]
-        rest = self.encode(render(len(plain), generation_prompt=False)[len(done) :])
-        ids += rest
-        weights += [0.0] * len(rest)
-        target += [False] * len(rest)
-        ids = self.prefix_ids + ids
-        weights = [0.0] * len(self.prefix_ids) + weights
-        target = [False] * len(self.prefix_ids) + target
-        weights[0] = 0.0
-        return Example(ids, weights, target, prompt_len + len(self.prefix_ids), completion)
+        offsets: list[tuple[int, int]] = []
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            piece = self.encode(text[a:b])
+            ids += piece
+            offsets += [(a, b)] * len(piece)
+        return ids, offsets
 
 
 # Completions with at most this many distinct values (each seen at least twice on average) are
@@ -214,6 +255,59 @@ def subset_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[
     return [rows[i] for i in sorted(chosen)]
 
 
+def _truncated(example: Example, max_length: int) -> Example:
+    return Example(
+        example.input_ids[:max_length],
+        example.weights[:max_length],
+        example.target[:max_length],
+        min(example.prompt_len, max_length),
+        example.completion,
+    )
+
+
+def load_pairs(
+    path: str | Path,
+    tokenizing: Tokenizing,
+    max_length: int,
+    too_long: TooLongPolicy,
+    limit: int | None = None,
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> tuple[list[Pair], DataStats]:
+    """Read and tokenize a preference file (DPO), applying the too-long policy to each output's
+    sequence: "drop" leaves out a pair either of whose sequences is too long; "truncate" cuts
+    both (a pair whose outputs are cut away entirely is dropped: nothing to compare)."""
+    rows = read_jsonl(path)
+    if limit is not None:
+        rows = rows[:limit]
+    if fraction < 1:
+        rows = subset_rows(rows, fraction, seed)
+    stats = DataStats()
+    pairs: list[Pair] = []
+    name = Path(path).name
+    for number, row in enumerate(rows, start=1):
+        pair = tokenizing.preference(row, f"Line {number} of {name}")
+        if len(pair.preferred) > max_length or len(pair.non_preferred) > max_length:
+            if too_long == "drop":
+                stats.n_dropped += 1
+                continue
+            stats.n_truncated += 1
+            pair = Pair(
+                _truncated(pair.preferred, max_length), _truncated(pair.non_preferred, max_length)
+            )
+            if not any(pair.preferred.weights[1:]) or not any(pair.non_preferred.weights[1:]):
+                stats.n_truncated -= 1
+                stats.n_dropped += 1
+                continue
+        pairs.append(pair)
+        stats.n_tokens += len(pair)
+        stats.max_length = max(stats.max_length, len(pair.preferred), len(pair.non_preferred))
+    stats.n_examples = len(pairs)
+    if not pairs:
+        raise TrainingError(f"No preference pair of {name} fits in {max_length} tokens")
+    return pairs, stats
+
+
 def load_examples(
     path: str | Path,
     tokenizing: Tokenizing,
@@ -244,13 +338,7 @@ def load_examples(
                 stats.n_dropped += 1
                 continue
             stats.n_truncated += 1
-            example = Example(
-                example.input_ids[:max_length],
-                example.weights[:max_length],
-                example.target[:max_length],
-                min(example.prompt_len, max_length),
-                example.completion,
-            )
+            example = _truncated(example, max_length)
         examples.append(example)
         stats.n_tokens += len(example)
         stats.max_length = max(stats.max_length, len(example))
@@ -336,6 +424,29 @@ def make_packs(
         size += len(example)
     if group:
         yield _pack_rows(group, bucket, filler_id)
+
+
+def make_pair_packs(
+    pairs: Sequence[Pair], max_tokens: int, bucket: int = 1, filler_id: int = 0
+) -> Iterator[tuple[Pack, list[Pair]]]:
+    """Packs of whole pairs (each pack's examples are preferred, non-preferred, preferred, …),
+    so that a pair's DPO loss, which needs both its log-probabilities, is complete in one pack
+    and can be backpropagated pack by pack. A pair longer than `max_tokens` gets its own."""
+    group: list[Pair] = []
+    size = 0
+    for pair in pairs:
+        if group and size + len(pair) > max_tokens:
+            yield _pack_pairs(group, bucket, filler_id), group
+            group, size = [], 0
+        group.append(pair)
+        size += len(pair)
+    if group:
+        yield _pack_pairs(group, bucket, filler_id), group
+
+
+def _pack_pairs(pairs: Sequence[Pair], bucket: int, filler_id: int) -> Pack:
+    examples = [e for p in pairs for e in (p.preferred, p.non_preferred)]
+    return _pack_rows(examples, bucket, filler_id)
 
 
 def prompt_pack(

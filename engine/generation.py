@@ -1,12 +1,15 @@
 """Text generation with every OpenAI completions parameter (reference §6).
 
-`generate` and `generate_stream` run one hand-written sampling loop rather than
-`model.generate`, so that penalties, logit bias, logprobs, stop strings and best_of behave
-exactly as OpenAI documents them. All `n` (or `best_of`) candidates share one prompt forward
-and then advance together, one batched forward per step over a shared KV cache.
+`RequestState` is one request's decoding: tokenizing, sampling with penalties, logit bias,
+logprobs, stop strings and best_of exactly as OpenAI documents them, and what to stream when.
+It runs no model: its driver feeds it logits. `generate` and `generate_stream` drive one
+request alone on a private KV cache (all `n` or `best_of` candidates share one prompt forward,
+then advance together, one batched forward per step); `engine.batching` drives many requests
+at once in one continuously batched forward. Both feed the same state, so they give the same
+answers.
 
-The caller owns the model: it must be in eval mode and must not be used by another thread
-during a call (the inference pool in `engine.pool` holds a per-base lock for that).
+`generate`'s caller owns the model: it must be in eval mode and must not be used by another
+thread during a call.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
+
+from engine import chat_format
 
 MAX_STOP_SEQUENCES = 4
 MAX_LOGPROBS = 5
@@ -39,6 +44,26 @@ class InvalidRequestError(ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+# Fill-in-the-middle special tokens (prefix, suffix, middle) as the model families trained
+# for it name them (StarCoder/SantaCoder; Qwen2.5-Coder). SmolLM2 has none.
+FIM_TOKENS = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+)
+# torch.Generator.manual_seed takes a 64-bit integer; OpenAI's seed is an int64 too.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def fim_token_ids(tokenizer: Any) -> tuple[int, int, int] | None:
+    """The tokenizer's (prefix, suffix, middle) token ids, or None if it has no FIM tokens."""
+    vocab = tokenizer.get_vocab()
+    for names in FIM_TOKENS:
+        if all(name in vocab for name in names):
+            prefix, suffix, middle = (int(vocab[name]) for name in names)
+            return prefix, suffix, middle
+    return None
 
 
 @dataclass
@@ -87,6 +112,8 @@ class GenerateRequest:
             _check_range("logit_bias", bias, -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT)
         if self.logprobs is not None:
             _check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.seed is not None:
+            _check_range("seed", self.seed, *SEED_RANGE)
         if self.best_of is not None:
             _check_range("best_of", self.best_of, 1, MAX_BEST_OF)
             if self.best_of < self.n:
@@ -110,7 +137,7 @@ class Logprobs:
     """OpenAI's `logprobs` object: one entry per token of the returned text.
 
     `text_offset[i]` is where `tokens[i]` starts in the choice's text, and the tokens
-    concatenate to the text (before any suffix). Logprobs are the model's own distribution,
+    concatenate to the text. Logprobs are the model's own distribution,
     before penalties, logit bias and temperature, so they score text the same way under any
     sampling settings (as vLLM's default does).
     """
@@ -138,6 +165,8 @@ class Choice:
     logprobs: Logprobs | None = None
     # The sampled token ids (including a final EOS), for callers that post-process tokens.
     token_ids: list[int] = field(default_factory=list)
+    # Calls already parsed out of `text` (a remote server's answer); None: not parsed.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -175,39 +204,40 @@ class StreamDelta:
     usage: Usage | None = None
 
 
-def chat_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> str:
-    """Render chat messages with the tokenizer's template, ready for the assistant's turn.
+def chat_prompt(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    parallel_tool_calls: bool = True,
+) -> str:
+    """Render a chat request with the tokenizer's template, ready for the assistant's turn.
 
-    The text already holds the template's special tokens, so generate from it with
-    `add_special_tokens=False`.
+    Rendered exactly as training renders a conversation (`engine.chat_format`: the same tool
+    definitions and calls, natively or by the fallback), so a fine-tuned model sees the prompt
+    it was trained on. The text already holds the template's special tokens (a BOS where the
+    template writes one), so generate from it with `add_special_tokens=False`.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidRequestError(
             "model", "this model has no chat template; use /v1/completions with a plain prompt"
         )
-    text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-    )
-    return str(text)
+    try:
+        conversation = chat_format.normalise_request(
+            list(messages), list(tools) if tools else None, parallel_tool_calls=parallel_tool_calls
+        )
+        return chat_format.prompt_text(chat_format.TokenizerRenderer(tokenizer), conversation)
+    except chat_format.ChatFormatError as exc:
+        raise InvalidRequestError(exc.error.param or "messages", exc.error.message) from None
+    except chat_format.TemplateError as exc:
+        raise InvalidRequestError("messages", str(exc)) from None
 
 
 def generate(model: Any, tokenizer: Any, request: GenerateRequest) -> GenerateResult:
-    run = _Run(model, tokenizer, request)
-    for _ in run.steps():
+    state = RequestState.for_model(model, tokenizer, request)
+    for _ in _drive_alone(model, state):
         pass
-    candidates = run.candidates
-    if request.best_of is not None and request.best_of > request.n:
-        # OpenAI: "the one with the highest log probability per token" (stable: ties keep order).
-        candidates = sorted(candidates, key=lambda c: -c.mean_logprob())[: request.n]
-    choices = []
-    for index, cand in enumerate(candidates):
-        lp = None
-        if request.logprobs is not None:
-            lp = run.prompt_logprobs() if request.echo else Logprobs()
-            lp.extend(cand.logprobs_slice(0, None, run.echo_text_len))
-        text = run.echo_text + cand.visible_text() + (request.suffix or "")
-        choices.append(Choice(text, index, cand.finish_reason or "length", lp, list(cand.ids)))
-    return GenerateResult(choices, run.usage())
+    return state.result()
 
 
 def generate_stream(model: Any, tokenizer: Any, request: GenerateRequest) -> Iterator[StreamDelta]:
@@ -217,37 +247,47 @@ def generate_stream(model: Any, tokenizer: Any, request: GenerateRequest) -> Ite
     one, so stop text never leaks. `best_of > n` cannot be streamed (as at OpenAI). Invalid
     requests raise here, before the first delta, so a server can still answer with a 400.
     """
+    check_streamable(request)
+    state = RequestState.for_model(model, tokenizer, request)
+    return _stream_alone(model, state)
+
+
+def check_streamable(request: GenerateRequest) -> None:
     if request.best_of is not None and request.best_of > request.n:
         raise InvalidRequestError("best_of", "best_of cannot be streamed unless it equals n")
-    return _stream(_Run(model, tokenizer, request))
 
 
-def _stream(run: _Run) -> Iterator[StreamDelta]:
-    request = run.request
-    want_logprobs = request.logprobs is not None
-    if request.echo:
-        run.prefill()  # the echoed prompt's logprobs come from the prompt forward
-        for index in range(request.n):
-            lp = run.prompt_logprobs() if want_logprobs else None
-            yield StreamDelta(index, run.echo_text, None, lp)
-    pending = request.n
-    for _ in run.steps():
-        for index, cand in enumerate(run.candidates):
-            if cand.reported:
-                continue
-            if cand.finish_reason is None:
-                upto = cand.releasable_tokens(request.stop)
-                if upto > cand.released:
-                    yield cand.release(index, upto, run.echo_text_len, want_logprobs)
-                continue
-            delta = cand.release(index, None, run.echo_text_len, want_logprobs)
-            delta.text += request.suffix or ""
-            delta.finish_reason = cand.finish_reason
-            cand.reported = True
-            pending -= 1
-            if pending == 0:
-                delta.usage = run.usage()
-            yield delta
+def _stream_alone(model: Any, state: RequestState) -> Iterator[StreamDelta]:
+    for _ in _drive_alone(model, state):
+        yield from state.stream_deltas()
+
+
+def _drive_alone(model: Any, state: RequestState) -> Generator[None]:
+    """Run one request on a KV cache of its own; yield after the prompt and after each step."""
+    forward = _Forward(model)
+    with torch.inference_mode():
+        prompt = torch.tensor([state.prompt_ids], device=state.device)
+        prompt_logits = forward(prompt, keep_all=state.wants_prompt_logits)
+        if state.wants_prompt_logits:
+            state.score_prompt(prompt_logits[0], 0)
+        first = state.begin(prompt_logits[:, -1, :])
+        if first is not None and first.shape[0] > 1:
+            forward.cache.batch_repeat_interleave(first.shape[0])
+    yield
+    logits: torch.Tensor | None = first
+    while logits is not None and not state.done:
+        rows = logits.shape[0]
+        with torch.inference_mode():
+            keep, tokens = state.step(logits)
+        yield
+        if state.done:
+            return
+        with torch.inference_mode():
+            next_tokens = torch.tensor(tokens, device=state.device)
+            if len(keep) < rows:
+                # Drop finished rows so their compute stops (the cache shrinks with them).
+                forward.cache.batch_select_indices(torch.tensor(keep, device=state.device))
+            logits = forward(next_tokens[:, None], keep_all=False)[:, -1, :]
 
 
 class _IncrementalDecoder:
@@ -396,22 +436,33 @@ class _Candidate:
         return StreamDelta(index, text, None, lp)
 
 
-class _Run:
-    """The state of one request: prompt, cache and candidates; `steps()` advances them."""
+class RequestState:
+    """One request's decoding state: prompt, candidates, sampler and what is left to stream.
 
-    def __init__(self, model: Any, tokenizer: Any, request: GenerateRequest) -> None:
-        self.model = model
+    It runs no model. Its driver runs the prompt (whole or in chunks), calls `begin` with the
+    logits of the prompt's last position, then for each step runs one token per live
+    candidate (`live`, in order) and calls `step` with their logits. `stream_deltas` and
+    `result` turn the state into OpenAI's answers. A request's randomness is its own
+    generator's, so its samples do not depend on what else shares the batch.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        request: GenerateRequest,
+        *,
+        context_length: int | None,
+        eos_ids: set[int],
+        device: torch.device,
+    ) -> None:
         self.tokenizer = tokenizer
         self.request = request
-        self.device = _model_device(model)
+        self.device = device
         self.prompt_ids = self._prompt_ids()
         self.vocab_limit = len(tokenizer)
-        self._check_lengths()
+        self._check_lengths(context_length)
         self._token_texts: dict[int, str] = {}
-        self._forward = _Forward(model)
-        self._prompt_lp: Logprobs | None = None
-        self._first_logits: torch.Tensor | None = None
-        self.eos_ids = _eos_ids(model, tokenizer) if request.stop_on_eos else set()
+        self.eos_ids = eos_ids if request.stop_on_eos else set()
         self.candidates = [
             _Candidate(_IncrementalDecoder(tokenizer, self.prompt_ids[-_DECODE_CONTEXT_TOKENS:]))
             for _ in range(request.num_candidates)
@@ -421,6 +472,31 @@ class _Run:
         self.prompt_pieces = _decode_pieces(tokenizer, self.prompt_ids) if request.echo else []
         self.echo_text = "".join(self.prompt_pieces)
         self.echo_text_len = len(self.echo_text)
+        self.wants_prompt_logits = request.echo and request.logprobs is not None
+        self._prompt_chosen: list[float] = []
+        self._prompt_top_ids: list[list[int]] = []
+        self._prompt_top_vals: list[list[float]] = []
+        self._prompt_lp: Logprobs | None = None
+        self.started = False  # the prompt has been run
+        self.live: list[int] = []  # candidates still sampling, in the order of their rows
+        self._sampler: _Sampler | None = None
+        self._steps = 0
+        self._echo_sent = False
+        self._unreported = request.n
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, request: GenerateRequest) -> RequestState:
+        return cls(
+            tokenizer,
+            request,
+            context_length=_context_length(model),
+            eos_ids=_eos_ids(model, tokenizer),
+            device=_model_device(model),
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.started and not self.live
 
     def _prompt_ids(self) -> list[int]:
         req = self.request
@@ -431,6 +507,8 @@ class _Run:
         else:
             encoded = self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)
             ids = list(encoded["input_ids"])
+        if req.suffix:
+            return self._fill_in_the_middle(ids, req.suffix)
         if not ids:
             # OpenAI's default prompt is the document separator: start a fresh document.
             start = self.tokenizer.bos_token_id
@@ -440,8 +518,22 @@ class _Run:
             ids = [int(start)]
         return ids
 
-    def _check_lengths(self) -> None:
-        context = _context_length(self.model)
+    def _fill_in_the_middle(self, prefix: list[int], suffix: str) -> list[int]:
+        """The prefix-suffix-middle prompt: the model writes what goes between the two."""
+        fim = fim_token_ids(self.tokenizer)
+        if fim is None:
+            raise InvalidRequestError(
+                "suffix",
+                "This model has no fill-in-the-middle tokens, so it can't write text to go "
+                "before a `suffix`. Leave `suffix` out (or null).",
+            )
+        if self.request.echo:
+            raise InvalidRequestError("suffix", "suffix can't be combined with echo")
+        prefix_id, suffix_id, middle_id = fim
+        suffix_ids = list(self.tokenizer(suffix, add_special_tokens=False)["input_ids"])
+        return [prefix_id, *prefix, suffix_id, *suffix_ids, middle_id]
+
+    def _check_lengths(self, context: int | None) -> None:
         total = len(self.prompt_ids) + self.request.max_tokens
         if context is not None and total > context:
             raise InvalidRequestError(
@@ -479,37 +571,30 @@ class _Run:
         top.setdefault(self.token_text(chosen), lp)
         return top
 
-    def prefill(self) -> None:
-        """Run the prompt once and share its cache with every candidate."""
-        if self._first_logits is not None:
-            return
-        req = self.request
-        want_prompt_logprobs = req.echo and req.logprobs is not None
-        with torch.inference_mode():
-            prompt = torch.tensor([self.prompt_ids], device=self.device)
-            logits = self._forward(prompt, keep_all=want_prompt_logprobs)
-            if want_prompt_logprobs:
-                self._prompt_lp = self._score_prompt(logits[0])
-            logits = logits[:, -1, :]
-            num = len(self.candidates)
-            if num > 1:
-                self._forward.cache.batch_repeat_interleave(num)
-                logits = logits.expand(num, -1)
-        self._first_logits = logits
+    def score_prompt(self, logits: torch.Tensor, start: int) -> None:
+        """Score echoed prompt tokens from the logits of positions [start, start + len(logits)).
 
-    def _score_prompt(self, logits: torch.Tensor) -> Logprobs:
-        """Echoed prompt logprobs; the first token has no context, so it gets None/None."""
+        A chunked prefill calls this once per chunk, in order. Position p predicts token p + 1.
+        """
         k = self.request.logprobs or 0
-        logits = logits.clone()
+        end = min(start + logits.shape[0], len(self.prompt_ids) - 1)
+        if end <= start:
+            return
+        logits = logits[: end - start].float().clone()
         logits[:, self.vocab_limit :] = -math.inf
-        logp = torch.log_softmax(logits[:-1], dim=-1)
-        targets = torch.tensor(self.prompt_ids[1:], device=logp.device)
-        chosen = logp.gather(1, targets[:, None]).squeeze(1).tolist()
-        top_ids: list[list[int]] = [[] for _ in chosen]
-        top_vals: list[list[float]] = [[] for _ in chosen]
+        logp = torch.log_softmax(logits, dim=-1)
+        targets = torch.tensor(self.prompt_ids[start + 1 : end + 1], device=logp.device)
+        self._prompt_chosen += logp.gather(1, targets[:, None]).squeeze(1).tolist()
         if k:
             values, indices = logp.topk(k, dim=-1)
-            top_vals, top_ids = values.tolist(), indices.tolist()
+            self._prompt_top_vals += values.tolist()
+            self._prompt_top_ids += indices.tolist()
+        else:
+            self._prompt_top_vals += [[] for _ in range(end - start)]
+            self._prompt_top_ids += [[] for _ in range(end - start)]
+
+    def _prompt_scores(self) -> Logprobs:
+        """Echoed prompt logprobs; the first token has no context, so it gets None/None."""
         lp = Logprobs()
         offset = 0
         for i, piece in enumerate(self.prompt_pieces):
@@ -520,53 +605,114 @@ class _Run:
                 lp.token_logprobs.append(None)
                 lp.top_logprobs.append(None)
             else:
-                token, value = self.prompt_ids[i], chosen[i - 1]
+                token, value = self.prompt_ids[i], self._prompt_chosen[i - 1]
                 lp.token_logprobs.append(value)
-                lp.top_logprobs.append(self.top_dict(top_ids[i - 1], top_vals[i - 1], token, value))
+                top = self.top_dict(
+                    self._prompt_top_ids[i - 1], self._prompt_top_vals[i - 1], token, value
+                )
+                lp.top_logprobs.append(top)
         return lp
 
     def prompt_logprobs(self) -> Logprobs:
         """A fresh copy of the echoed prompt's logprobs (each choice gets its own)."""
-        assert self._prompt_lp is not None, "prefill() scores the prompt"
+        assert self._prompt_lp is not None, "begin() scores the prompt"
         lp = self._prompt_lp
         tops = [dict(t) if t is not None else None for t in lp.top_logprobs]
         return Logprobs(list(lp.tokens), list(lp.token_logprobs), tops, list(lp.text_offset))
 
-    def steps(self) -> Iterator[None]:
-        """Sample one token for every live candidate per step; yield after each step."""
-        req = self.request
-        self.prefill()
-        logits = self._first_logits
-        assert logits is not None
-        live = list(range(len(self.candidates)))
-        sampler = _Sampler(req, logits.shape[-1], self.vocab_limit, self.device, len(live))
-        for step in range(req.max_tokens):
-            with torch.inference_mode():
-                tokens, chosen_lp, top_ids, top_vals = sampler.sample(logits)
-            for row, cand_index in enumerate(live):
-                cand = self.candidates[cand_index]
-                self._advance(cand, tokens[row], chosen_lp[row], top_ids[row], top_vals[row])
-                if step + 1 == req.max_tokens and cand.finish_reason is None:
-                    self._finish(cand, "length")
-            keep = [row for row, c in enumerate(live) if self.candidates[c].finish_reason is None]
-            live = [live[row] for row in keep]
-            yield
-            if not live:
-                return
-            with torch.inference_mode():
-                next_tokens = torch.tensor(tokens, device=self.device)
-                if len(keep) < len(tokens):
-                    # Drop finished rows so their compute stops (the cache shrinks with them).
-                    index = torch.tensor(keep, device=self.device)
-                    self._forward.cache.batch_select_indices(index)
-                    sampler.select(index)
-                    next_tokens = next_tokens[index]
-                logits = self._forward(next_tokens[:, None], keep_all=False)[:, -1, :]
-        # max_tokens == 0: nothing is sampled (echo-only scoring requests).
-        for cand in self.candidates:
-            if cand.finish_reason is None:
+    def begin(self, last_logits: torch.Tensor) -> torch.Tensor | None:
+        """The prompt has run; `last_logits` ([1, vocab]) are its last position's.
+
+        Returns the logits to sample the first tokens from, one row per candidate (every
+        candidate shares the prompt), or None when nothing is sampled (`max_tokens=0`).
+        """
+        if self.wants_prompt_logits:
+            self._prompt_lp = self._prompt_scores()
+        self.started = True
+        num = len(self.candidates)
+        if self.request.max_tokens == 0:
+            # Echo-only scoring requests: nothing is sampled.
+            for cand in self.candidates:
                 self._finish(cand, "length")
-        yield
+            return None
+        self.live = list(range(num))
+        self._sampler = _Sampler(
+            self.request, last_logits.shape[-1], self.vocab_limit, self.device, num
+        )
+        return last_logits.float().expand(num, -1)
+
+    def step(self, logits: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Sample one token per live candidate (`logits`: one row each, in `live` order).
+
+        Returns the rows that go on and their new tokens: the next forward's input.
+        """
+        assert self._sampler is not None, "begin() comes first"
+        req = self.request
+        tokens, chosen_lp, top_ids, top_vals = self._sampler.sample(logits.float())
+        last = self._steps + 1 == req.max_tokens
+        self._steps += 1
+        for row, cand_index in enumerate(self.live):
+            cand = self.candidates[cand_index]
+            self._advance(cand, tokens[row], chosen_lp[row], top_ids[row], top_vals[row])
+            if last and cand.finish_reason is None:
+                self._finish(cand, "length")
+        keep = [row for row, c in enumerate(self.live) if self.candidates[c].finish_reason is None]
+        self.live = [self.live[row] for row in keep]
+        if self.live and len(keep) < len(tokens):
+            self._sampler.select(torch.tensor(keep, device=self.device))
+        return keep, [tokens[row] for row in keep]
+
+    def cancel(self) -> None:
+        """Stop sampling (the client went away); the state is finished after this."""
+        self.started = True
+        self.live = []
+
+    def stream_deltas(self) -> list[StreamDelta]:
+        """What a stream can send now that it has not sent: the echoed prompt once the prompt
+        has run, then text that cannot be the start of a stop string, then each choice's end."""
+        request = self.request
+        want_logprobs = request.logprobs is not None
+        deltas: list[StreamDelta] = []
+        if not self.started:
+            return deltas
+        if not self._echo_sent:
+            self._echo_sent = True
+            if request.echo:
+                for index in range(request.n):
+                    lp = self.prompt_logprobs() if want_logprobs else None
+                    deltas.append(StreamDelta(index, self.echo_text, None, lp))
+        for index, cand in enumerate(self.candidates):
+            if cand.reported:
+                continue
+            if cand.finish_reason is None:
+                upto = cand.releasable_tokens(request.stop)
+                if upto > cand.released:
+                    deltas.append(cand.release(index, upto, self.echo_text_len, want_logprobs))
+                continue
+            delta = cand.release(index, None, self.echo_text_len, want_logprobs)
+            delta.finish_reason = cand.finish_reason
+            cand.reported = True
+            self._unreported -= 1
+            if self._unreported == 0:
+                delta.usage = self.usage()
+            deltas.append(delta)
+        return deltas
+
+    def result(self) -> GenerateResult:
+        request = self.request
+        candidates = self.candidates
+        if request.best_of is not None and request.best_of > request.n:
+            # OpenAI: "the one with the highest log probability per token" (stable: ties keep order).
+            candidates = sorted(candidates, key=lambda c: -c.mean_logprob())[: request.n]
+        choices = []
+        for index, cand in enumerate(candidates):
+            lp = None
+            if request.logprobs is not None:
+                lp = self.prompt_logprobs() if request.echo else Logprobs()
+                lp.extend(cand.logprobs_slice(0, None, self.echo_text_len))
+            text = self.echo_text + cand.visible_text()
+            choices.append(Choice(text, index, cand.finish_reason or "length", lp, list(cand.ids)))
+        return GenerateResult(choices, self.usage())
 
     def _advance(
         self,
@@ -610,7 +756,8 @@ class _Forward:
         if self._can_trim_logits and not keep_all:
             # Only the last position is sampled; skip the [seq, vocab] projection for the rest.
             kwargs["logits_to_keep"] = 1
-        return self.model(input_ids=input_ids, **kwargs).logits.float()
+        logits: torch.Tensor = self.model(input_ids=input_ids, **kwargs).logits
+        return logits.float()
 
 
 class _Sampler:
@@ -626,7 +773,10 @@ class _Sampler:
     ) -> None:
         self.request = request
         self.vocab_limit = min(vocab_limit, logits_size)
-        self.counts = torch.zeros(rows, logits_size, device=device)
+        # Token counts per row, kept only when a penalty reads them.
+        self.counts: torch.Tensor | None = None
+        if request.frequency_penalty or request.presence_penalty:
+            self.counts = torch.zeros(rows, logits_size, device=device)
         self.bias: torch.Tensor | None = None
         if request.logit_bias:
             self.bias = torch.zeros(logits_size, device=device)
@@ -639,7 +789,8 @@ class _Sampler:
             self.generator.seed()
 
     def select(self, index: torch.Tensor) -> None:
-        self.counts = self.counts[index]
+        if self.counts is not None:
+            self.counts = self.counts[index]
 
     def sample(
         self, logits: torch.Tensor
@@ -650,9 +801,11 @@ class _Sampler:
         logits[:, self.vocab_limit :] = -math.inf
         logp = torch.log_softmax(logits, dim=-1)
         # OpenAI: mu[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty.
-        adjusted = logits - (
-            self.counts * req.frequency_penalty + (self.counts > 0) * req.presence_penalty
-        )
+        adjusted = logits
+        if self.counts is not None:
+            adjusted = logits - (
+                self.counts * req.frequency_penalty + (self.counts > 0) * req.presence_penalty
+            )
         if self.bias is not None:
             adjusted = adjusted + self.bias
         if req.temperature == 0:
@@ -662,7 +815,8 @@ class _Sampler:
             if req.top_p < 1.0:
                 probs = _nucleus(probs, req.top_p)
             tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-        self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None]).float())
+        if self.counts is not None:
+            self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None]).float())
         chosen = logp.gather(1, tokens[:, None]).squeeze(1)
         k = req.logprobs or 0
         if k:
@@ -721,7 +875,8 @@ def _token_bytes_key(raw: str, text: str) -> str:
 
 def _model_device(model: Any) -> torch.device:
     try:
-        return next(model.parameters()).device
+        device: torch.device = next(model.parameters()).device
+        return device
     except StopIteration:
         return torch.device("cpu")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 BASE_COLUMNS = [
     "step",
@@ -26,6 +27,27 @@ VALIDATION_COLUMNS = [
     "validation_loss",
     "validation_sequence_accuracy",
     "validation_token_accuracy",
+]
+# With best-checkpoint selection: the whole validation set at each epoch end, and on the winning
+# checkpoint's row, a 1. Every column stays numeric: the 0.28 CLI's `wandb sync` reads the file
+# with pandas and calls np.isnan on each cell (the reason is in the events and the job).
+FULL_VALIDATION_COLUMNS = [
+    "full_validation_loss",
+    "full_validation_sequence_accuracy",
+    "full_validation_token_accuracy",
+]
+SELECTION_COLUMN = "selected_checkpoint"
+# A DPO run's (engine.dpo): `*_loss` is the DPO loss; no token accuracies (no single target).
+DPO_COLUMNS = [
+    "step",
+    "elapsed_tokens",
+    "elapsed_examples",
+    "training_loss",
+    "training_reward_margin",
+    "training_preference_accuracy",
+    "validation_loss",
+    "validation_reward_margin",
+    "validation_preference_accuracy",
 ]
 MULTICLASS_COLUMNS = ["classification/accuracy", "classification/weighted_f1_score"]
 
@@ -46,16 +68,40 @@ def binary_columns(betas: Sequence[float]) -> list[str]:
     ]
 
 
-def results_columns(classification: str | None, betas: Sequence[float] = (1.0,)) -> list[str]:
+def results_columns(
+    classification: str | None, betas: Sequence[float] = (1.0,), *, selection: bool = False
+) -> list[str]:
     """The header of compiled_results.csv (reference §4.1). `classification` is None, "binary" or
     "multiclass". The validation columns are always present: without a validation file they
-    stay empty, as in OpenAI's files."""
+    stay empty, as in OpenAI's files. `selection` adds the best-checkpoint columns at the end
+    (readers of OpenAI's files look columns up by name). "dpo" gives a DPO run's columns."""
+    if classification == "dpo":
+        return list(DPO_COLUMNS)
     columns = BASE_COLUMNS + VALIDATION_COLUMNS
     if classification == "binary":
         columns += binary_columns(betas)
     elif classification == "multiclass":
         columns += MULTICLASS_COLUMNS
+    if selection:
+        columns += [*FULL_VALIDATION_COLUMNS, SELECTION_COLUMN]
     return columns
+
+
+def annotate_row(path: Path, step: int, column: str, text: str) -> None:
+    """Write `text` (a number: see SELECTION_COLUMN) into `column` of the row of `step` (the file is small: one row a step)."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fieldnames = list(reader.fieldnames or [])
+        rows = list(reader)
+    for row in rows:
+        if row.get("step") == str(step):
+            row[column] = text
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _cell(value: float | int | None) -> str:
@@ -69,14 +115,14 @@ def _cell(value: float | int | None) -> str:
 class ResultsWriter:
     """Appends metric rows to compiled_results.csv, flushing each so a crash loses nothing."""
 
-    def __init__(self, path: Path, columns: list[str], keep_until_step: int | None = None) -> None:
+    def __init__(self, path: Path, columns: list[str], restore_from: Path | None = None) -> None:
         self.path = path
         self.columns = columns
         kept: list[dict[str, str]] = []
-        if keep_until_step is not None and path.exists():
-            # Resuming: keep the rows up to the checkpoint, drop any written after it.
-            with open(path, newline="") as handle:
-                kept = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until_step]
+        if restore_from is not None and restore_from.is_file():
+            # Resuming: the rows as they were at the checkpoint (its snapshot), none after it.
+            with open(restore_from, newline="") as handle:
+                kept = list(csv.DictReader(handle))
         self._handle = open(path, "w", newline="")  # noqa: SIM115 (closed in close())
         self._writer = csv.DictWriter(self._handle, fieldnames=columns, extrasaction="ignore")
         self._writer.writeheader()
@@ -84,7 +130,7 @@ class ResultsWriter:
             self._writer.writerow(row)
         self._handle.flush()
 
-    def write(self, row: dict[str, float | int | None]) -> None:
+    def write(self, row: Mapping[str, float | int | None]) -> None:
         self._writer.writerow({c: _cell(row.get(c)) for c in self.columns})
         self._handle.flush()
 
@@ -108,7 +154,7 @@ def _binary_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     return tps.astype(float), fps.astype(float)
 
 
-def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve (trapezoidal); NaN when only one class is present."""
     y, s = np.asarray(y_true, dtype=float), np.asarray(scores, dtype=float)
     if y.min() == y.max():
@@ -119,7 +165,7 @@ def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def average_precision(y_true: Sequence[int], scores: Sequence[float]) -> float:
+def average_precision(y_true: ArrayLike, scores: ArrayLike) -> float:
     """Area under the precision-recall curve as a step sum (scikit-learn's
     average_precision_score, no interpolation)."""
     y, s = np.asarray(y_true, dtype=float), np.asarray(scores, dtype=float)
@@ -133,7 +179,7 @@ def average_precision(y_true: Sequence[int], scores: Sequence[float]) -> float:
 
 
 def binary_metrics(
-    y_true: Sequence[int], positive_scores: Sequence[float], betas: Sequence[float] = (1.0,)
+    y_true: ArrayLike, positive_scores: ArrayLike, betas: Sequence[float] = (1.0,)
 ) -> dict[str, float]:
     """Binary metrics at OpenAI's 0.5 threshold on the positive class's probability."""
     y = np.asarray(y_true, dtype=int)
@@ -157,7 +203,7 @@ def binary_metrics(
     return row
 
 
-def multiclass_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
+def multiclass_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
     """Accuracy and support-weighted F1 (scikit-learn's f1_score(average="weighted"))."""
     y, p = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     weighted = 0.0

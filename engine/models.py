@@ -83,10 +83,11 @@ def dequantize_gguf(gguf: Path, out_dir: Path) -> Path:
         local_files_only=True,
     )
     # Belt and braces: whatever path transformers took, the saved copy must load as a plain model.
+    # (nn.Module types attributes it doesn't declare as Tensor | Module, hence the ignores.)
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # see above
     if hasattr(model, "is_quantized"):
-        model.is_quantized = False
+        model.is_quantized = False  # type: ignore[assignment]  # see above
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     if tokenizer.pad_token is None:
@@ -204,7 +205,7 @@ def use_bf16(device: str) -> bool:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
+        return bool(torch.cuda.is_bf16_supported())
     return device == "cpu" and cpu_has_native_bf16()
 
 
@@ -246,4 +247,5 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as error:
         raise TrainingError(f"Could not load the model in {model_dir}: {error}") from error
-    return model.to(device), tokenizer
+    # transformers wraps `to` in a decorator whose stub drops the bound self.
+    return model.to(device), tokenizer  # type: ignore[arg-type]  # see above

@@ -1,36 +1,38 @@
-"""An in-process pool of loaded base models whose LoRA adapters are swapped, not reloaded.
+"""The inference service's loaded models: one continuous-batching scheduler per base.
 
-A base model is loaded once and kept (up to `max_bases`, least recently used evicted). Its
-fine-tunes are PEFT adapters loaded into the same `PeftModel` under their own names; serving
-one means activating it, which flips flags on the LoRA layers and takes milliseconds, where
-reloading the base would take seconds and double the memory.
+A base model is loaded once, on first use, and kept (up to `max_bases`; the least recently
+used idle one is evicted). A full fine-tune is a base of its own (its directory is the key).
+LoRA fine-tunes of a base are adapters inside that base's scheduler, mixed per row in its
+batches (`engine.batching`), so serving a fine-tune never reloads or switches the base.
 
-One generation runs per base at a time: activating an adapter changes the shared model, so a
-lease holds that base's lock until the caller is done (for a stream, until it is consumed).
-Different bases serve in parallel.
+Admission: requests that cannot join a batch yet wait in their scheduler's queue. Past
+`max_queue` waiting requests in all, `submit` raises `QueueFull` with a retry-after guess,
+which the service turns into a 429.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper
+
+from engine.batching import (
+    BatchSettings,
+    QueueFull,
+    Scheduler,
+    SchedulerStats,
+    Ticket,
+    retry_after_seconds,
+)
+from engine.generation import GenerateRequest
 
 Loader = Callable[[str], tuple[Any, Any]]
-
-DEFAULT_MAX_ADAPTERS_PER_BASE = 16
 
 
 @dataclass
@@ -39,141 +41,110 @@ class PoolStats:
     loaded_bases: list[str]  # least recently used first
     adapters: dict[str, list[str]]  # base key -> loaded adapter paths
     adapter_loads: int
-    adapter_switches: int
-    last_switch_ms: float | None  # activating an already loaded adapter (or the bare base)
-    last_adapter_load_ms: float | None  # reading an adapter from disk into the base
+    schedulers: dict[str, SchedulerStats]
 
 
 class _Base:
     """One base model slot. `ready` is set once loading ends, successfully or not."""
 
     def __init__(self, key: str) -> None:
-        # Fields other than `model` are read under the pool's lock; `model` and the adapters
-        # inside it change only under this base's own `lock`.
         self.key = key
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self.model: Any = None
-        self.tokenizer: Any = None
-        self.lock = threading.Lock()  # held for a whole generation
-        self.adapters: OrderedDict[str, str] = OrderedDict()  # path -> adapter name, LRU first
-        self.leases = 0  # guarded by the pool's lock; a leased base is never evicted
-        # The model's LoRA layers, found once per adapter load rather than on every switch:
-        # walking a 135M model's ~3000 modules is most of what peft's own switch costs.
-        self.tuner_layers: list[BaseTunerLayer] = []
-        self.fast_switch = False
-        # Whether `model.active_adapter` says which adapter every layer has: false after an
-        # adapter load, which may touch layers without going through `activate`.
-        self.active_is_known = False
-
-    def index_layers(self) -> None:
-        modules = list(self.model.modules()) if isinstance(self.model, PeftModel) else []
-        self.tuner_layers = [m for m in modules if isinstance(m, BaseTunerLayer)]
-        self.active_is_known = False
-        # Wrapped extra modules (modules_to_save, trainable tokens) need peft's full switch.
-        self.fast_switch = not any(isinstance(m, AuxiliaryTrainingWrapper) for m in modules)
-
-    def activate(self, name: str) -> None:
-        if getattr(self.model, "active_adapter", None) == name and self.active_is_known:
-            # Back-to-back requests for one model: re-setting it walked ~200 layers (4-9 ms).
-            return
-        self.active_is_known = True
-        if not self.fast_switch:
-            self.model.set_adapter(name, inference_mode=True)
-            return
-        # What PeftModel.set_adapter does, minus the two walks over every module.
-        for layer in self.tuner_layers:
-            layer.set_adapter(name, inference_mode=True)
-        self.model.base_model.active_adapter = name
-        self.model.active_adapter = name
-
-    @contextmanager
-    def adapters_disabled(self) -> Iterator[None]:
-        if not self.fast_switch:
-            with self.model.disable_adapter():
-                yield
-            return
-        # PeftModel.disable_adapter first computes a full model status report (~50 ms).
-        for layer in self.tuner_layers:
-            layer.enable_adapters(False)
-        try:
-            yield
-        finally:
-            for layer in self.tuner_layers:
-                layer.enable_adapters(True)
+        self.scheduler: Scheduler | None = None
+        self.submitting = 0  # callers between lookup and submit: never evict under them
 
 
 class ModelPool:
-    """Thread-safe pool; `loader(base_key)` returns `(model, tokenizer)` for a base."""
+    """Thread-safe; `loader(base_key)` returns `(model, tokenizer)` for a base."""
 
     def __init__(
         self,
         loader: Loader,
+        *,
         max_bases: int = 1,
-        max_adapters_per_base: int = DEFAULT_MAX_ADAPTERS_PER_BASE,
+        settings: BatchSettings | None = None,
+        max_queue: int = 64,
     ) -> None:
-        if max_bases < 1 or max_adapters_per_base < 1:
-            raise ValueError("the pool must hold at least one base and one adapter")
+        if max_bases < 1:
+            raise ValueError("the pool must hold at least one base")
         self._loader = loader
         self._max_bases = max_bases
-        self._max_adapters = max_adapters_per_base
-        self._lock = threading.Lock()  # guards everything below except a base's model
+        self.settings = settings or BatchSettings()
+        self.max_queue = max_queue
+        self._lock = threading.Lock()
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         self._base_loads: dict[str, int] = {}
-        self._adapter_loads = 0
-        self._adapter_switches = 0
-        self._last_switch_ms: float | None = None
-        self._last_adapter_load_ms: float | None = None
+        self._adapter_loads_evicted = 0
 
-    @contextmanager
-    def lease(
-        self, base_key: str, adapter_path: str | Path | None = None
-    ) -> Iterator[tuple[Any, Any]]:
-        """Yield `(model, tokenizer)` with the adapter active (None: the bare base).
+    def submit(
+        self,
+        base_key: str,
+        adapter_path: str | Path | None,
+        request: GenerateRequest,
+        *,
+        stream: bool = False,
+    ) -> Ticket:
+        """Queue `request` on the base (with the adapter, None for the bare base).
 
-        Loads the base on first use; callers that arrive while it loads wait for it. Holds
-        the base's lock until the block exits, so use the model only inside the block.
+        Loads the base on first use; callers that arrive while it loads wait for it. Raises
+        `QueueFull` when too many requests are waiting already.
         """
+        self._check_queue()
         entry = self._acquire(base_key)
         try:
-            with entry.lock, ExitStack() as stack:
-                model = self._activate(entry, adapter_path, stack)
-                yield model, entry.tokenizer
+            assert entry.scheduler is not None
+            return entry.scheduler.submit(request, adapter=adapter_path, stream=stream)
         finally:
             with self._lock:
-                entry.leases -= 1
-                evicted = self._evict_idle()
-            _release_memory(evicted)
+                entry.submitting -= 1
+
+    def model_info(self, base_key: str) -> tuple[Any, int | None]:
+        """The base's tokenizer and context length (loading the base on first use)."""
+        entry = self._acquire(base_key)
+        try:
+            assert entry.scheduler is not None
+            return entry.scheduler.tokenizer, entry.scheduler.context
+        finally:
+            with self._lock:
+                entry.submitting -= 1
+
+    def _check_queue(self) -> None:
+        with self._lock:
+            schedulers = [e.scheduler for e in self._bases.values() if e.scheduler is not None]
+        waiting = sum(s.waiting for s in schedulers)
+        if waiting >= self.max_queue:
+            seconds = max((s.mean_request_seconds() for s in schedulers), default=1.0)
+            raise QueueFull(retry_after_seconds(waiting, seconds, self.settings.max_rows))
 
     def unload_adapter(self, adapter_path: str | Path) -> bool:
-        """Drop an adapter from every base (its model was deleted); False if none held it.
-
-        Waits for a generation that uses the base to finish, so none starts with it after.
-        """
-        path = _normalise(adapter_path)
+        """Drop an adapter from every base (its model was deleted); False if none held it."""
         with self._lock:
-            entries = [e for e in self._bases.values() if path in e.adapters]
+            schedulers = [e.scheduler for e in self._bases.values() if e.scheduler is not None]
         found = False
-        for entry in entries:
-            with entry.lock:
-                with self._lock:
-                    name = entry.adapters.pop(path, None)
-                if name is not None:
-                    self._delete_adapter(entry, name)
-                    found = True
+        for scheduler in schedulers:
+            found = scheduler.unload_adapter(adapter_path) or found
         return found
 
     def stats(self) -> PoolStats:
         with self._lock:
-            return PoolStats(
-                base_loads=dict(self._base_loads),
-                loaded_bases=[k for k, e in self._bases.items() if e.model is not None],
-                adapters={k: list(e.adapters) for k, e in self._bases.items()},
-                adapter_loads=self._adapter_loads,
-                adapter_switches=self._adapter_switches,
-                last_switch_ms=self._last_switch_ms,
-                last_adapter_load_ms=self._last_adapter_load_ms,
-            )
+            entries = list(self._bases.items())
+            loads = dict(self._base_loads)
+        schedulers = {k: e.scheduler.stats() for k, e in entries if e.scheduler is not None}
+        return PoolStats(
+            base_loads=loads,
+            loaded_bases=list(schedulers),
+            adapters={k: s.adapters for k, s in schedulers.items()},
+            adapter_loads=self._adapter_loads_evicted
+            + sum(s.adapter_loads for s in schedulers.values()),
+            schedulers=schedulers,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._bases.values())
+            self._bases.clear()
+        _release([e for e in entries if e.scheduler is not None])
 
     def _acquire(self, base_key: str) -> _Base:
         with self._lock:
@@ -181,25 +152,28 @@ class ModelPool:
             must_load = entry is None
             if entry is None:
                 entry = self._bases[base_key] = _Base(base_key)
-            entry.leases += 1
+            entry.submitting += 1
             self._bases.move_to_end(base_key)
             # Make room before loading, so two bases never sit in memory beyond the bound.
             evicted = self._evict_idle() if must_load else []
-        _release_memory(evicted)
+        self._adapter_loads_evicted += sum(
+            e.scheduler.adapters.loads for e in evicted if e.scheduler is not None
+        )
+        _release(evicted)
         if must_load:
             self._load(entry)
         else:
             entry.ready.wait()
         if entry.error is not None:
             with self._lock:
-                entry.leases -= 1
+                entry.submitting -= 1
             raise RuntimeError(f"loading base model {base_key!r} failed") from entry.error
         return entry
 
     def _load(self, entry: _Base) -> None:
         try:
             model, tokenizer = self._loader(entry.key)
-            model.eval()
+            entry.scheduler = Scheduler(model, tokenizer, self.settings, name=Path(entry.key).name)
         except BaseException as exc:  # waiters must wake up and see the failure
             entry.error = exc
             with self._lock:
@@ -207,7 +181,6 @@ class ModelPool:
                 if self._bases.get(entry.key) is entry:
                     del self._bases[entry.key]
         else:
-            entry.model, entry.tokenizer = model, tokenizer
             with self._lock:
                 self._base_loads[entry.key] = self._base_loads.get(entry.key, 0) + 1
         finally:
@@ -220,79 +193,24 @@ class ModelPool:
             if len(self._bases) <= self._max_bases:
                 break
             entry = self._bases[key]
-            if entry.leases == 0 and entry.ready.is_set():
+            busy = entry.scheduler is not None and not entry.scheduler.idle
+            if entry.submitting == 0 and entry.ready.is_set() and not busy:
                 del self._bases[key]
                 evicted.append(entry)
         return evicted
 
-    def _activate(self, entry: _Base, adapter_path: str | Path | None, stack: ExitStack) -> Any:
-        """Make the requested adapter (or none) active; runs under the base's lock."""
-        if adapter_path is None:
-            started = time.perf_counter()
-            if isinstance(entry.model, PeftModel):
-                stack.enter_context(entry.adapters_disabled())
-            self._record_switch(started)
-            return entry.model
-        path = _normalise(adapter_path)
-        name = entry.adapters.get(path)
-        if name is None:
-            name = self._load_adapter(entry, path)
-        started = time.perf_counter()
-        entry.activate(name)
-        self._record_switch(started)
-        with self._lock:
-            entry.adapters.move_to_end(path)
-        return entry.model
 
-    def _load_adapter(self, entry: _Base, path: str) -> str:
-        started = time.perf_counter()
-        name = "adapter_" + hashlib.sha1(path.encode()).hexdigest()[:16]
-        if len(entry.adapters) >= self._max_adapters:
-            with self._lock:
-                _, oldest = entry.adapters.popitem(last=False)
-            self._delete_adapter(entry, oldest)
-        if isinstance(entry.model, PeftModel):
-            entry.model.load_adapter(path, adapter_name=name)
-        else:
-            # The first adapter wraps the base in place: its LoRA layers are injected into the
-            # same modules, so later adapters share every base weight.
-            entry.model = PeftModel.from_pretrained(entry.model, path, adapter_name=name)
-        entry.model.eval()
-        entry.index_layers()
-        with self._lock:
-            entry.adapters[path] = name
-            self._adapter_loads += 1
-            self._last_adapter_load_ms = (time.perf_counter() - started) * 1000
-        return name
-
-    def _delete_adapter(self, entry: _Base, name: str) -> None:
-        """Remove an adapter's weights from the base (caller holds the base's lock)."""
-        if not entry.adapters:
-            # Unwrap rather than keep a PeftModel with no adapter, which cannot even be
-            # disabled; the base modules get their original layers back.
-            entry.model = entry.model.unload()
-            entry.model.eval()
-        else:
-            entry.model.delete_adapter(name)
-        entry.index_layers()
-
-    def _record_switch(self, started: float) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        with self._lock:
-            self._adapter_switches += 1
-            self._last_switch_ms = elapsed
-
-
-def _normalise(adapter_path: str | Path) -> str:
-    return str(Path(adapter_path).resolve())
-
-
-def _release_memory(evicted: list[_Base]) -> None:
-    """Free evicted bases now rather than whenever the collector runs."""
-    if not evicted:
+def _release(entries: list[_Base]) -> None:
+    """Stop evicted bases' schedulers and free their memory now, not whenever gc runs."""
+    if not entries:
         return
-    for entry in evicted:
-        entry.model = entry.tokenizer = None
+    for entry in entries:
+        if entry.scheduler is not None:
+            entry.scheduler.close()
+            entry.scheduler = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+__all__ = ["BatchSettings", "ModelPool", "PoolStats", "QueueFull", "Ticket"]

@@ -7,15 +7,22 @@ map the results back without the engine knowing about Django.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Method = Literal["lora", "full"]
+# What the run optimises: next-token loss on the completions (supervised), or the DPO loss on
+# preference pairs (engine.dpo). OpenAI's `method.type`; `Method` above is how weights change.
+Objective = Literal["supervised", "dpo"]
 TooLongPolicy = Literal["truncate", "drop"]
 
 # Base learning rates, multiplied by `learning_rate_multiplier` (OpenAI's knob). LoRA adapters
 # start at zero and need a much larger step than full weights: with OpenAI's default multipliers
 # (0.05-0.2) these give 2e-4..8e-4 for LoRA and 1e-5..4e-5 for full fine-tuning, the usual ranges.
 DEFAULT_BASE_LEARNING_RATE: dict[str, float] = {"lora": 4e-3, "full": 2e-4}
+
+# DPO's β when "auto" (the DPO paper's and TRL's usual value), and the range the API accepts.
+DEFAULT_BETA = 0.1
+BETA_RANGE = (0.001, 10.0)
 
 AUTO_N_EPOCHS = 4
 AUTO_BATCH_FRACTION = 0.002  # OpenAI: "about 0.2% of the training examples"
@@ -42,6 +49,8 @@ class TrainSpec:
     output_dir: str
     validation_path: str | None = None
     method: Method = "lora"
+    objective: Objective = "supervised"
+    beta: float | None = None  # DPO's β; None: engine.dpo.DEFAULT_BETA
     n_epochs: int | None = None
     batch_size: int | None = None
     learning_rate_multiplier: float | None = None
@@ -56,7 +65,16 @@ class TrainSpec:
     validation_every_n_steps: int = 10
     too_long: TooLongPolicy = "truncate"
     max_length: int | None = None  # None: the model's context length
+    # Resume from the newest resume checkpoint in output_dir (resume=True), or from this one
+    # (a `resume/step-N` dir, e.g. an earlier attempt's); see engine.checkpoints.
     resume: bool = False
+    resume_from: str | None = None
+    # Resume checkpoints every N optimizer steps and/or every T seconds of training, whichever
+    # comes first (None or 0 turns one off); also at each epoch end and when stopped.
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_seconds: float | None = 600.0
+    # Where the per-epoch model checkpoints go (None: output_dir/checkpoints).
+    checkpoints_dir: str | None = None
     continue_from: str | None = None  # an adapter dir (LoRA) or model dir (full) to keep training
     cache_dir: str | None = None  # where dequantized GGUF copies are kept
     device: str = "auto"
@@ -67,6 +85,13 @@ class TrainSpec:
     # After the last step, evaluate the whole validation set once and add full_validation_* to
     # TrainResult.final_metrics, so runs of different lengths compare on the same examples.
     final_full_validation: bool = False
+    # Tunery's best-checkpoint selection (docs/adr/0018): score the whole validation set at each
+    # epoch-end checkpoint, and make the best one (engine.selection's rule) the final model.
+    # Needs a validation file; off, the final model is the last step's, as OpenAI's.
+    best_checkpoint: bool = False
+    # With best_checkpoint: stop once this many epoch-end evaluations in a row have not improved
+    # on the best (None: train all epochs).
+    early_stopping_patience: int | None = None
     # Fraction of the optimizer steps spent warming the learning rate up linearly from ~0.
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -110,21 +135,35 @@ class Hooks:
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         pass
 
+    def on_resume_checkpoint(self, path: str) -> None:
+        """A resume checkpoint is complete at `path` (the runner copies it to the artifact
+        store, so another host can resume from it)."""
+
     def should_stop(self) -> bool:
         return False
+
+    def may_write(self) -> bool:
+        """False once this run has lost its claim on the job (another attempt owns it now):
+        the engine then writes no checkpoint and no model, and stops."""
+        return True
 
 
 @dataclass
 class TrainResult:
     status: Literal["succeeded", "stopped"]
     output_dir: str
-    model_dir: str  # the final adapter (LoRA) or full model directory; a checkpoint when stopped
+    # The final adapter (LoRA) or full model directory; when stopped, the resume checkpoint's.
+    model_dir: str
     results_csv: str
     trained_tokens: int
     steps: int
     hyperparameters: dict[str, float | int]
     final_metrics: dict[str, float]
     checkpoints: list[CheckpointInfo]
+    # When stopped: the resume checkpoint to continue from (None if the run may not write).
+    resume_checkpoint: str | None = None
+    # With best_checkpoint: {"step", "epoch", "metric", "reason", "stopped_early", "evaluations"}.
+    selection: dict[str, Any] | None = None
 
 
 def auto_learning_rate_multiplier(batch_size: int) -> float:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: transformers is slow to import
+    from transformers import PreTrainedTokenizerFast
 
 # ChatML, the format SmolLM2-Instruct uses, so that code paths exercised by tests on the tiny model
 # are the ones the default base model takes.
@@ -17,6 +21,17 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# The template the embedded default model (SmolLM2-135M-Instruct) ships in its GGUF: ChatML with a
+# default system prompt for a conversation that doesn't open with one. Tests render with it to
+# check the default model's path without loading the model.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 BOS_TOKEN = "<|endoftext|>"
@@ -46,8 +61,10 @@ _CORPUS = [
 ]
 
 
-def _build_tokenizer(vocab_size: int, chat_template: bool):  # -> PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _build_tokenizer(
+    vocab_size: int, chat_template: bool | str, add_bos: bool = False
+) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
@@ -61,7 +78,14 @@ def _build_tokenizer(vocab_size: int, chat_template: bool):  # -> PreTrainedToke
     )
     # Repeating the corpus gives the frequent pairs a clear lead, so merges don't hinge on ties.
     tokenizer.train_from_iterator(_CORPUS * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    if add_bos:
+        # As Llama-style tokenizers do: BOS in front of every encoded text.
+        bos = (BOS_TOKEN, tokenizer.token_to_id(BOS_TOKEN))
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A $B", special_tokens=[bos]
+        )
+    # transformers 5 leaves TokenizersBackend.__init__ unannotated.
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # see above
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -69,7 +93,7 @@ def _build_tokenizer(vocab_size: int, chat_template: bool):  # -> PreTrainedToke
         additional_special_tokens=["<|im_start|>"],
     )
     if chat_template:
-        fast.chat_template = CHATML_TEMPLATE
+        fast.chat_template = chat_template if isinstance(chat_template, str) else CHATML_TEMPLATE
     return fast
 
 
@@ -82,9 +106,13 @@ def build_tiny_model(
     num_heads: int = 4,
     max_position_embeddings: int = 512,
     seed: int = 0,
-    chat_template: bool = True,
+    chat_template: bool | str = True,
+    add_bos: bool = False,
 ) -> Path:
     """Write a random-initialised LlamaForCausalLM with its tokenizer into `out_dir`.
+
+    `chat_template` is True for ChatML, False for none, or a template's source; `add_bos` makes
+    the tokenizer put a BOS in front of every text, as Llama's does.
 
     The tokenizer may end up with slightly fewer tokens than `vocab_size` if the corpus runs out of
     merges; the model's embedding matrix always has exactly `vocab_size` rows.
@@ -94,7 +122,7 @@ def build_tiny_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(vocab_size, chat_template)
+    tokenizer = _build_tokenizer(vocab_size, chat_template, add_bos)
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,

@@ -21,16 +21,29 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine import checkpoints as ckpt
-from engine import metrics
-from engine.data import Example, Pack, Tokenizing, load_examples, make_packs, prompt_pack
+from engine import dpo, metrics
+from engine.cadence import CheckpointCadence
+from engine.data import (
+    Example,
+    Pack,
+    Pair,
+    Tokenizing,
+    load_examples,
+    load_pairs,
+    make_packs,
+    make_pair_packs,
+    prompt_pack,
+)
+from engine.distributed import World
 from engine.models import (
     auto_threads,
     context_length,
@@ -39,6 +52,7 @@ from engine.models import (
     resolve_model_source,
     use_bf16,
 )
+from engine.selection import Evaluation, Selection
 from engine.spec import (
     DEFAULT_BASE_LEARNING_RATE,
     CheckpointInfo,
@@ -98,7 +112,10 @@ def _sdpa_per_example(
         parts = [
             F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
             for q, k, v in zip(
-                query.split(lens, 2), key.split(lens, 2), value.split(lens, 2), strict=True
+                torch.split(query, lens, 2),
+                torch.split(key, lens, 2),
+                torch.split(value, lens, 2),
+                strict=True,
             )
         ]
         out = torch.cat(parts, 2)
@@ -116,7 +133,7 @@ def _varlen(
 ) -> torch.Tensor:
     if cu is None:
         cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=query.device)
-    out = fn(
+    out: torch.Tensor = fn(
         query[0].transpose(0, 1),  # [L, heads, dim]
         key[0].transpose(0, 1),
         value[0].transpose(0, 1),
@@ -221,7 +238,7 @@ class Runtime:
         return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
 
 
-def _split_model(causal_lm: Any) -> tuple[Any, torch.nn.Module]:
+def _split_model(causal_lm: Any) -> tuple[Any, torch.nn.Linear]:
     core = getattr(causal_lm, causal_lm.base_model_prefix)
     head = causal_lm.get_output_embeddings()
     if head is None:
@@ -287,7 +304,7 @@ def build_runtime(
     )
 
 
-def prepare_bf16_lora(causal_lm: Any, head: torch.nn.Module) -> torch.nn.Module:
+def prepare_bf16_lora(causal_lm: Any, head: torch.nn.Linear) -> torch.nn.Linear:
     """Cut the casts autocast makes in a LoRA step; return the output head to use.
 
     Numerically this computes what plain autocast computes (the same roundings to bf16), with
@@ -389,7 +406,8 @@ def _hidden(
         use_cache=False,
         **kwargs,
     )
-    return out.last_hidden_state[0]
+    hidden: torch.Tensor = out.last_hidden_state[0]
+    return hidden
 
 
 def _pack_loss(
@@ -436,6 +454,23 @@ def _pack_loss(
         stats.sequences += int(has_target.sum())
         stats.correct_sequences += int((has_target & (wrong == 0)).sum())
     return loss_sum / total_weight
+
+
+def _token_logps(runtime: Runtime, pack: Pack) -> torch.Tensor:
+    """Log-probabilities (fp32) of a pack's loss-bearing tokens under the model as it is, with
+    autograd when it is on: what DPO sums per sequence (engine.dpo)."""
+    device = runtime.device
+    with runtime.autocast():
+        hidden = _hidden(runtime, pack.input_ids, pack.position_ids, pack.seq_lens)
+    source = pack.source.to(device)
+    labels = pack.labels.to(device)
+    pieces: list[torch.Tensor] = []
+    for start in range(0, source.numel(), HEAD_CHUNK):
+        part = slice(start, start + HEAD_CHUNK)
+        with runtime.autocast():
+            logits = runtime.head(hidden[source[part]])
+        pieces.append(-F.cross_entropy(logits.float(), labels[part], reduction="none"))
+    return torch.cat(pieces)
 
 
 def _batch_weight(examples: Sequence[Example]) -> float:
@@ -594,10 +629,29 @@ def _batches(
 
 
 class Trainer:
+    # Set by train() before any checkpoint is written (declared here: methods above use them).
+    started: float
+    seconds_before: float
+    results_path: Path
+    cadence: CheckpointCadence
+    last_resume: Path | None
+    last_resume_step: int | None
+    # Examples, or Pairs for DPO (engine.data).
+    train_examples: list[Any]
+
     def __init__(self, spec: TrainSpec, hooks: Hooks | None = None) -> None:
         self.spec = spec
-        self.hooks = hooks or Hooks()
+        # Under torchrun (engine.distributed): rank 0 writes and talks to the hooks; the other
+        # ranks train their shard of each batch and follow rank 0's stop/may-write decisions.
+        self.world = World()
+        main = self.world.is_main
+        self.hooks = (hooks or Hooks()) if main else Hooks()
         self.output_dir = Path(spec.output_dir)
+        if not main:  # its results file is a scratch copy; it writes no checkpoint
+            self.output_dir = self.output_dir / f".rank-{self.world.rank}"
+        self.dpo = spec.objective == "dpo"
+        self.beta = float(spec.beta if spec.beta is not None else dpo.DEFAULT_BETA)
+        self.reference_file: Path | None = None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -606,7 +660,8 @@ class Trainer:
         limit = context_length(model_dir)
         self.max_length = min(spec.max_length or limit, limit)
         self.tokenizing = Tokenizing(tokenizer, spec.prompt_loss_weight)
-        self.train_examples, stats = load_examples(
+        load = load_pairs if self.dpo else load_examples
+        self.train_examples, stats = load(
             spec.train_path,
             self.tokenizing,
             self.max_length,
@@ -616,15 +671,16 @@ class Trainer:
             seed=spec.seed,
         )
         self._report_length_policy(stats, "training")
-        self.validation_examples: list[Example] = []
+        self.validation_examples: list[Any] = []
         if spec.validation_path:
-            self.validation_examples, vstats = load_examples(
+            self.validation_examples, vstats = load(
                 spec.validation_path, self.tokenizing, self.max_length, spec.too_long
             )
             self._report_length_policy(vstats, "validation")
+        what = "preference pairs" if self.dpo else "examples"
         hooks.on_event(
             "info",
-            f"Training on {stats.n_examples} examples ({stats.n_tokens} tokens, longest "
+            f"Training on {stats.n_examples} {what} ({stats.n_tokens} tokens, longest "
             f"{stats.max_length})",
         )
 
@@ -671,29 +727,94 @@ class Trainer:
         filler = int(self.runtime.tokenizer.pad_token_id or 0)
         return make_packs(ordered, self.plan.pack_tokens, self.plan.bucket, filler)
 
-    def _train_step(self, examples: list[Example]) -> BatchStats:
-        stats = BatchStats()
-        total_weight = _batch_weight(examples)
-        for pack in self._packs(examples):
-            loss = _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+    def _pair_packs(self, pairs: Sequence[Pair]) -> Iterator[tuple[Pack, list[Pair]]]:
+        ordered = sorted(pairs, key=len, reverse=True)  # as _packs, a pair at a time
+        filler = int(self.runtime.tokenizer.pad_token_id or 0)
+        return make_pair_packs(ordered, self.plan.pack_tokens, self.plan.bucket, filler)
+
+    def _dpo_step(self, pairs: list[Pair]) -> dpo.DpoStats:
+        """One optimizer step of DPO: the loop of `_train_step`, with whole pairs per pack so
+        each pack's loss is complete and backpropagated on its own."""
+        stats = dpo.DpoStats()
+        token_logps = partial(_token_logps, self.runtime)
+        for pack, group in self._pair_packs(pairs):
+            loss = dpo.pack_step(token_logps, pack, group, self.beta, len(pairs), stats)
             if loss is not None:
-                loss.backward()
+                torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
+        self._optimizer_step()
+        return stats
+
+    @torch.no_grad()
+    def _dpo_evaluate(self, pairs: list[Pair]) -> dpo.DpoStats:
+        stats = dpo.DpoStats()
+        token_logps = partial(_token_logps, self.runtime)
+        for pack, group in self._pair_packs(pairs):
+            dpo.pack_step(token_logps, pack, group, self.beta, len(pairs), stats)
+        return stats
+
+    def _fill_reference(self, resume_path: Path | None) -> None:
+        """Give every pair its reference log-probabilities (engine.dpo): from the resume
+        checkpoint when resuming, else computed now, before the first step, with the model as
+        it starts (the adapter disabled for a fresh LoRA run)."""
+        pairs, validation = self.train_examples, self.validation_examples
+        path = self.output_dir / dpo.REFERENCE_FILE
+        restored = resume_path is not None and dpo.load_reference(
+            resume_path / dpo.REFERENCE_FILE, pairs, validation
+        )
+        if not restored:
+            fresh_lora = self.spec.method == "lora" and not self.spec.continue_from
+            if resume_path is not None and not fresh_lora:
+                raise TrainingError(
+                    "The resume checkpoint has no reference log-probabilities for DPO; "
+                    "start the job over"
+                )
+            context = self.runtime.model.disable_adapter() if fresh_lora else None
+            token_logps = partial(_token_logps, self.runtime)
+            with self._eval_mode():
+                dpo.fill_reference([*pairs, *validation], token_logps, self._pair_packs, context)
+            self.hooks.on_event(
+                "info",
+                "Computed the reference log-probabilities of "
+                f"{len(pairs) + len(validation)} preference pairs",
+            )
+        dpo.save_reference(path, pairs, validation)
+        self.reference_file = path
+
+    def _optimizer_step(self) -> None:
         if self.spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _train_step(self, examples: list[Any]) -> Any:
+        if self.dpo:
+            return self._dpo_step(examples)
+        stats = BatchStats()
+        # The global batch's weight: each rank's loss is its share of the 1-process loss, so
+        # the summed gradient is the 1-process gradient.
+        total_weight = _batch_weight(examples)
+        for pack in self._packs(self.world.shard(examples)):
+            loss = _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+            if loss is not None:
+                torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
+        self.world.sum_grads(self.trainable)
+        self.world.sum_stats(stats)
+        self._optimizer_step()
         return stats
 
     @torch.no_grad()
-    def _evaluate(self, examples: list[Example]) -> BatchStats:
+    def _evaluate(self, examples: list[Any]) -> Any:
+        if self.dpo:
+            return self._dpo_evaluate(examples)
         stats = BatchStats()
         total_weight = _batch_weight(examples)
-        for pack in self._packs(examples):
+        for pack in self._packs(self.world.shard(examples)):
             _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
-        return stats
+        summed: BatchStats = self.world.sum_stats(stats)
+        return summed
 
-    def _validation_batch(self) -> list[Example]:
+    def _validation_batch(self) -> list[Any]:
         n = len(self.validation_examples)
         size = min(self.plan.batch_size, n)
         cursor = self.state.validation_cursor
@@ -715,15 +836,46 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _checkpoint(self, last_row: dict[str, float]) -> CheckpointInfo:
-        path = ckpt.checkpoint_dir(self.output_dir, self.state.step)
+    def _save_model(self, directory: Path) -> Path:
+        return save_trained(self.runtime, directory, self.spec.model_source)
+
+    def _resume_checkpoint(self) -> Path | None:
+        """Write a resume checkpoint at the current step (engine.checkpoints); None if the run
+        may no longer write (it lost its claim on the job)."""
+        if not self.world.agree(self.hooks.may_write()):
+            return None
+        self.last_resume_step = self.state.step
+        if not self.world.is_main:
+            self.cadence.mark(self.state.step)
+            return self.output_dir  # rank 0 wrote it
         self.state.seconds = self.seconds_before + (time.perf_counter() - self.started)
-        ckpt.save_checkpoint(
-            path,
-            save_model=lambda d: save_trained(self.runtime, d, self.spec.model_source),
+        path = ckpt.save_resume(
+            self.output_dir,
+            save_model=self._save_model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             state=self.state,
+            results_csv=self.results_path,
+            extra_files=[self.reference_file] if self.reference_file else [],
+        )
+        self.cadence.mark(self.state.step)
+        self.last_resume = path
+        self.hooks.on_resume_checkpoint(str(path))
+        return path
+
+    def _checkpoint(self, last_row: dict[str, float]) -> CheckpointInfo | None:
+        """The epoch's model checkpoint, which the API lists; None if the run may not write."""
+        if not self.world.agree(self.hooks.may_write()):
+            return None
+        if not self.world.is_main:  # rank 0 wrote it
+            return CheckpointInfo(self.state.epoch, self.state.step, "", {})
+        latest = self.last_resume
+        same_step = latest is not None and ckpt.load_state(latest).step == self.state.step
+        path = ckpt.save_model_checkpoint(
+            self.checkpoints_dir,
+            self.state.step,
+            link_from=latest / "model" if same_step and latest is not None else None,
+            save_model=self._save_model,
         )
         info = CheckpointInfo(
             epoch=self.state.epoch,
@@ -735,20 +887,54 @@ class Trainer:
         self.hooks.on_checkpoint(info)
         return info
 
+    def _record_evaluation(self, row: dict[str, float]) -> None:
+        """Score the checkpoint this epoch ends (its whole-validation-set row) for selection."""
+        kept = {
+            k: v
+            for k, v in row.items()
+            if (k.startswith("full_validation_") or k.startswith("classification/"))
+            and not _isnan(v)
+        }
+        evaluation = Evaluation(self.state.step, self.state.epoch, kept)
+        self.selection.add(evaluation)
+        self.state.evaluations = self.selection.dump()
+        metric, best = self.selection.metric, self.selection.best
+        standing = (
+            "best so far" if best is evaluation else f"best: step {best.step if best else '?'}"
+        )
+        self.hooks.on_event(
+            "info",
+            f"Epoch {self.state.epoch} checkpoint (step {self.state.step}) on the whole "
+            f"validation set: {metric} {kept.get(metric, math.nan):.4f} ({standing})",
+        )
+
+    def _resume_source(self) -> Path | None:
+        spec = self.spec
+        if spec.resume_from:
+            candidates = [Path(spec.resume_from)]
+        elif spec.resume:
+            candidates = list(reversed(ckpt.list_resume(self.output_dir)))
+        else:
+            return None
+        for path in candidates:
+            if ckpt.is_resumable(path):
+                return path
+            self.hooks.on_event("warn", f"Checkpoint {path.name} is incomplete; skipping it")
+        self.hooks.on_event("info", "No checkpoint to resume from; starting from the beginning")
+        return None
+
     # -- main ---------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
         spec, hooks = self.spec, self.hooks
-        device = pick_device(spec.device)
+        device = self.world.device(pick_device(spec.device))
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial(ckpt.resume_root(self.output_dir))
+        self.checkpoints_dir = Path(spec.checkpoints_dir or self.output_dir / "checkpoints")
+        ckpt.remove_partial(self.checkpoints_dir)
         model_dir = resolve_model_source(spec.model_source, spec.cache_dir)
 
-        resume_path = ckpt.latest_checkpoint(self.output_dir) if spec.resume else None
-        if spec.resume and resume_path is None:
-            hooks.on_event("info", "No checkpoint to resume from; starting from the beginning")
-        if resume_path is not None and not (resume_path / "optimizer.pt").is_file():
-            raise TrainingError(f"Checkpoint {resume_path.name} has no optimizer state")
-
+        resume_path = self._resume_source()
         _seed_everything(spec.seed)
         self.runtime = build_runtime(
             spec, model_dir, device, resume_path / "model" if resume_path else None
@@ -756,8 +942,12 @@ class Trainer:
         runtime = self.runtime
         self._load_data(runtime.tokenizer, model_dir)
         self.plan = plan = self._plan(device, runtime.bf16)
-        self.classification = setup_classification(
-            spec, self.tokenizing, self.train_examples, self.validation_examples, hooks
+        self.classification = (
+            None
+            if self.dpo
+            else setup_classification(
+                spec, self.tokenizing, self.train_examples, self.validation_examples, hooks
+            )
         )
         self.validation_order = list(
             np.random.default_rng([spec.seed, 7919]).permutation(len(self.validation_examples))
@@ -774,21 +964,35 @@ class Trainer:
         )
         self.state = ckpt.TrainState()
         self.checkpoints: list[CheckpointInfo] = []
+        self.last_resume = None
+        self.last_resume_step = None
         if resume_path is not None:
             self.state = ckpt.restore_training_state(
                 resume_path, self.optimizer, self.scheduler, device
             )
-            for path in ckpt.list_checkpoints(self.output_dir):
-                st = ckpt.load_state(path)
-                self.checkpoints.append(CheckpointInfo(st.epoch, st.step, str(path), {}))
+            for path in ckpt.list_checkpoints(self.checkpoints_dir):
+                step = int(path.name.split("-", 1)[1])
+                if step <= self.state.step:
+                    epoch = math.ceil(step / plan.steps_per_epoch)
+                    self.checkpoints.append(CheckpointInfo(epoch, step, str(path), {}))
             hooks.on_event("info", f"Resumed from checkpoint at step {self.state.step}")
+        if self.dpo:
+            self._fill_reference(resume_path)
 
-        kind = None if self.classification is None else self.classification.kind
+        # Best-checkpoint selection needs something to select on.
+        # (Not for DPO: its evaluations are preference statistics, not the rule's metrics.)
+        self.selecting = bool(spec.best_checkpoint and self.validation_examples and not self.dpo)
+        self.selection = Selection.restore(self.state.evaluations)
+        kind = (
+            "dpo" if self.dpo else None if self.classification is None else self.classification.kind
+        )
         betas = self.classification.betas if self.classification else [1.0]
-        columns = metrics.results_columns(kind, betas)
-        results_path = self.output_dir / RESULTS_FILE
+        columns = metrics.results_columns(kind, betas, selection=self.selecting)
+        self.results_path = results_path = self.output_dir / RESULTS_FILE
         writer = metrics.ResultsWriter(
-            results_path, columns, keep_until_step=self.state.step if resume_path else None
+            results_path,
+            columns,
+            restore_from=resume_path / ckpt.RESULTS if resume_path else None,
         )
         hyperparameters: dict[str, float | int] = {
             "n_epochs": plan.n_epochs,
@@ -796,10 +1000,14 @@ class Trainer:
             "learning_rate_multiplier": plan.multiplier,
             "prompt_loss_weight": spec.prompt_loss_weight,
         }
+        if self.dpo:
+            del hyperparameters["prompt_loss_weight"]  # DPO trains the outputs only
+            hyperparameters["beta"] = self.beta
         hooks.on_event(
             "info",
             f"Hyperparameters: n_epochs={plan.n_epochs} batch_size={plan.batch_size} "
-            f"learning_rate_multiplier={plan.multiplier} (learning rate "
+            f"learning_rate_multiplier={plan.multiplier}"
+            f"{f' beta={self.beta:g}' if self.dpo else ''} (learning rate "
             f"{plan.learning_rate:.3g}), {plan.total_steps} steps on {device}"
             f"{' with bf16 autocast' if runtime.bf16 else ''}",
         )
@@ -807,9 +1015,14 @@ class Trainer:
         runtime.model.train()
         self.started = time.perf_counter()
         self.seconds_before = self.state.seconds
+        self.cadence = CheckpointCadence(spec.checkpoint_every_steps, spec.checkpoint_every_seconds)
+        self.cadence.mark(self.state.step)
+        # Before the first step, so that the first metrics row already knows the total.
+        hooks.on_progress(self.state.step, plan.total_steps, self.state.elapsed_tokens, None)
         steps_this_run = 0
+        stopped_early = False
         last_row: dict[str, float] = {}
-        status = "succeeded"
+        status: Literal["succeeded", "stopped"] = "succeeded"
         try:
             while self.state.epoch < plan.n_epochs:
                 epoch = self.state.epoch
@@ -820,7 +1033,7 @@ class Trainer:
                     plan.batch_size,
                     self.state.batch_in_epoch,
                 ):
-                    if hooks.should_stop():
+                    if self.world.agree(hooks.should_stop()):  # every rank stops together
                         status = "stopped"
                         break
                     stats = self._train_step(batch)
@@ -850,44 +1063,113 @@ class Trainer:
                                     runtime, self.classification, plan.pack_tokens
                                 )
                             )
+                    if end_of_epoch and self.selecting:
+                        # The checkpoint this epoch ends is scored on every validation example.
+                        with self._eval_mode():
+                            row.update(
+                                self._evaluate(self.validation_examples).row("full_validation")
+                            )
                     writer.write(row)
                     hooks.on_metrics(row)
                     last_row = row
                     elapsed = time.perf_counter() - self.started
                     eta = elapsed / steps_this_run * (plan.total_steps - state.step)
                     hooks.on_progress(state.step, plan.total_steps, state.elapsed_tokens, eta)
+                    due = not end_of_epoch and self.cadence.due(state.step)
+                    if due and self._resume_checkpoint() is None:
+                        status = "stopped"  # fenced out: another attempt owns the job
+                        break
                 if status == "stopped":
                     break
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                self._checkpoint(last_row)
+                last_epoch = self.state.epoch == plan.n_epochs
+                if self.selecting:
+                    # Before the resume checkpoint, which keeps the evaluations for a resume.
+                    self._record_evaluation(last_row)
+                # Every epoch end is a resume point too, but the last (the model comes next).
+                resumable = last_epoch or self._resume_checkpoint() is not None
+                if not resumable or self._checkpoint(last_row) is None:
+                    status = "stopped"
+                    break
                 hooks.on_event("info", f"Completed epoch {self.state.epoch}/{plan.n_epochs}")
+                if (
+                    self.selecting
+                    and not last_epoch
+                    and self.selection.should_stop(spec.early_stopping_patience)
+                ):
+                    stopped_early = True
+                    hooks.on_event(
+                        "info",
+                        f"Early stopping after epoch {self.state.epoch}/{plan.n_epochs}: "
+                        f"{self.selection.since_best} evaluation(s) in a row without "
+                        "improvement",
+                    )
+                    break
         finally:
             writer.close()
 
+        resume_out: Path | None = None
+        model_out: Path | None = None
+        best = self.selection.best if self.selecting else None
         if status == "stopped":
-            latest = ckpt.latest_checkpoint(self.output_dir)
-            if latest is None or ckpt.load_state(latest).step != self.state.step:
-                self._checkpoint(last_row)
-            model_out = Path(self.checkpoints[-1].path) / "model"
+            # Stopped (cancel, pause) or fenced out: leave a resume point if still allowed to.
+            if self.last_resume_step == self.state.step:  # known on every rank
+                resume_out = self.last_resume
+            else:
+                resume_out = self._resume_checkpoint()
+            model_out = resume_out / "model" if resume_out is not None else None
             hooks.on_event("info", f"Stopped at step {self.state.step}")
-        else:
+        elif not self.world.agree(hooks.may_write()):
+            status = "stopped"
+        elif best is not None and best.step != self.state.step:
+            # The best checkpoint is an earlier one: it is the final model (already on disk).
+            model_out = ckpt.checkpoint_dir(self.checkpoints_dir, best.step) / "model"
+        elif self.world.is_main:
             model_out = save_trained(runtime, self.output_dir / "model", spec.model_source)
         final = {k: v for k, v in last_row.items() if not _isnan(v)}
-        if status == "succeeded" and spec.final_full_validation and self.validation_examples:
+        selection = None
+        if status == "succeeded" and best is not None:
+            reason = self.selection.reason(
+                stopped_early=stopped_early, patience=spec.early_stopping_patience
+            )
+            # The final model's metrics are the best checkpoint's.
+            final.update(best.metrics)
+            final["best_checkpoint_step"] = best.step
+            metrics.annotate_row(results_path, best.step, metrics.SELECTION_COLUMN, "1")
+            hooks.on_event("info", f"Best checkpoint: {reason}. It is the final model.")
+            selection = {
+                "step": best.step,
+                "epoch": best.epoch,
+                "metric": self.selection.metric,
+                "reason": reason,
+                "stopped_early": stopped_early,
+                "evaluations": self.selection.dump(),
+            }
+        if (
+            status == "succeeded"
+            and spec.final_full_validation
+            and self.validation_examples
+            and best is None  # the best checkpoint's whole-set scores are already in `final`
+        ):
             # The periodic validation rows see one batch each; a forecast compares whole sets.
             with self._eval_mode():
                 final.update(self._evaluate(self.validation_examples).row("full_validation"))
+        if not self.world.is_main:
+            shutil.rmtree(self.output_dir, ignore_errors=True)  # its scratch results file
+            resume_out = model_out = None
         return TrainResult(
             status=status,
             output_dir=str(self.output_dir),
-            model_dir=str(model_out),
+            model_dir=str(model_out) if model_out is not None else "",
             results_csv=str(results_path),
             trained_tokens=self.state.elapsed_tokens,
             steps=self.state.step,
             hyperparameters=hyperparameters,
             final_metrics=final,
             checkpoints=list(self.checkpoints),
+            resume_checkpoint=str(resume_out) if resume_out is not None else None,
+            selection=selection,
         )
 
 
@@ -902,7 +1184,9 @@ def train(spec: TrainSpec, hooks: Hooks | None = None) -> TrainResult:
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     elif pick_device(spec.device) == "cpu":
-        torch.set_num_threads(auto_threads())
+        # Under torchrun, the processes on one host share its cores.
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, auto_threads() // local))
     try:
         return Trainer(spec, hooks).run()
     finally:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from types import EllipsisType
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
+from common.conditional import etag_of, is_fresh, tag
 from common.pagination import cursor_page, parse_limit
 from config.api import ApiError
-from jobs import selectors, services, streams
+from jobs import controls, selectors, services, streams
 from jobs.models import FineTuneJob
 from jobs.serializers import (
     checkpoint_json,
@@ -64,23 +67,42 @@ def _tunery_extensions(body: dict[str, Any]) -> dict[str, Any]:
     forecast = body.get("scaling_forecast", False)
     if not isinstance(forecast, bool):
         raise ApiError("scaling_forecast must be a boolean.", param="scaling_forecast")
-    return {"method": method, "scaling_forecast": forecast}
+    # Checked in services.job_create (the form shares it); absent means "auto".
+    early_stopping = body.get("early_stopping", "auto")
+    return {"method": method, "scaling_forecast": forecast, "early_stopping": early_stopping}
 
 
 # --- legacy ---------------------------------------------------------------------------------
 
 
+# The legacy list had no paging at OpenAI; here it pages like every other list (`limit`,
+# `after`, `has_more`), oldest first. The 0.28 CLI asks without `limit`, so its default is
+# large enough that a team's whole history normally fits one page.
+LEGACY_LIST_LIMIT = 100
+LEGACY_LIST_MAX = 1000
+
+
 class LegacyJobListApi(APIView):
     def get(self, request: AuthedApiRequest) -> Response:
         jobs = selectors.job_list_for_org(organization=api_org(request))
-        data = [legacy_job_json(j, with_events=False) for j in jobs.order_by("created_at", "id")]
-        return Response({"object": "list", "data": data, "has_more": False})
+        page, has_more = cursor_page(
+            jobs.order_by("created_at", "id"),
+            after=request.query_params.get("after"),
+            limit=parse_limit(
+                request.query_params.get("limit"),
+                default=LEGACY_LIST_LIMIT,
+                maximum=LEGACY_LIST_MAX,
+            ),
+        )
+        data = [legacy_job_json(j, with_events=False) for j in page]
+        return Response({"object": "list", "data": data, "has_more": has_more})
 
     def post(self, request: AuthedApiRequest) -> Response:
         body = body_of(request)
+        legacy_fields: dict[str, Any] = {k: body.get(k) for k in LEGACY_FIELDS}
         req = services.JobRequest(
             api=FineTuneJob.Api.LEGACY,
-            **{k: body.get(k) for k in LEGACY_FIELDS},
+            **legacy_fields,
             **_tunery_extensions(body),
         )
         if req.model is None:
@@ -100,51 +122,145 @@ class LegacyJobCancelApi(APIView):
 
 
 class LegacyJobEventsApi(APIView):
-    def get(self, request: AuthedApiRequest, job_id: str) -> Response | StreamingHttpResponse:
+    def get(self, request: AuthedApiRequest, job_id: str) -> HttpResponseBase:
         job = job_or_404(request, job_id)
         if request.query_params.get("stream", "").lower() == "true":
             return streams.legacy_event_stream(job.pk)
+        etag = etag_of("legacy", job.pk, selectors.job_events_version(job=job))
+        if is_fresh(request, etag):
+            return tag(Response(status=304), etag)
         events = job.events.filter(type="message")
-        return Response(
-            {"object": "list", "data": [legacy_event_json(e) for e in events], "has_more": False}
+        return tag(
+            Response(
+                {
+                    "object": "list",
+                    "data": [legacy_event_json(e) for e in events],
+                    "has_more": False,
+                }
+            ),
+            etag,
         )
 
 
 # --- current --------------------------------------------------------------------------------
 
 
-def _current_hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
-    method = body.get("method")
-    hyper = body.get("hyperparameters") or {}
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "prompt_loss_weight")
+# Each `method.type`'s hyperparameters (openai's SupervisedHyperparameters, DpoHyperparameters;
+# prompt_loss_weight is Tunery's, kept from the legacy API).
+METHOD_HYPERPARAMETERS = {
+    "supervised": HYPERPARAMETERS,
+    "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+}
+NOT_YET = {"reinforcement": "Reinforcement fine-tuning"}
+
+
+def _object(value: Any, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(f"{param} must be an object.", param=param)
+    return value
+
+
+def _current_method(body: dict[str, Any]) -> dict[str, Any]:
+    """The method and hyperparameters of a current-API body: `method` ({type, supervised | dpo:
+    {hyperparameters}}) or the deprecated top-level `hyperparameters` (supervised, or DPO's
+    shared keys when `method.type` is dpo without hyperparameters of its own).
+
+    Every level of `method` is type-checked here, so a wrong type anywhere in it is a 400
+    naming where, never an AttributeError further down.
+    """
+    hyper = _object(body.get("hyperparameters"), "hyperparameters") or {}
+    where = "hyperparameters"
+    kind = "supervised"
+    method = _object(body.get("method"), "method")
     if method is not None:
-        if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
+        kind = method.get("type", "supervised")
+        if not isinstance(kind, str):
             raise ApiError(
-                "Only supervised fine-tuning is supported (method.type 'supervised').",
+                f"method.type must be 'supervised' or 'dpo', got {type(kind).__name__}.",
                 param="method.type",
             )
-        hyper = (method.get("supervised") or {}).get("hyperparameters") or hyper
-    if not isinstance(hyper, dict):
-        raise ApiError("hyperparameters must be an object.", param="hyperparameters")
-    unknown = set(hyper) - {
-        "n_epochs",
-        "batch_size",
-        "learning_rate_multiplier",
-        "prompt_loss_weight",
-    }
+        if kind in NOT_YET:
+            raise ApiError(
+                f"{NOT_YET[kind]} (method.type {kind!r}) is not supported yet; use "
+                "'supervised' or 'dpo'.",
+                param="method.type",
+            )
+        if kind not in METHOD_HYPERPARAMETERS:
+            raise ApiError(
+                f"method.type must be 'supervised' or 'dpo', got {kind[:40]!r}.",
+                param="method.type",
+            )
+        unknown = sorted(set(method) - {"type", kind})
+        if unknown:
+            raise ApiError(
+                f"Unknown or unsupported parameter {unknown[0]!r} in method of type {kind!r}.",
+                param=f"method.{unknown[0]}",
+            )
+        settings = _object(method.get(kind), f"method.{kind}") or {}
+        unknown = sorted(set(settings) - {"hyperparameters"})
+        if unknown:
+            raise ApiError(
+                f"Unknown parameter {unknown[0]!r} in method.{kind}.",
+                param=f"method.{kind}.{unknown[0]}",
+            )
+        inner = _object(settings.get("hyperparameters"), f"method.{kind}.hyperparameters")
+        if inner is not None:
+            hyper, where = inner, f"method.{kind}.hyperparameters"
+    allowed = METHOD_HYPERPARAMETERS[kind] if where != "hyperparameters" else HYPERPARAMETERS
+    unknown = sorted(set(hyper) - set(allowed))
     if unknown:
-        raise ApiError(f"Unknown hyperparameter {sorted(unknown)[0]!r}.", param="hyperparameters")
-    return {
-        k: hyper.get(k)
-        for k in ("n_epochs", "batch_size", "learning_rate_multiplier", "prompt_loss_weight")
-    }
+        raise ApiError(f"Unknown hyperparameter {unknown[0]!r}.", param=f"{where}.{unknown[0]}")
+    values = {k: hyper.get(k) for k in HYPERPARAMETERS}
+    return {**values, "method_type": kind, "beta": hyper.get("beta")}
+
+
+METADATA_FILTER = re.compile(r"metadata\[([^\[\]]{1,64})\]")
+
+
+def _metadata_filters(request: AuthedApiRequest) -> dict[str, str] | None | EllipsisType:
+    """OpenAI's `metadata[key]=value` filters (exact match) as {key: value}; None for
+    `metadata=null` (jobs without metadata); `...` when there is no metadata filter.
+
+    A malformed filter, or a key that isn't a valid metadata key, is a 400 naming `metadata`.
+    """
+    filters: dict[str, str] = {}
+    without = False
+    for name, value in request.query_params.dict().items():
+        if not name.startswith("metadata"):
+            continue
+        if name == "metadata":
+            if value != "null":
+                raise ApiError(
+                    "Filter on metadata with metadata[key]=value, or metadata=null for jobs "
+                    "without metadata.",
+                    param="metadata",
+                )
+            without = True
+            continue
+        match = METADATA_FILTER.fullmatch(name)
+        if match is None:
+            raise ApiError(
+                f"Malformed metadata filter {name!r}: use metadata[key]=value with a key of "
+                "1 to 64 characters and no brackets.",
+                param="metadata",
+            )
+        key = match.group(1)
+        services.check_metadata_key(key)
+        filters[key] = value
+    if without and filters:
+        raise ApiError("metadata=null can't be combined with metadata[key].", param="metadata")
+    return None if without else (filters or ...)
 
 
 class JobListApi(APIView):
     def get(self, request: AuthedApiRequest) -> Response:
         jobs = selectors.job_list_for_org(organization=api_org(request))
-        for key, value in request.query_params.items():
-            if key.startswith("metadata[") and key.endswith("]"):
-                jobs = jobs.filter(**{f"metadata__{key[9:-1]}": value})
+        filters = _metadata_filters(request)
+        if filters is not ...:
+            jobs = selectors.job_list_filter_metadata(jobs, filters)
         page, has_more = cursor_page(
             jobs,
             after=request.query_params.get("after"),
@@ -165,7 +281,7 @@ class JobListApi(APIView):
             seed=body.get("seed"),
             metadata=body.get("metadata"),
             integrations=body.get("integrations"),
-            **_current_hyperparameters(body),
+            **_current_method(body),
             **_tunery_extensions(body),
         )
         job = services.job_create(organization=api_org(request), created_by=_user(request), req=req)
@@ -182,24 +298,35 @@ class JobCancelApi(APIView):
         return Response(current_job_json(cancel_or_400(request, job_id)))
 
 
+class JobPauseApi(APIView):
+    def post(self, request: AuthedApiRequest, job_id: str) -> Response:
+        return Response(current_job_json(controls.job_pause(job=job_or_404(request, job_id))))
+
+
+class JobResumeApi(APIView):
+    def post(self, request: AuthedApiRequest, job_id: str) -> Response:
+        return Response(current_job_json(controls.job_resume(job=job_or_404(request, job_id))))
+
+
 class JobEventsApi(APIView):
-    def get(self, request: AuthedApiRequest, job_id: str) -> Response:
+    def get(self, request: AuthedApiRequest, job_id: str) -> HttpResponseBase:
         job = job_or_404(request, job_id)
-        page, has_more = cursor_page(
-            job.events.order_by("-id"),
-            after=request.query_params.get("after"),
-            limit=parse_limit(request.query_params.get("limit"), default=20),
-        )
-        return Response(
-            {"object": "list", "data": [current_event_json(e) for e in page], "has_more": has_more}
-        )
+        after = request.query_params.get("after")
+        limit = parse_limit(request.query_params.get("limit"), default=20)
+        # Pollers ask for the newest page again and again: unchanged, it is a bodiless 304.
+        etag = etag_of("current", job.pk, after, limit, selectors.job_events_version(job=job))
+        if is_fresh(request, etag):
+            return tag(Response(status=304), etag)
+        page, has_more = cursor_page(job.events.order_by("-id"), after=after, limit=limit)
+        data = [current_event_json(e) for e in page]
+        return tag(Response({"object": "list", "data": data, "has_more": has_more}), etag)
 
 
 class JobCheckpointsApi(APIView):
     def get(self, request: AuthedApiRequest, job_id: str) -> Response:
         job = job_or_404(request, job_id)
         page, has_more = cursor_page(
-            job.checkpoints.order_by("-step_number"),
+            selectors.checkpoint_list_for_job(job=job),
             after=request.query_params.get("after"),
             limit=parse_limit(request.query_params.get("limit"), default=10),
         )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from accounts import webhook_events
+from common.ids import random_id
+from common.redact import redact
 from jobs.models import FineTuneJob, JobEvent
 
 # kind -> (legacy text, current text, level). Both are format strings over the job and kwargs.
@@ -31,17 +34,50 @@ TEXTS: dict[str, tuple[str, str, str]] = {
         "Fine-tuning job resumed from step {step} (attempt {attempt}/{max_attempts})",
         "info",
     ),
+    # The reaper's first word (jobs.liveness): the worker went silent.
     "worker_lost": (
+        "Worker lost, resuming: {worker} has not reported for {seconds} s",
+        "Worker lost, resuming: {worker} has not reported for {seconds} s",
+        "warn",
+    ),
+    "worker_back": (
+        "Worker {worker} is reporting again",
+        "Worker {worker} is reporting again",
+        "info",
+    ),
+    "requeued": (
         "Worker stopped responding; the fine-tune goes back in the queue to resume from its "
         "last checkpoint (attempt {attempt}/{max_attempts})",
         "Worker stopped responding; the job goes back in the queue to resume from its last "
         "checkpoint (attempt {attempt}/{max_attempts})",
         "warn",
     ),
+    "hung": (
+        "Worker {worker} made no progress for {seconds} s (hung); the fine-tune goes back in "
+        "the queue to resume from its last checkpoint (attempt {attempt}/{max_attempts})",
+        "Worker {worker} made no progress for {seconds} s (hung); the job goes back in the "
+        "queue to resume from its last checkpoint (attempt {attempt}/{max_attempts})",
+        "warn",
+    ),
     "epoch": ("Completed epoch {epoch}/{n_epochs}", "Completed epoch {epoch}/{n_epochs}", "info"),
     "checkpoint": (
         "Checkpoint saved at step {step}",
         "Checkpoint created at step {step}",
+        "info",
+    ),
+    "pausing": (
+        "Fine-tune pausing: it stops after the current step and saves a checkpoint",
+        "Pausing fine-tuning job: it stops after the current step and saves a checkpoint",
+        "info",
+    ),
+    "paused": (
+        "Fine-tune paused at step {step}",
+        "Fine-tuning job paused at step {step}",
+        "info",
+    ),
+    "resuming": (
+        "Fine-tune resume requested: it goes back in the queue and continues from step {step}",
+        "Resuming fine-tuning job: it goes back in the queue and continues from step {step}",
         "info",
     ),
     "engine": ("{message}", "{message}", "info"),
@@ -61,16 +97,74 @@ TEXTS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def emit(job: FineTuneJob, kind: str, *, level: str | None = None, **kwargs: Any) -> JobEvent:
+# The kinds that end a job, and the webhook event each one sends (accounts/webhook_events.py).
+WEBHOOK_TYPES = {
+    "succeeded": "fine_tuning.job.succeeded",
+    "failed": "fine_tuning.job.failed",
+    "cancelled": "fine_tuning.job.cancelled",
+}
+
+
+def emit(
+    job: FineTuneJob,
+    kind: str,
+    *,
+    level: str | None = None,
+    written_by: int | None = None,
+    at_step: int | None = None,
+    **kwargs: Any,
+) -> JobEvent:
+    """Write one event; for a terminal kind, also queue its webhook deliveries.
+
+    `written_by`/`at_step`: the attempt and training step of a worker's event (see
+    JobEvent.attempt). A worker's terminal event is written inside its fenced transaction
+    (jobs.liveness.hold), so a fenced-out attempt neither writes the event nor sends the webhook.
+    """
+    event = _message(job, kind, level=level, written_by=written_by, at_step=at_step, **kwargs)
+    event.save()
+    if kind in WEBHOOK_TYPES:
+        # Every terminal transition emits exactly one of these, inside its guarded update's
+        # transaction: the delivery is queued only if that transaction commits.
+        webhook_events.event_send(
+            organization_id=job.organization_id,
+            event_type=WEBHOOK_TYPES[kind],
+            data={"id": job.public_id},
+        )
+    return event
+
+
+def _message(
+    job: FineTuneJob,
+    kind: str,
+    *,
+    level: str | None = None,
+    written_by: int | None = None,
+    at_step: int | None = None,
+    **kwargs: Any,
+) -> JobEvent:
     legacy, current, default_level = TEXTS[kind]
     text = legacy if job.api == FineTuneJob.Api.LEGACY else current
-    return JobEvent.objects.create(
+    return JobEvent(
+        public_id=random_id("ftevent-", 24),
         job=job,
         level=level or default_level,
         type=JobEvent.Type.MESSAGE,
-        message=text.format(job=job, **kwargs),
+        # Events reach API clients: exception text in them must not show server paths.
+        message=redact(text.format(job=job, **kwargs)),
         data={},
+        attempt=written_by,
+        step=at_step,
     )
+
+
+def emit_many(kind: str, jobs: list[tuple[FineTuneJob, dict[str, Any]]]) -> list[JobEvent]:
+    """emit() for many jobs in one INSERT (e.g. every queued job's new position when one starts).
+
+    Never for a terminal kind: those queue webhooks, one per job, inside their own transaction.
+    """
+    if kind in WEBHOOK_TYPES:
+        raise ValueError(f"{kind!r} sends webhooks: emit it per job")
+    return JobEvent.objects.bulk_create([_message(job, kind, **kwargs) for job, kwargs in jobs])
 
 
 def finite(row: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +174,14 @@ def finite(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def emit_metrics(job: FineTuneJob, *, step: int, total_steps: int, row: dict[str, float]) -> None:
+def emit_metrics(
+    job: FineTuneJob,
+    *,
+    step: int,
+    total_steps: int,
+    row: dict[str, float],
+    written_by: int | None = None,
+) -> None:
     """Current-API `metrics` events, in the shape of OpenAI's (reference §5.3)."""
     row = finite(row)
     data: dict[str, Any] = {"step": step, "total_steps": total_steps}
@@ -102,4 +203,6 @@ def emit_metrics(job: FineTuneJob, *, step: int, total_steps: int, row: dict[str
         type=JobEvent.Type.METRICS,
         message=f"Step {step}/{total_steps}: " + ", ".join(parts),
         data=data,
+        attempt=written_by,
+        step=step,
     )

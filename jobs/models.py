@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
 from common.ids import random_id
+
+
+def early_stopping_auto() -> str:
+    """The default of FineTuneJob.early_stopping (a callable: Django wants one for JSONField)."""
+    return "auto"
 
 
 class FineTuneJob(models.Model):
@@ -20,11 +27,14 @@ class FineTuneJob(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"  # legacy "pending"
         RUNNING = "running"
+        # Asked to pause: the running attempt checkpoints and exits (docs/adr/0009-paused-status.md).
+        PAUSING = "pausing"
+        PAUSED = "paused"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
 
-    UNFINISHED = (Status.QUEUED, Status.RUNNING)
+    UNFINISHED = (Status.QUEUED, Status.RUNNING, Status.PAUSING, Status.PAUSED)
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     class Method(models.TextChoices):
@@ -43,12 +53,24 @@ class FineTuneJob(models.Model):
     parent_model = models.ForeignKey(
         "models_app.FineTunedModel", models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # Continued from a checkpoint (its own org's or one shared with it) instead of a model.
+    parent_checkpoint = models.ForeignKey(
+        "jobs.Checkpoint", models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     training_file = models.ForeignKey("datasets.File", models.PROTECT, related_name="+")
     validation_file = models.ForeignKey(
         "datasets.File", models.PROTECT, null=True, blank=True, related_name="+"
     )
     method = models.CharField(max_length=8, choices=Method, default=Method.LORA)
-    # As requested (values may be None/"auto") and as resolved by the worker.
+
+    class MethodType(models.TextChoices):
+        """OpenAI's `method.type`: what is optimised (`method` above: which weights change)."""
+
+        SUPERVISED = "supervised", "Supervised"
+        DPO = "dpo", "DPO"
+
+    method_type = models.CharField(max_length=16, choices=MethodType, default=MethodType.SUPERVISED)
+    # As requested (values may be None/"auto") and as resolved by the worker; DPO adds "beta".
     hyperparameters = models.JSONField(default=dict, blank=True)
     resolved_hyperparameters = models.JSONField(default=dict, blank=True)
     classification = models.JSONField(default=dict, blank=True)
@@ -61,6 +83,9 @@ class FineTuneJob(models.Model):
         "self", models.CASCADE, null=True, blank=True, related_name="children"
     )
     data_fraction = models.FloatField(default=1.0)
+    # Best-checkpoint selection and early stopping as asked: "auto", true, false or a patience
+    # (jobs.runner.early_stopping resolves it; docs/adr/0018).
+    early_stopping = models.JSONField(default=early_stopping_auto, blank=True)
     # On a scaling-forecast parent, once its three runs have finished (jobs.forecast).
     forecast = models.JSONField(null=True, blank=True)
 
@@ -74,7 +99,18 @@ class FineTuneJob(models.Model):
     tokens_per_second = models.FloatField(null=True, blank=True)
     estimated_finish = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Incremented by each claim; every write of an attempt is guarded by it (jobs.runner).
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Pause/resume cycles: each resume claims the job again without a crash, so the reaper counts
+    # `attempts - pauses` against TUNERY_MAX_JOB_ATTEMPTS.
+    pauses = models.PositiveSmallIntegerField(default=0)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # Liveness (jobs.liveness): who runs the current attempt, when the reaper found it silent,
+    # when its step last advanced and how long a step takes (to tell a hung worker).
+    worker = models.CharField(max_length=200, blank=True)
+    worker_lost_at = models.DateTimeField(null=True, blank=True)
+    step_at = models.DateTimeField(null=True, blank=True)
+    seconds_per_step = models.FloatField(null=True, blank=True)
     estimated_cost = models.DecimalField(max_digits=12, decimal_places=4, default=0)
     fine_tuned_model = models.CharField(max_length=300, null=True, blank=True)
     result_file = models.ForeignKey(
@@ -141,6 +177,10 @@ class JobEvent(models.Model):
     type = models.CharField(max_length=8, choices=Type, default=Type.MESSAGE)
     message = models.TextField()
     data = models.JSONField(null=True, blank=True)
+    # Which attempt wrote it, at which training step: a resumed attempt drops what the lost
+    # one wrote after the checkpoint it resumes from, so that no step is reported twice.
+    attempt = models.PositiveSmallIntegerField(null=True, blank=True)
+    step = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -148,19 +188,26 @@ class JobEvent(models.Model):
     def __str__(self) -> str:
         return self.message
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.public_id:
             self.public_id = random_id("ftevent-", 24)
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        super().save(*args, **kwargs)
 
 
 class Checkpoint(models.Model):
+    """A model checkpoint the engine wrote at an epoch end. The `exposed` ones (last 3 epochs:
+    OpenAI's policy) are listed by the API and usable as models under `name`
+    (`ft:…:ckpt-step-N`). `path` is `jobs/<job>/checkpoints/step-N`; the loadable model is its
+    `model/` (jobs.checkpoints), kept there until the retention GC removes it."""
+
     public_id = models.CharField(max_length=40, unique=True, editable=False)
     job = models.ForeignKey(FineTuneJob, models.CASCADE, related_name="checkpoints")
     step_number = models.PositiveIntegerField()
     epoch = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict)
     path = models.CharField(max_length=500)
+    name = models.CharField(max_length=300, blank=True, db_index=True)
+    exposed = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -172,7 +219,66 @@ class Checkpoint(models.Model):
     def __str__(self) -> str:
         return f"{self.job_id} step {self.step_number}"
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.public_id:
             self.public_id = random_id("ftckpt_", 24)
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        super().save(*args, **kwargs)
+
+
+class CheckpointComparison(models.Model):
+    """Every exposed checkpoint of a job scored on its whole validation set, by a worker."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    job = models.OneToOneField(FineTuneJob, models.CASCADE, related_name="comparison")
+    status = models.CharField(max_length=16, choices=Status, default=Status.QUEUED)
+    # [{"checkpoint": public id, "name", "step_number", "epoch", "metrics": {...}}, ...]
+    rows = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    requested_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"comparison of {self.job_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+
+class RetentionPolicy(models.Model):
+    """What Tunery keeps on disk, and for how long: one row, edited in the admin.
+
+    Its defaults come from the TUNERY_RETAIN_* / TUNERY_FILE_CACHE_* settings when the row is
+    first created; jobs.retention applies it (the hourly `jobs.collect_garbage` task).
+    """
+
+    work_days = models.PositiveIntegerField(
+        help_text="Days to keep the work directories (resume checkpoints, partial results) of "
+        "cancelled and failed jobs. 0: remove them at the next collection."
+    )
+    checkpoint_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Days to keep a finished job's per-epoch checkpoints (they stop being listed "
+        "when removed). Empty: keep them as long as the job.",
+    )
+    file_cache_max_bytes = models.PositiveBigIntegerField(
+        help_text="Bound on the local copies of uploaded files that workers train from; the "
+        "least recently used copies not needed by an unfinished job go first."
+    )
+    file_cache_idle_days = models.PositiveIntegerField(
+        help_text="Days after which an unused local copy of a file is removed."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "retention policy"
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="one_retention_policy")]
+
+    def __str__(self) -> str:
+        return "Retention policy"

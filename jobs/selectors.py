@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from typing import Any
+
+from django.db.models import Count, Max, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 
 from accounts.models import Organization
-from jobs.models import FineTuneJob
+from jobs.models import Checkpoint, CheckpointComparison, FineTuneJob, JobEvent
 
 
 def job_list_for_org(*, organization: Organization) -> QuerySet[FineTuneJob]:
+    # Everything the serializers and list pages read per job, in the one query.
     return FineTuneJob.objects.filter(organization=organization).select_related(
-        "base_model", "training_file", "validation_file", "result_file"
+        "organization",
+        "created_by",
+        "base_model",
+        "training_file",
+        "validation_file",
+        "result_file",
+        "parent_job",
     )
+
+
+def job_list_filter_metadata(
+    jobs: QuerySet[FineTuneJob], pairs: dict[str, str] | None
+) -> QuerySet[FineTuneJob]:
+    """Exact match on each metadata key; None selects jobs without metadata.
+
+    A key is only ever a JSON key (KeyTextTransform), never part of a lookup path: a key like
+    `a__contains` or `a__b` matches the key literally, nothing else.
+    """
+    if pairs is None:
+        return jobs.filter(metadata__isnull=True)
+    for i, (key, value) in enumerate(pairs.items()):
+        alias = f"_metadata_{i}"
+        jobs = jobs.alias(**{alias: KeyTextTransform(key, "metadata")}).filter(**{alias: value})
+    return jobs
+
+
+def checkpoint_list_for_job(*, job: FineTuneJob) -> QuerySet[Checkpoint]:
+    """The checkpoints the API lists and serves as models (jobs.checkpoints: the last 3 epochs)."""
+    return Checkpoint.objects.filter(job=job, exposed=True).order_by("-step_number")
+
+
+def comparison_for_job(*, job: FineTuneJob) -> CheckpointComparison | None:
+    return CheckpointComparison.objects.filter(job=job).first()
 
 
 def queue_position(job: FineTuneJob) -> int:
@@ -57,7 +92,7 @@ def job_preflight(
     batch_size: int | None,
     learning_rate_multiplier: float | None,
     scaling_forecast: bool = False,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The auto hyperparameters and a time estimate, shown on the create form."""
     import engine
 
@@ -77,3 +112,61 @@ def job_preflight(
         "scaling_forecast": scaling_forecast,
         "seconds": to_train / speed if speed else None,
     }
+
+
+def job_list_filtered(
+    *, organization: Organization, status: str = "", model: str = "", creator: str = "", q: str = ""
+) -> QuerySet[FineTuneJob]:
+    """The jobs list's filters; each is an exact match on a known value, `q` a substring."""
+    jobs = job_list_for_org(organization=organization)
+    if status in FineTuneJob.Status.values:
+        jobs = jobs.filter(status=status)
+    if model:
+        jobs = jobs.filter(base_model__name=model)
+    if creator:
+        jobs = jobs.filter(created_by__username=creator)
+    if q:
+        jobs = jobs.filter(
+            Q(public_id__icontains=q) | Q(suffix__icontains=q) | Q(fine_tuned_model__icontains=q)
+        )
+    return jobs
+
+
+def job_bases_for_org(*, organization: Organization) -> list[str]:
+    return sorted(
+        set(
+            FineTuneJob.objects.filter(organization=organization).values_list(
+                "base_model__name", flat=True
+            )
+        )
+    )
+
+
+def job_creators_for_org(*, organization: Organization) -> list[str]:
+    return sorted(
+        {
+            name
+            for name in FineTuneJob.objects.filter(organization=organization).values_list(
+                "created_by__username", flat=True
+            )
+            if name
+        }
+    )
+
+
+def job_events_version(*, job: FineTuneJob) -> tuple[int | None, int]:
+    """(newest event id, number of events): changes whenever the job's event list does (events
+    are only ever appended, or deleted with their job). One indexed aggregate."""
+    row = JobEvent.objects.filter(job=job).aggregate(last=Max("id"), n=Count("id"))
+    return row["last"], row["n"]
+
+
+def job_page_version(*, job: FineTuneJob) -> tuple[Any, ...]:
+    """Everything the job page's live partial shows besides the job row itself: its events,
+    checkpoints, a forecast's runs and the queue position."""
+    checkpoints = list(checkpoint_list_for_job(job=job).values_list())
+    children = list(
+        job.children.order_by("pk").values_list("pk", "status", "step", "final_metrics")
+    )
+    position = queue_position(job) if job.status == FineTuneJob.Status.QUEUED else None
+    return (job_events_version(job=job), checkpoints, children, position)

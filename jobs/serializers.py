@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from datasets.models import File
+from jobs import forecast
+from jobs.checkpoints import checkpoint_name
+from jobs.liveness import worker_json
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
 
 
@@ -25,7 +28,7 @@ def file_json(file: File) -> dict[str, Any]:
     }
 
 
-LEGACY_STATUS = {FineTuneJob.Status.QUEUED: "pending"}
+LEGACY_STATUS: dict[str, str] = {FineTuneJob.Status.QUEUED: "pending"}
 
 
 def current_status(job: FineTuneJob) -> str:
@@ -42,9 +45,15 @@ def _resolved(job: FineTuneJob, key: str) -> Any:
 
 def forecast_keys(job: FineTuneJob) -> dict[str, Any]:
     """Tunery's data-scaling forecast, in both APIs (clients ignore unknown keys)."""
-    keys: dict[str, Any] = {"scaling_forecast": job.scaling_forecast}
+    keys: dict[str, Any] = {
+        "scaling_forecast": job.scaling_forecast,
+        # Best-checkpoint selection as asked (docs/adr/0018); the winner is in the events.
+        "early_stopping": job.early_stopping,
+    }
     if job.scaling_forecast:
-        keys["forecast"] = job.forecast  # null until its three runs have finished
+        keys["forecast"] = forecast.forecast_shown(
+            job.forecast
+        )  # null until its three runs have finished
     if job.parent_job_id is not None:
         keys["parent_job"] = job.parent_job.public_id if job.parent_job else None
         keys["data_fraction"] = job.data_fraction
@@ -92,6 +101,7 @@ def legacy_job_json(job: FineTuneJob, *, with_events: bool = True) -> dict[str, 
         "validation_files": [file_json(job.validation_file)] if job.validation_file else [],
         "result_files": [file_json(job.result_file)] if job.result_file else [],
         **forecast_keys(job),
+        "worker": worker_json(job),  # Tunery extension (jobs.liveness)
     }
     if with_events:
         body["events"] = [legacy_event_json(e) for e in job.events.filter(type="message")]
@@ -123,13 +133,23 @@ def current_job_json(job: FineTuneJob) -> dict[str, Any]:
         "estimated_finish": ts(job.estimated_finish),
         "error": job.error,
         "user_provided_suffix": job.suffix or None,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": method_json(job, hyperparameters),
         "metadata": job.metadata,
         # Tunery extensions: clients ignore unknown keys.
         "training_method": job.method,
         "progress": round(job.progress, 4),
+        "worker": worker_json(job),
         **forecast_keys(job),
     }
+
+
+def method_json(job: FineTuneJob, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method`: {type, <type>: {hyperparameters}}; DPO's add `beta`."""
+    kind = job.method_type
+    inner = dict(hyperparameters)
+    if kind == FineTuneJob.MethodType.DPO:
+        inner["beta"] = _resolved(job, "beta") or "auto"
+    return {"type": kind, kind: {"hyperparameters": inner}}
 
 
 def current_event_json(event: JobEvent) -> dict[str, Any]:
@@ -144,17 +164,26 @@ def current_event_json(event: JobEvent) -> dict[str, Any]:
     }
 
 
+CHECKPOINT_METRICS = (
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+)
+
+
 def checkpoint_json(checkpoint: Checkpoint, job: FineTuneJob) -> dict[str, Any]:
-    name = (
-        job.fine_tuned_model
-        or f"ft:{job.base_model.name}:{job.organization.slug}:{job.suffix}:{job.public_id}"
-    )
+    """OpenAI's `fine_tuning.job.checkpoint`; `metrics` holds exactly the SDK type's keys."""
+    metrics = {key: checkpoint.metrics.get(key) for key in CHECKPOINT_METRICS}
     return {
         "object": "fine_tuning.job.checkpoint",
         "id": checkpoint.public_id,
         "created_at": ts(checkpoint.created_at),
-        "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{checkpoint.step_number}",
+        "fine_tuned_model_checkpoint": checkpoint.name
+        or checkpoint_name(job, checkpoint.step_number),
         "step_number": checkpoint.step_number,
-        "metrics": {"step": checkpoint.step_number, **checkpoint.metrics},
+        "metrics": {"step": float(checkpoint.step_number), **metrics},
         "fine_tuning_job_id": job.public_id,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -17,14 +18,16 @@ from django.utils import timezone
 from accounts.models import Organization
 from common.ids import random_id
 from config.api import ApiError
+from datasets.labels import known_labels
 from datasets.models import File
 from datasets.selectors import file_find_for_org
-from engine.spec import resolve_hyperparameters
+from engine.spec import BETA_RANGE, resolve_hyperparameters
 from jobs import events, forecast, tasks
+from jobs.checkpoints import has_files
 from jobs.models import FineTuneJob
 from jobs.selectors import queue_position
-from models_app.models import BaseModel, FineTunedModel
-from models_app.selectors import base_model_find, model_find_for_org
+from models_app.models import BaseModel
+from models_app.selectors import Usable, base_model_find, usable_model_find
 
 # OpenAI's ranges (reference §3.1 and §5.1).
 N_EPOCHS_RANGE = (1, 50)
@@ -55,7 +58,11 @@ class JobRequest:
     metadata: Any = None
     integrations: Any = None
     method: str = FineTuneJob.Method.LORA
+    # OpenAI's method.type (supervised | dpo) and DPO's beta; the legacy API is supervised.
+    method_type: str = FineTuneJob.MethodType.SUPERVISED
+    beta: Any = None
     scaling_forecast: bool = False
+    early_stopping: Any = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,16 +105,15 @@ def slug_suffix(suffix: Any, *, api: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", suffix).strip("-")
 
 
-def _resolve_model(
-    organization: Organization, name: str | None
-) -> tuple[BaseModel, FineTunedModel | None]:
+def _resolve_model(organization: Organization, name: str | None) -> tuple[BaseModel, Usable | None]:
     if not name:
         raise _bad("model", "model is required.")
     if not isinstance(name, str):
         raise _bad("model", "model must be a string.")
-    parent = model_find_for_org(organization=organization, name=name)
+    # Continued training of a fine-tune or checkpoint: the org's own, or one shared with it.
+    parent = usable_model_find(organization=organization, name=name)
     if parent is not None:
-        return parent.base, parent  # continued training of the org's own fine-tune
+        return parent.base, parent
     base = base_model_find(name=name)
     if base is None:
         raise ApiError(
@@ -133,9 +139,38 @@ def _resolve_file(organization: Organization, file_id: Any, param: str, base: Ba
             f"File {file_id} has {file.error_count or 'validation'} error(s) and can't be used "
             f"for training: {file.status_details or 'see the dataset page'}",
         )
-    if file.format == File.Format.CHAT and not base.has_chat_template:
-        raise _bad(param, f"File {file_id} is chat data but {base.name} has no chat template.")
+    if file.format in CHAT_FORMATS and not base.has_chat_template:
+        raise _bad(
+            param, f"File {file_id} is {file.format} data but {base.name} has no chat template."
+        )
     return file
+
+
+CHAT_FORMATS = (File.Format.CHAT, File.Format.PREFERENCE)
+
+
+def _check_method_data(req: JobRequest, files: dict[str, File]) -> None:
+    """DPO trains on preference pairs and only DPO does: a file of the other kind is a 400
+    naming it. (A file still being validated has no format yet; the runner's engine refuses it
+    then, with the line at fault.)"""
+    dpo = req.method_type == FineTuneJob.MethodType.DPO
+    for param, file in files.items():
+        if not file.format:
+            continue
+        preference = file.format == File.Format.PREFERENCE
+        if dpo and not preference:
+            raise _bad(
+                param,
+                f"File {file.public_id} is {file.format.replace('_', '/')} data; method.type "
+                "'dpo' needs preference data (`input`, `preferred_output`, "
+                "`non_preferred_output`).",
+            )
+        if preference and not dpo:
+            raise _bad(
+                param,
+                f"File {file.public_id} is preference data, which trains with method.type "
+                "'dpo' only.",
+            )
 
 
 def _classification(req: JobRequest) -> dict[str, Any]:
@@ -188,6 +223,27 @@ def _classification(req: JobRequest) -> dict[str, Any]:
     }
 
 
+def _check_positive_class(
+    classification: dict[str, Any], training: File, validation: File | None
+) -> None:
+    """A positive class the data doesn't have is refused, not skipped with a warning event
+    after the whole run. Checked against the files' label counts when validation recorded
+    them all (a classification-looking file with fewer than 50 distinct completions)."""
+    positive = classification.get("classification_positive_class")
+    if positive is None:
+        return
+    labels = known_labels(training, validation)
+    if labels is None or positive in labels:
+        return
+    shown = ", ".join(json.dumps(label, ensure_ascii=False) for label in sorted(labels)[:10])
+    raise _bad(
+        "classification_positive_class",
+        f"classification_positive_class {json.dumps(positive, ensure_ascii=False)} is not a "
+        f"completion in the training or validation file; its classes are {shown} (mind the "
+        "leading space).",
+    )
+
+
 def _validate_integrations(value: Any) -> list[dict[str, Any]]:
     if value in (None, []):
         return []
@@ -202,15 +258,40 @@ def _validate_integrations(value: Any) -> list[dict[str, Any]]:
     return value
 
 
+METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
+
+
+def check_metadata_key(key: str) -> None:
+    """Metadata keys are 1-64 characters without "__" or brackets, so that every stored key
+    can be filtered on (`metadata[key]=value`) and no key reads like an ORM lookup."""
+    if not 1 <= len(key) <= METADATA_MAX_KEY or "__" in key or "[" in key or "]" in key:
+        raise _bad(
+            "metadata",
+            f"Invalid metadata key {key[:80]!r}: keys are 1 to {METADATA_MAX_KEY} characters, without '__', "
+            "'[' or ']'.",
+        )
+
+
 def _validate_metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's `metadata`: at most 16 pairs of strings, keys ≤ 64 and values ≤ 512 chars."""
     if value is None:
         return None
-    if not isinstance(value, dict) or len(value) > 16:
-        raise _bad("metadata", "metadata must be an object of at most 16 string pairs.")
+    if not isinstance(value, dict):
+        raise _bad("metadata", "metadata must be an object of string keys and string values.")
+    if len(value) > METADATA_MAX_PAIRS:
+        raise _bad(
+            "metadata",
+            f"metadata may hold at most {METADATA_MAX_PAIRS} pairs, got {len(value)}.",
+        )
     for k, v in value.items():
-        if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+        check_metadata_key(k)
+        if not isinstance(v, str):
+            raise _bad("metadata", f"metadata[{k!r}] must be a string.")
+        if len(v) > METADATA_MAX_VALUE:
             raise _bad(
-                "metadata", "metadata keys (≤64 chars) and values (≤512 chars) must be strings."
+                "metadata",
+                f"metadata[{k!r}] is {len(v)} characters; values may be at most "
+                f"{METADATA_MAX_VALUE}.",
             )
     return value
 
@@ -239,8 +320,15 @@ def job_create(
         if req.validation_file
         else None
     )
+    n_epochs = _int_in(req.n_epochs, "n_epochs", *N_EPOCHS_RANGE)
+    if req.method_type not in FineTuneJob.MethodType.values:
+        raise _bad("method.type", "method.type must be 'supervised' or 'dpo'.")
+    files = {"training_file": training}
+    if validation is not None:
+        files["validation_file"] = validation
+    _check_method_data(req, files)
     hyperparameters = {
-        "n_epochs": _int_in(req.n_epochs, "n_epochs", *N_EPOCHS_RANGE),
+        "n_epochs": n_epochs,
         "batch_size": _int_in(req.batch_size, "batch_size", *BATCH_SIZE_RANGE),
         "learning_rate_multiplier": _float_in(
             req.learning_rate_multiplier, "learning_rate_multiplier", *LRM_RANGE
@@ -249,16 +337,35 @@ def job_create(
     }
     if hyperparameters["prompt_loss_weight"] is None:
         hyperparameters["prompt_loss_weight"] = 0.01  # OpenAI's default since 2022-10
+    if req.method_type == FineTuneJob.MethodType.DPO:
+        del hyperparameters["prompt_loss_weight"]  # DPO trains the outputs only
+        hyperparameters["beta"] = _float_in(
+            req.beta, "method.dpo.hyperparameters.beta", *BETA_RANGE
+        )
+        if req.compute_classification_metrics not in (None, False):
+            raise _bad(
+                "compute_classification_metrics",
+                "Classification metrics are for supervised jobs; a DPO job reports preference "
+                "accuracy and reward margin.",
+            )
+        if req.scaling_forecast is True:
+            raise _bad("scaling_forecast", "A scaling forecast is for supervised jobs only.")
+    elif req.beta is not None:
+        raise _bad("beta", "beta is a hyperparameter of method.type 'dpo'.")
     classification = _classification(req)
+    _check_positive_class(classification, training, validation)
     if req.method not in FineTuneJob.Method.values:
         raise _bad("training_method", "training_method must be 'lora' or 'full'.")
     if parent is not None and parent.method != req.method:
         raise _bad(
             "model", f"{parent.name} is a {parent.method} fine-tune; continue it the same way."
         )
+    if parent is not None and parent.checkpoint is not None and not has_files(parent.checkpoint):
+        raise _bad("model", f"The files of checkpoint {parent.name} were removed by retention.")
     seed = _int_in(req.seed, "seed", 0, SEED_MAX)
     if req.scaling_forecast is not True and req.scaling_forecast is not False:
         raise _bad("scaling_forecast", "scaling_forecast must be a boolean.")
+    early_stopping = _early_stopping(req.early_stopping, validation)
     resolved = (
         _forecast_hyperparameters(training, validation, hyperparameters)
         if req.scaling_forecast
@@ -272,10 +379,12 @@ def job_create(
         created_by=created_by,
         model=req.model or base.name,
         base_model=base,
-        parent_model=parent,
+        parent_model=parent.fine_tuned if parent else None,
+        parent_checkpoint=parent.checkpoint if parent else None,
         training_file=training,
         validation_file=validation,
         method=req.method,
+        method_type=req.method_type,
         hyperparameters=hyperparameters,
         classification=classification,
         suffix=slug_suffix(req.suffix, api=req.api),
@@ -283,8 +392,9 @@ def job_create(
         metadata=_validate_metadata(req.metadata),
         integrations=_validate_integrations(req.integrations),
         scaling_forecast=req.scaling_forecast,
+        early_stopping=early_stopping,
         resolved_hyperparameters=resolved,
-        estimated_cost=estimate_cost(base, training, hyperparameters["n_epochs"]),
+        estimated_cost=estimate_cost(base, training, n_epochs),
     )
     with transaction.atomic():
         job.full_clean()
@@ -297,6 +407,26 @@ def job_create(
         if job.scaling_forecast:
             _forecast_children_create(job, resolved or hyperparameters)
     return job
+
+
+def _early_stopping(value: Any, validation: File | None) -> Any:
+    """Tunery's best-checkpoint selection and early stopping (docs/adr/0018): "auto" (or absent),
+    true, false, or a patience (evaluations without improvement, 1 to 100). Anything but "auto"
+    and false needs a validation file to evaluate on."""
+    if value is None or value == "auto":
+        return "auto"
+    if value is False:
+        return False
+    if value is not True and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _bad(
+            "early_stopping",
+            "early_stopping must be 'auto', true, false or a patience (an integer from 1 to 100).",
+        )
+    if value is not True and not 1 <= value <= 100:
+        raise _bad("early_stopping", f"early_stopping patience must be 1 to 100, got {value}.")
+    if validation is None:
+        raise _bad("early_stopping", "early_stopping needs a validation_file to evaluate on.")
+    return value
 
 
 def _forecast_hyperparameters(
@@ -352,6 +482,7 @@ def _forecast_children_create(parent: FineTuneJob, hyperparameters: dict[str, An
             model=parent.model,
             base_model=parent.base_model,
             parent_model=parent.parent_model,
+            parent_checkpoint=parent.parent_checkpoint,
             training_file=parent.training_file,
             validation_file=parent.validation_file,
             method=parent.method,

@@ -1,20 +1,33 @@
-"""Celery entry points. No logic here: each task takes ids and calls jobs.runner."""
+"""Celery entry points. No logic here: each task takes ids and calls a worker-side module."""
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
-from jobs import runner
+from jobs import comparison, liveness, retention, runner
 
 
 @shared_task(name="jobs.run_training_job", bind=True, max_retries=None, acks_late=True)
-def run_training_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
-    outcome = runner.job_run(job_id=job_id)
+def run_training_job(self: Task[[int], None], job_id: int) -> None:
+    outcome = runner.job_run(job_id=job_id, worker=self.request.hostname)
     if outcome != runner.DONE:  # files still validating, or the org is at its running limit
-        raise self.retry(countdown=2 if outcome == runner.WAIT_FOR_FILES else 15)
+        # Backs off to 30 s; a job waits at most TUNERY_JOB_FILE_WAIT_SECONDS for its files.
+        wait = min(30, 2 * 2 ** min(self.request.retries, 4))
+        raise self.retry(countdown=wait if outcome == runner.WAIT_FOR_FILES else 15)
 
 
 @shared_task(name="jobs.requeue_stale_jobs")
 def requeue_stale_jobs() -> None:
-    for job_id in runner.jobs_requeue_stale():
+    for job_id in liveness.jobs_reap():
         run_training_job.delay(job_id)
+    liveness.jobs_settle_stale_pauses()
+
+
+@shared_task(name="jobs.compare_checkpoints", acks_late=True)
+def compare_checkpoints(job_id: int) -> None:
+    comparison.comparison_run(job_id=job_id)
+
+
+@shared_task(name="jobs.collect_garbage")
+def collect_garbage() -> dict[str, int]:
+    return retention.collect_garbage()

@@ -12,5 +12,14 @@ urlpatterns = [
     path("new/preflight/", views.job_preflight, name="preflight"),
     path("<str:job_id>/", views.job_detail, name="detail"),
     path("<str:job_id>/cancel/", views.job_cancel, name="cancel"),
+    path("<str:job_id>/charts.json", views.job_charts, name="charts"),
+    path("<str:job_id>/pause/", views.job_pause, name="pause"),
+    path("<str:job_id>/resume/", views.job_resume, name="resume"),
+    path("<str:job_id>/checkpoints/compare/", views.job_compare, name="compare"),
+    path(
+        "<str:job_id>/checkpoints/<str:checkpoint_id>/download.zip",
+        views.checkpoint_download,
+        name="checkpoint_download",
+    ),
     path("<str:job_id>/results.csv", views.job_results, name="results"),
 ]

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-import json
+import tempfile
+from typing import Any
 
-from django.http import FileResponse, Http404, HttpResponse
+from django.contrib import messages
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotModified,
+    JsonResponse,
+    QueryDict,
+)
+from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
+from django.utils.timesince import timesince
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
+from common.conditional import etag_of, is_fresh, tag
 from config.api import ApiError
-from datasets.selectors import file_find_for_org
-from jobs import charts, forecast, selectors, services
-from jobs.forms import JobCreateForm
+from jobs import charts, controls, forecast, metric_format, preflight, selectors, services
+from jobs.forms import JobCreateForm, humanize
 from jobs.models import FineTuneJob
-from models_app.selectors import base_model_find, model_find_for_org
+from models_app.selectors import job_final_metrics, model_find_for_org
+from models_app.services import checkpoint_zip
 
 DETAIL = "jobs/detail.html"
 LIST = "jobs/list.html"
@@ -33,83 +46,164 @@ def _job_or_404(request: AuthedHtmxRequest, job_id: str) -> FineTuneJob:
 @require_GET
 @vary_on_headers("HX-Request")
 def job_list(request: AuthedHtmxRequest) -> HttpResponse:
-    jobs = selectors.job_list_for_org(organization=request.organization)
-    jobs = jobs.select_related("parent_job")[:200]  # forecast runs link to their parent
-    polling = any(not j.is_finished for j in jobs)
+    """Every job of the org, newest first, filtered by status, base model and creator, and
+    searched by id, suffix or model name (the filters are GET parameters: a link keeps them)."""
+    org = request.organization
+    filters = {k: request.GET.get(k, "").strip() for k in ("status", "model", "creator", "q")}
+    jobs = list(selectors.job_list_filtered(organization=org, **filters)[:200])
+    # A paused job changes only when someone resumes it: no reason to keep polling for it.
+    polling = any(not j.is_finished and j.status != FineTuneJob.Status.PAUSED for j in jobs)
+    for job in jobs:
+        job.final_metric = metric_format.headline(job.final_metrics)  # type: ignore[attr-defined]  # for the template
+    context = {
+        "jobs": jobs,
+        "polling": polling,
+        "filters": filters,
+        "query": request.GET.urlencode(),
+        "statuses": FineTuneJob.Status.values,
+        "bases": selectors.job_bases_for_org(organization=org),
+        "creators": selectors.job_creators_for_org(organization=org),
+    }
     template = f"{LIST}#job-table" if request.htmx else LIST
-    return render(request, template, {"jobs": jobs, "polling": polling})
+    return render(request, template, context)
 
 
 @org_required
 @require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
 def job_create(request: AuthedHtmxRequest) -> HttpResponse:
+    """The create form. GET parameters pre-fill it (the dataset page's "Fine-tune with these
+    files"); `?part=positive-class` (HTMX) re-renders the positive class for the chosen files."""
     org = request.organization
-    form = JobCreateForm(request.POST or None, organization=org)
+    if request.htmx and request.GET.get("part") == "positive-class":
+        form = JobCreateForm(request.GET, organization=org)
+        return render(request, "jobs/create.html#positive-class", {"form": form})
+    initial = {k: v for k, v in request.GET.dict().items() if k != "part"}
+    form = JobCreateForm(request.POST or None, organization=org, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             job = services.job_create(
                 organization=org, created_by=request.user, req=form.to_request()
             )
         except ApiError as exc:
-            field = exc.param if exc.param in form.fields else None
-            form.add_error(field, exc.message)
+            # `method.dpo.hyperparameters.beta` is the form's `beta`, `method.type` its
+            # `method_type`.
+            param = (exc.param or "").replace("method.type", "method_type").split(".")[-1]
+            field = param if param in form.fields else None
+            form.add_error(field, humanize(exc.message, form))
         else:
             return redirect(job)
-    return render(request, "jobs/create.html", {"form": form})
+    # The pre-flight line is rendered with the page (also after an error), not fetched after.
+    params = request.POST if request.method == "POST" else _initial_params(initial)
+    context = {
+        "form": form,
+        **preflight.preflight_context(organization=org, params=params),
+        **preflight.file_hints(organization=org, params=params),
+    }
+    return render(request, "jobs/create.html", context)
+
+
+def _initial_params(initial: dict[str, str]) -> QueryDict:
+    params = QueryDict(mutable=True)
+    params.update(initial)
+    return params
 
 
 @org_required
 @require_GET
 def job_preflight(request: AuthedHtmxRequest) -> HttpResponse:
-    """HTMX fragment: the auto hyperparameters and the expected training time."""
-    org = request.organization
-    file = file_find_for_org(organization=org, file_id=request.GET.get("training_file", ""))
-    name = request.GET.get("model", "")
-    fine_tune = model_find_for_org(organization=org, name=name)
-    base = fine_tune.base if fine_tune else base_model_find(name=name)
-    estimate = None
-    if file is not None and base is not None:
-
-        def number(key: str, cast: type) -> object:
-            try:
-                return cast(request.GET[key]) if request.GET.get(key) else None
-            except ValueError:
-                return None
-
-        estimate = selectors.job_preflight(
-            examples=file.example_count,
-            tokens=file.token_count,
-            base_model_id=base.pk,
-            n_epochs=number("n_epochs", int),  # type: ignore[arg-type]
-            batch_size=number("batch_size", int),  # type: ignore[arg-type]
-            learning_rate_multiplier=number("learning_rate_multiplier", float),  # type: ignore[arg-type]
-            scaling_forecast=request.GET.get("scaling_forecast") == "on",
-        )
-    return render(request, "jobs/create.html#preflight", {"estimate": estimate, "file": file})
+    """HTMX fragment: the hyperparameters, tokens, time and memory the form's values mean."""
+    context = preflight.preflight_context(organization=request.organization, params=request.GET)
+    return render(request, "jobs/create.html#preflight", context)
 
 
 @org_required
 @require_GET
 @vary_on_headers("HX-Request")
-def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
+def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponseBase:
     job = _job_or_404(request, job_id)
+    if request.htmx:
+        # The live partial is polled every 2 s by every open job page: unchanged, a 304.
+        etag = _live_etag(request, job)
+        if is_fresh(request, etag):
+            return tag(HttpResponseNotModified(), etag)
+        return tag(_job_detail(request, job), etag)
+    return _job_detail(request, job)
+
+
+def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob) -> str:
+    """Everything the live partial depends on: the job row (its last report as the page words
+    it, "2 minutes ago", not the timestamp each heartbeat moves), what the page shows beside it,
+    the viewer (their role picks the buttons; the CSRF secret is in the forms) and the model."""
+    row = [
+        getattr(job, f.attname)
+        for f in job._meta.concrete_fields
+        if f.attname not in ("heartbeat_at", "updated_at")
+    ]
+    reported = timesince(job.heartbeat_at) if job.heartbeat_at else None
+    get_token(request)  # the forms' CSRF secret, made now if this is the session's first
+    return etag_of(
+        row,
+        reported,
+        selectors.job_page_version(job=job),
+        request.user.pk,
+        getattr(request.membership, "role", None),
+        request.META.get("CSRF_COOKIE"),
+        job.fine_tuned_model
+        and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
+        is not None,
+    )
+
+
+def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
     page = forecast.forecast_page(job)
     context = {
         "job": job,
         "events": job.events.filter(type="message").order_by("id"),
-        "chart_data": json.dumps(charts.chart_data(job)),
+        "charts_version": charts.charts_version(job),
         "queue_position": selectors.queue_position(job) if job.status == "queued" else None,
-        # A forecast parent keeps polling after it finishes, until its ¼ and ½ runs have too.
-        "polling": not job.is_finished or page["forecast_unfinished"],
+        # A forecast parent keeps polling after it finishes, until its ¼ and ½ runs have too;
+        # a paused job changes only when someone resumes it, which reloads the page.
+        "polling": (not job.is_finished and job.status != FineTuneJob.Status.PAUSED)
+        or page["forecast_unfinished"],
+        "checkpoints": selectors.checkpoint_list_for_job(job=job),
         "forecast_figure": (
-            charts.forecast_figure(job.forecast)
-            if job.forecast and job.forecast.get("status") == "succeeded"
+            charts.forecast_figure(page["forecast"])
+            if page["forecast"] and page["forecast"].get("status") == "succeeded"
             else None
         ),
+        # A deleted model keeps its name on the job, but nothing may link to it any more.
+        "model_alive": bool(
+            job.fine_tuned_model
+            and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
+            is not None
+        ),
+        **_metrics_context(job),
         **page,
     }
     template = f"{DETAIL}#job-live" if request.htmx else DETAIL
     return render(request, template, context)
+
+
+def _metrics_context(job: FineTuneJob) -> dict[str, Any]:
+    """The metrics table: the final ones once it succeeded, else the latest step's."""
+    metrics = job.final_metrics or job_final_metrics(job=job)
+    return {
+        "metrics_rows": metric_format.metrics_table(metrics),
+        "metrics_title": "Final metrics" if job.final_metrics else "Latest metrics",
+        "classifier_warning": metric_format.classifier_warning(metrics),
+    }
+
+
+@org_required
+@require_GET
+def job_charts(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
+    """The metric charts' data (JSON): the page draws them once and updates them from this
+    whenever a poll brings a new `data-charts-version`."""
+    job = _job_or_404(request, job_id)
+    response = JsonResponse(charts.chart_data(job), safe=False)
+    response["Cache-Control"] = "private, no-cache"
+    return response
 
 
 @org_required
@@ -118,6 +212,106 @@ def job_cancel(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
     job = _job_or_404(request, job_id)
     services.job_cancel(job=job)  # a no-op if it finished meanwhile
     return redirect(job)
+
+
+@org_required
+@require_POST
+def job_pause(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
+    return _control(request, job_id, controls.job_pause)
+
+
+@org_required
+@require_POST
+def job_resume(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
+    return _control(request, job_id, controls.job_resume)
+
+
+def _control(request: AuthedHtmxRequest, job_id: str, action: Any) -> HttpResponse:
+    job = _job_or_404(request, job_id)
+    try:
+        action(job=job)
+    except ApiError as exc:  # the status changed meanwhile: say so on the page
+        messages.error(request, exc.message)
+    return redirect(job)
+
+
+@org_required
+@require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
+def job_compare(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
+    """Compare checkpoints: POST queues the scoring (a worker task); the page polls its table."""
+    job = _job_or_404(request, job_id)
+    if request.method == "POST":
+        try:
+            controls.comparison_start(job=job)
+        except ApiError as exc:
+            messages.error(request, exc.message)
+        return redirect("jobs:compare", job.public_id)
+    comparison = selectors.comparison_for_job(job=job)
+    rows = comparison.rows if comparison is not None else []
+    columns = [c for c in COMPARE_COLUMNS if any(c[0] in r["metrics"] for r in rows)]
+    # The best value of each column is marked (lowest loss, highest everything else).
+    best = {}
+    for key, _ in columns:
+        present = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
+        best[key] = min(present) if key.endswith("loss") else max(present)
+    table = [
+        {
+            **r,
+            "cells": [
+                {"value": r["metrics"].get(key), "best": r["metrics"].get(key) == best[key]}
+                for key, _ in columns
+            ],
+        }
+        for r in rows
+    ]
+    context = {
+        "job": job,
+        "comparison": comparison,
+        "table": table,
+        "columns": [title for _, title in columns],
+        "checkpoints": selectors.checkpoint_list_for_job(job=job),
+        "polling": comparison is not None and not comparison.is_finished,
+    }
+    template = "jobs/compare.html#comparison" if request.htmx else "jobs/compare.html"
+    return render(request, template, context)
+
+
+# (metric key, column title), in table order; a column shows when some row has it.
+COMPARE_COLUMNS = [
+    ("full_validation_loss", "Validation loss"),
+    ("full_validation_token_accuracy", "Token accuracy"),
+    ("full_validation_sequence_accuracy", "Sequence accuracy"),
+    ("classification/accuracy", "Accuracy"),
+    ("classification/precision", "Precision"),
+    ("classification/recall", "Recall"),
+    ("classification/f1.0", "F1"),
+    ("classification/auroc", "AUROC"),
+    ("classification/auprc", "AUPRC"),
+    ("classification/weighted_f1_score", "Weighted F1"),
+]
+
+
+@org_required
+@require_GET
+def checkpoint_download(
+    request: AuthedHtmxRequest, job_id: str, checkpoint_id: str
+) -> FileResponse:
+    """An exposed checkpoint's adapter (or weights) as a zip, like a model's download."""
+    job = _job_or_404(request, job_id)
+    checkpoint = selectors.checkpoint_list_for_job(job=job).filter(public_id=checkpoint_id).first()
+    if checkpoint is None:
+        raise Http404("No such checkpoint.")
+    # An anonymous temp file: gone when the response closes it, never left on disk.
+    handle = tempfile.TemporaryFile(suffix=".zip")  # noqa: SIM115 (FileResponse closes it)
+    try:
+        checkpoint_zip(checkpoint=checkpoint, into=handle)
+    except ApiError:
+        handle.close()
+        raise Http404("This checkpoint's files were removed by retention.") from None
+    handle.seek(0)
+    filename = f"{checkpoint.name.replace(':', '_')}.zip"
+    return FileResponse(handle, as_attachment=True, filename=filename)
 
 
 @org_required

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
 
+from common.redact import redact
 from jobs.models import FineTuneJob, JobEvent
 from jobs.serializers import file_json
 
@@ -205,6 +206,8 @@ def metrics_of(row: dict[str, Any]) -> tuple[int, dict[str, float]]:
 
 
 def _warn(job: FineTuneJob, message: str) -> None:
+    # W&B's exception text names its directories: no server paths in events.
+    message = redact(message)
     JobEvent.objects.create(job=job, level=JobEvent.Level.WARN, message=message, data={})
 
 
@@ -238,7 +241,7 @@ class JobRun:
             ref = _ref(self.run)
             FineTuneJob.objects.filter(pk=self.job.pk).update(wandb_run=ref)
             self.job.wandb_run = ref
-            message = f"Logging to Weights & Biases: {describe(ref)}"
+            message = redact(f"Logging to Weights & Biases: {describe(ref)}")
             JobEvent.objects.create(job=self.job, message=message, data={})
         except Exception as exc:
             self._fail(exc)

@@ -13,10 +13,10 @@ from django.http import HttpRequest
 from accounts.models import Membership
 from common.admin import OrgScopedAdmin, owned_org_ids
 from models_app import services
-from models_app.models import BaseModel, FineTunedModel
+from models_app.models import BaseModel, FineTunedModel, ModelPermission
 
 
-class BaseModelForm(forms.ModelForm):  # type: ignore[type-arg]
+class BaseModelForm(forms.ModelForm[BaseModel]):
     class Meta:
         model = BaseModel
         fields = [
@@ -42,7 +42,7 @@ class BaseModelForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(BaseModel)
-class BaseModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class BaseModelAdmin(admin.ModelAdmin[BaseModel]):
     """Base models are shared by every org: superusers and org owners (staff) manage them."""
 
     form = BaseModelForm
@@ -73,7 +73,7 @@ class BaseModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(FineTunedModel)
-class FineTunedModelAdmin(OrgScopedAdmin):
+class FineTunedModelAdmin(OrgScopedAdmin[FineTunedModel]):
     list_display = ["name", "organization", "base", "method", "created_at", "deleted_at"]
     list_filter = ["method", "base"]
     search_fields = ["name"]
@@ -92,3 +92,17 @@ class FineTunedModelAdmin(OrgScopedAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for model in queryset:
             services.model_delete(model=model, by_role=Membership.Role.OWNER)
+
+
+@admin.register(ModelPermission)
+class ModelPermissionAdmin(OrgScopedAdmin[ModelPermission]):
+    """Grants an owner made (revoking one here ends the other org's access at once)."""
+
+    list_display = ["model_name", "grantee", "organization", "created_at"]
+    readonly_fields = [f.name for f in ModelPermission._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # granted through the API, which checks the model and the organizations
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

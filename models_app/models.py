@@ -21,6 +21,9 @@ class BaseModel(models.Model):
     price_train_per_1k = models.DecimalField(max_digits=10, decimal_places=6, default=0)
     price_generate_per_1k = models.DecimalField(max_digits=10, decimal_places=6, default=0)
     enabled = models.BooleanField(default=True)
+    # The training workers that may train it (jobs.routing): its jobs go to the queue
+    # `training.<device_class>`. Empty: TUNERY_DEFAULT_DEVICE_CLASS.
+    device_class = models.CharField(max_length=40, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -60,13 +63,43 @@ class FineTunedModel(models.Model):
         return self.name
 
 
+class ModelExport(models.Model):
+    """A merged-model export of a LoRA fine-tune (models_app.processing.model_export_merged).
+
+    The zip itself is exports/<id>/merged.zip; this row says whether one is queued or running,
+    under which lease (renewed while the worker runs: an expired lease means the worker died,
+    and the sweeper or the user may start it again), and why it failed.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        READY = "ready"
+        FAILED = "failed"
+
+    model = models.OneToOneField(FineTunedModel, models.CASCADE, related_name="export")
+    status = models.CharField(max_length=8, choices=Status, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"export of {self.model_id}: {self.status}"
+
+
 class UsageRecord(models.Model):
-    """Tokens in and out per org, model, key and day (OpenAI-style usage accounting)."""
+    """Tokens in and out per org, model, key, kind and day (OpenAI-style usage accounting)."""
+
+    class Kind(models.TextChoices):
+        REQUESTS = "requests"  # /v1 calls and the playground
+        SAMPLES = "samples"  # the model page's sample completions, asked for with its button
 
     organization = models.ForeignKey("accounts.Organization", models.CASCADE, related_name="+")
     model_name = models.CharField(max_length=300)
     api_key = models.ForeignKey("accounts.ApiKey", models.SET_NULL, null=True, blank=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind, default=Kind.REQUESTS)
     day = models.DateField()
     requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
@@ -76,10 +109,47 @@ class UsageRecord(models.Model):
         ordering = ["-day"]
         constraints = [
             models.UniqueConstraint(
-                fields=["organization", "model_name", "api_key", "user", "day"],
-                name="one_usage_row_per_day",
+                fields=["organization", "model_name", "api_key", "user", "kind", "day"],
+                name="one_usage_row_per_kind_and_day",
             )
         ]
 
     def __str__(self) -> str:
         return f"{self.model_name} {self.day}: {self.prompt_tokens}+{self.completion_tokens} tokens"
+
+
+class ModelPermission(models.Model):
+    """An owner's fine-tuned model or checkpoint shared with another organization of the instance.
+
+    OpenAI's `checkpoint.permission`: its `project_id` is the grantee organization's id here
+    (Tunery has no projects). The grantee may use the model, never delete it or see its job.
+    """
+
+    public_id = models.CharField(max_length=40, unique=True, editable=False)
+    organization = models.ForeignKey(
+        "accounts.Organization", models.CASCADE, related_name="granted_permissions"
+    )
+    grantee = models.ForeignKey(
+        "accounts.Organization", models.CASCADE, related_name="received_permissions"
+    )
+    model_name = models.CharField(max_length=300)
+    fine_tuned_model = models.ForeignKey(
+        FineTunedModel, models.CASCADE, null=True, blank=True, related_name="permissions"
+    )
+    checkpoint = models.ForeignKey(
+        "jobs.Checkpoint", models.CASCADE, null=True, blank=True, related_name="permissions"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "grantee"], name="one_grant_per_org"),
+            models.CheckConstraint(
+                condition=Q(fine_tuned_model__isnull=False) | Q(checkpoint__isnull=False),
+                name="permission_has_a_target",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} → {self.grantee_id}"

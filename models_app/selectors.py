@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.shortcuts import get_object_or_404
 
 from accounts.models import Organization
-from jobs.models import FineTuneJob, JobEvent
-from models_app.models import BaseModel, FineTunedModel, UsageRecord
+from jobs.models import Checkpoint, FineTuneJob, JobEvent
+from models_app.models import BaseModel, FineTunedModel, ModelPermission, UsageRecord
 
 
 def base_model_list() -> QuerySet[BaseModel]:
@@ -38,6 +39,107 @@ def model_list_for_org(*, organization: Organization) -> QuerySet[FineTunedModel
 def model_find_for_org(*, organization: Organization, name: str) -> FineTunedModel | None:
     """The org's live fine-tune with this name; None for unknown or another org's (no leak)."""
     return model_list_for_org(organization=organization).filter(Q(name=name)).first()
+
+
+def checkpoint_find_for_org(*, organization: Organization, name: str) -> Checkpoint | None:
+    """The org's own exposed checkpoint named `ft:…:ckpt-step-N`."""
+    return (
+        Checkpoint.objects.filter(name=name, exposed=True, job__organization=organization)
+        .select_related("job__base_model", "job__organization")
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class Usable:
+    """A fine-tuned model or checkpoint an org may use: its own, or one shared with it."""
+
+    name: str
+    fine_tuned: FineTunedModel | None
+    checkpoint: Checkpoint | None
+    owner: Organization
+
+    @property
+    def base(self) -> BaseModel:
+        if self.fine_tuned is not None:
+            return self.fine_tuned.base
+        assert self.checkpoint is not None
+        return self.checkpoint.job.base_model
+
+    @property
+    def method(self) -> str:
+        if self.fine_tuned is not None:
+            return self.fine_tuned.method
+        assert self.checkpoint is not None
+        return self.checkpoint.job.method
+
+    def shared_with(self, organization: Organization) -> bool:
+        return self.owner.pk != organization.pk
+
+
+def usable_model_find(*, organization: Organization, name: str) -> Usable | None:
+    """Own live fine-tune, own exposed checkpoint, or one of those shared with the org.
+
+    None otherwise: another org's unshared model looks exactly like a missing one.
+    """
+    own = model_find_for_org(organization=organization, name=name)
+    if own is not None:
+        return Usable(name, own, None, own.organization)
+    checkpoint = checkpoint_find_for_org(organization=organization, name=name)
+    if checkpoint is not None:
+        return Usable(name, None, checkpoint, checkpoint.job.organization)
+    grant = (
+        ModelPermission.objects.filter(grantee=organization, model_name=name)
+        .select_related(
+            "organization",
+            "fine_tuned_model__base",
+            "fine_tuned_model__organization",
+            "checkpoint__job__base_model",
+        )
+        .first()
+    )
+    if grant is None:
+        return None
+    if grant.fine_tuned_model is not None and grant.fine_tuned_model.deleted_at is None:
+        return Usable(name, grant.fine_tuned_model, None, grant.organization)
+    if grant.checkpoint is not None and grant.checkpoint.exposed:
+        return Usable(name, None, grant.checkpoint, grant.organization)
+    return None
+
+
+def checkpoint_list_for_org(*, organization: Organization) -> QuerySet[Checkpoint]:
+    """The org's exposed checkpoints, newest first (the playground lists them as models)."""
+    return (
+        Checkpoint.objects.filter(job__organization=organization, exposed=True)
+        .select_related("job__base_model")
+        .order_by("-created_at", "-step_number")
+    )
+
+
+def grants_received(*, organization: Organization) -> QuerySet[ModelPermission]:
+    """Every model or checkpoint shared with this org (some may have been deleted since)."""
+    return ModelPermission.objects.filter(grantee=organization).select_related(
+        "organization",
+        "fine_tuned_model__base",
+        "fine_tuned_model__organization",
+        "checkpoint__job__base_model",
+    )
+
+
+def models_shared_with(*, organization: Organization) -> QuerySet[ModelPermission]:
+    """Live fine-tuned models other orgs shared with this one (for /v1/models)."""
+    return ModelPermission.objects.filter(
+        grantee=organization, fine_tuned_model__isnull=False, fine_tuned_model__deleted_at=None
+    ).select_related("fine_tuned_model__base", "fine_tuned_model__organization")
+
+
+def permission_list_for_model(
+    *, organization: Organization, model_name: str
+) -> QuerySet[ModelPermission]:
+    """The grants an owner made on one of its models or checkpoints."""
+    return ModelPermission.objects.filter(
+        organization=organization, model_name=model_name
+    ).select_related("grantee")
 
 
 def model_get_for_org(*, organization: Organization, name: str) -> FineTunedModel:

@@ -12,26 +12,35 @@ import importlib.util
 import json
 import logging
 import shutil
-import time
 import zipfile
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Organization
+from common import artifacts
+from common.ids import random_id
+from common.pagination import cursor_page
 from config.api import ApiError
+from jobs.models import Checkpoint
 from models_app import selectors
-from models_app.models import BaseModel, FineTunedModel, UsageRecord
+from models_app.models import (
+    BaseModel,
+    FineTunedModel,
+    ModelExport,
+    ModelPermission,
+    UsageRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +79,15 @@ def base_model_dir(base: BaseModel) -> Path:
 
 
 def artifact_root(model: FineTunedModel) -> Path:
+    """The model's files on this host: under DATA_DIR, or (a remote artifact store, where
+    `artifact_dir` is the model's key) this host's cached copy, fetched once. A model whose
+    objects are gone answers a path that does not exist."""
     root = Path(model.artifact_dir)
+    if artifacts.is_remote() and not root.is_absolute():
+        try:
+            return artifacts.local_path(root)
+        except FileNotFoundError:
+            return Path(settings.DATA_DIR) / root
     return root if root.is_absolute() else Path(settings.DATA_DIR) / root
 
 
@@ -101,23 +118,32 @@ class Resolved:
 
     `base_dir` is the directory to load as the base: the base model's own, or for a full
     fine-tune its weights (which replace the base). It is computed on first use, because
-    resolving a GGUF source means dequantizing it once.
+    resolving a GGUF source means dequantizing it once. A checkpoint (`…:ckpt-step-N`) resolves
+    like a fine-tune, to its own adapter or weights.
     """
 
     base: BaseModel
     adapter_dir: Path | None
     fine_tuned: FineTunedModel | None
+    checkpoint: Checkpoint | None = None
+    checkpoint_weights: Path | None = None  # a full fine-tune's checkpoint
 
     @property
     def name(self) -> str:
+        if self.checkpoint is not None:
+            return self.checkpoint.name
         return self.fine_tuned.name if self.fine_tuned is not None else self.base.name
 
     @property
     def is_full_fine_tune(self) -> bool:
+        if self.checkpoint_weights is not None:
+            return True
         return self.fine_tuned is not None and self.fine_tuned.method == FineTunedModel.Method.FULL
 
     @property
     def base_dir(self) -> Path:
+        if self.checkpoint_weights is not None:
+            return self.checkpoint_weights
         if self.fine_tuned is not None and self.is_full_fine_tune:
             weights = weights_dir(self.fine_tuned)
             if weights is None:
@@ -127,8 +153,15 @@ class Resolved:
 
 
 def model_resolve(organization: Organization, name: str) -> Resolved:
-    """The org's live fine-tune or a base model (by name or alias); ModelNotFound otherwise."""
-    fine_tune = selectors.model_find_for_org(organization=organization, name=name)
+    """The one place a model name becomes weights, for inference and the playground.
+
+    The org's live fine-tune, its own exposed checkpoint, one of those shared with it, or a
+    base model (by name or alias); ModelNotFound otherwise.
+    """
+    usable = selectors.usable_model_find(organization=organization, name=name)
+    if usable is not None and usable.checkpoint is not None:
+        return _checkpoint_resolve(usable.checkpoint, name)
+    fine_tune = usable.fine_tuned if usable is not None else None
     if fine_tune is not None:
         adapter = adapter_dir(fine_tune)
         if fine_tune.method == FineTunedModel.Method.LORA and adapter is None:
@@ -140,6 +173,20 @@ def model_resolve(organization: Organization, name: str) -> Resolved:
     if base is None:
         raise ModelNotFound(name)
     return Resolved(base=base, adapter_dir=None, fine_tuned=None)
+
+
+def _checkpoint_resolve(checkpoint: Checkpoint, name: str) -> Resolved:
+    from jobs.checkpoints import model_dir_of
+
+    files = Path(model_dir_of(checkpoint))
+    base = checkpoint.job.base_model
+    if checkpoint.job.method == FineTunedModel.Method.FULL:
+        if not (files / "config.json").is_file():
+            raise ModelNotFound(name)  # removed by retention
+        return Resolved(base, None, None, checkpoint=checkpoint, checkpoint_weights=files)
+    if not (files / "adapter_config.json").is_file():
+        raise ModelNotFound(name)
+    return Resolved(base, files, None, checkpoint=checkpoint)
 
 
 # --- base model registration ----------------------------------------------------------------
@@ -207,7 +254,8 @@ def _inspect_gguf(path: Path) -> SourceInfo:
 
 def _taken_names(exclude: BaseModel | None) -> set[str]:
     taken: set[str] = set()
-    for base in BaseModel.objects.exclude(pk=exclude.pk if exclude else None):
+    bases = BaseModel.objects.all() if exclude is None else BaseModel.objects.exclude(pk=exclude.pk)
+    for base in bases:
         taken.add(base.name)
         taken.update(base.aliases or [])
     return taken
@@ -293,11 +341,40 @@ def _models_root() -> Path:
     return (Path(settings.DATA_DIR) / "models").resolve()
 
 
-def exports_dir(model: FineTunedModel) -> Path:
+def exports_key(model: FineTunedModel) -> str:
     # The name's hash too: a reused primary key (SQLite can reuse the highest one) must never
     # pick up another model's export.
     digest = hashlib.sha1(model.name.encode()).hexdigest()[:10]
-    return Path(settings.DATA_DIR) / "exports" / f"{model.pk}-{digest}"
+    return f"exports/{model.pk}-{digest}"
+
+
+def exports_dir(model: FineTunedModel) -> Path:
+    return Path(settings.DATA_DIR) / exports_key(model)
+
+
+def merged_zip_exists(model: FineTunedModel) -> int | None:
+    """The merged export's size in bytes, or None while there is none (on this host's disk,
+    or in a remote store: exported on another host)."""
+    zipped = exports_dir(model) / "merged.zip"
+    if zipped.is_file():
+        return zipped.stat().st_size
+    if artifacts.is_remote():
+        key = f"{exports_key(model)}/merged.zip"
+        if artifacts.store().exists(key):
+            return artifacts.store().size(key)
+    return None
+
+
+def merged_zip_open(model: FineTunedModel) -> IO[bytes] | None:
+    """The merged export as a stream (from the store, never read whole), or None."""
+    zipped = exports_dir(model) / "merged.zip"
+    if zipped.is_file():
+        return zipped.open("rb")
+    if artifacts.is_remote():
+        key = f"{exports_key(model)}/merged.zip"
+        if artifacts.store().exists(key):
+            return artifacts.store().open(key)
+    return None
 
 
 def _remove_files(model: FineTunedModel, adapter: Path | None) -> None:
@@ -306,18 +383,31 @@ def _remove_files(model: FineTunedModel, adapter: Path | None) -> None:
     if adapter is not None:
         # Free the adapter in this process's pool (or the remote server) right away.
         get_backend().unload_adapter(name=model.name, adapter_dir=adapter)
-    root = artifact_root(model).resolve()
+    stored = Path(model.artifact_dir)
+    if artifacts.is_remote() and not stored.is_absolute():
+        # The model's objects in the store, and this host's cached copy; the key is checked
+        # like a path: never anything outside models/.
+        if stored.parts[:1] == ("models",) and len(stored.parts) > 2 and ".." not in stored.parts:
+            artifacts.delete_tree(stored.as_posix())
+        root = (Path(settings.DATA_DIR) / stored).resolve()
+    else:
+        root = artifact_root(model).resolve()
     # Never delete outside DATA_DIR/models, whatever a row says.
     if root.is_relative_to(_models_root()) and root != _models_root():
         shutil.rmtree(root, ignore_errors=True)
     else:
         logger.warning("not deleting %s: outside %s", root, _models_root())
     shutil.rmtree(exports_dir(model), ignore_errors=True)
+    artifacts.delete_tree(exports_key(model))
     if model.job is not None:
-        from jobs.runner import job_dir
+        from jobs import paths
 
         # The engine's own output, which the runner copied into artifact_dir: same weights.
-        shutil.rmtree(job_dir(model.job) / "work" / "model", ignore_errors=True)
+        # (Normally gone once the job succeeded; the per-epoch checkpoints are the job's
+        # own objects and stay, as OpenAI keeps them.)
+        for work in paths.attempt_dirs(model.job):
+            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(paths.job_dir(model.job) / "work", ignore_errors=True)  # older layout
 
 
 def model_delete(*, model: FineTunedModel | BaseModel, by_role: str) -> dict[str, Any]:
@@ -352,8 +442,9 @@ def usage_record(
     prompt_tokens: int,
     completion_tokens: int,
     day: date | None = None,
+    kind: str = UsageRecord.Kind.REQUESTS,
 ) -> None:
-    """Add one request's tokens to today's row for (org, model, key, user), atomically.
+    """Add one request's tokens to today's row for (org, model, key, user, kind), atomically.
 
     An UPDATE with F() first (the common case, no read-modify-write race); the first request
     of the day creates the row, and a concurrent creator's IntegrityError falls back to the
@@ -364,6 +455,7 @@ def usage_record(
         "model_name": model_name,
         "api_key": api_key,
         "user": user if user is not None and user.is_authenticated else None,
+        "kind": kind,
         "day": day or timezone.now().date(),
     }
     increments = {
@@ -393,29 +485,51 @@ def adapter_zip(*, model: FineTunedModel, into: Path | BinaryIO) -> None:
     source = adapter_dir(model) or weights_dir(model)
     if source is None:
         raise ModelNotFound(model.name)
+    directory_zip(source=source, into=into)
+
+
+def checkpoint_zip(*, checkpoint: Checkpoint, into: Path | BinaryIO) -> None:
+    """Export a checkpoint like a model: its adapter (LoRA) or weights, no optimizer state."""
+    resolved = _checkpoint_resolve(checkpoint, checkpoint.name)
+    directory_zip(source=resolved.adapter_dir or resolved.base_dir, into=into)
+
+
+def directory_zip(*, source: Path, into: Path | BinaryIO) -> None:
     wanted = {".safetensors", ".json", ".jinja", ".model", ".txt"}
     with zipfile.ZipFile(into, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(source.iterdir()):
             if path.is_file() and path.suffix in wanted:
-                archive.write(path, arcname=path.name)
-
-
-# A worker killed mid-export leaves its marker; after this long a new export may start.
-EXPORT_STALE_SECONDS = 3600
+                # Weights barely deflate, and deflating a full fine-tune's hundreds of MB would
+                # be seconds of CPU in a web request: they are stored, the small files deflated.
+                stored = path.suffix == ".safetensors"
+                archive.write(
+                    path,
+                    arcname=path.name,
+                    compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                )
 
 
 def export_state(model: FineTunedModel) -> dict[str, Any]:
-    """{"status": none | pending | running | ready | failed, "error": str | None}."""
-    folder = exports_dir(model)
-    if (folder / "merged.zip").is_file():
-        return {"status": "ready", "error": None, "bytes": (folder / "merged.zip").stat().st_size}
-    for marker in ("running", "pending"):
-        path = folder / marker
-        if path.is_file() and time.time() - path.stat().st_mtime < EXPORT_STALE_SECONDS:
-            return {"status": marker, "error": None}
-    if (folder / "error.txt").is_file():
-        return {"status": "failed", "error": (folder / "error.txt").read_text()[:500]}
-    return {"status": "none", "error": None}
+    """{"status": none | pending | running | ready | failed, "error": str | None}.
+
+    A running export whose lease expired lost its worker: it shows as failed (and may be
+    started again) until the sweeper sends it again.
+    """
+    size = merged_zip_exists(model)
+    if size is not None:  # published by an atomic rename (or upload): a whole zip or none
+        return {"status": "ready", "error": None, "bytes": size}
+    row = ModelExport.objects.filter(model=model).first()
+    if row is None or row.status == ModelExport.Status.READY:  # READY but the zip was removed
+        return {"status": "none", "error": None}
+    if row.status == ModelExport.Status.FAILED:
+        return {"status": "failed", "error": row.error[:500]}
+    if row.status == ModelExport.Status.RUNNING and export_lease_expired(row):
+        return {"status": "failed", "error": "The worker exporting it was lost; export again."}
+    return {"status": row.status, "error": None}
+
+
+def export_lease_expired(row: ModelExport) -> bool:
+    return row.lease_until is not None and row.lease_until < timezone.now()
 
 
 def model_export_start(*, model: FineTunedModel) -> bool:
@@ -424,11 +538,152 @@ def model_export_start(*, model: FineTunedModel) -> bool:
         raise ValidationError({"model": "Only LoRA fine-tunes need merging."})
     if export_state(model)["status"] in ("pending", "running", "ready"):
         return False
-    folder = exports_dir(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "error.txt").unlink(missing_ok=True)
-    (folder / "pending").write_text(str(time.time()))
+    now = timezone.now()
+    row, created = ModelExport.objects.get_or_create(model=model, defaults={"updated_at": now})
+    if not created:
+        # Only from failed, done-and-removed, or running with an expired lease (a dead worker).
+        restartable = Q(status__in=[ModelExport.Status.FAILED, ModelExport.Status.READY]) | Q(
+            status=ModelExport.Status.RUNNING, lease_until__lt=now
+        )
+        if not ModelExport.objects.filter(restartable, pk=row.pk).update(
+            status=ModelExport.Status.PENDING, error="", attempts=0, lease_until=None,
+            updated_at=now,
+        ):  # fmt: skip
+            return False
     from models_app import tasks
 
     transaction.on_commit(lambda: tasks.export_merged_model.delay(model.pk))
     return True
+
+
+# --- sharing (OpenAI's checkpoint permissions) ----------------------------------------------
+
+
+def checkpoint_model_json(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as OpenAI's model object (`GET /v1/models/ft:…:ckpt-step-N`)."""
+    return {
+        "id": checkpoint.name,
+        "object": "model",
+        "created": int(checkpoint.created_at.timestamp()),
+        "owned_by": checkpoint.job.organization.slug,
+        "root": checkpoint.job.base_model.name,
+        "parent": checkpoint.job.base_model.name,
+    }
+
+
+def permission_json(permission: ModelPermission) -> dict[str, Any]:
+    return {
+        "object": "checkpoint.permission",
+        "id": permission.public_id,
+        "created_at": int(permission.created_at.timestamp()),
+        # OpenAI grants to projects; Tunery has none, so a project id is an organization id.
+        "project_id": permission.grantee.public_id,
+    }
+
+
+def _shareable(organization: Organization, name: str) -> selectors.Usable:
+    """The owner's own fine-tune or exposed checkpoint: never one shared with it (re-sharing),
+    never another org's (404, as if it did not exist)."""
+    usable = selectors.usable_model_find(organization=organization, name=name)
+    if usable is None or usable.shared_with(organization):
+        raise ApiError(
+            f"The model `{name}` does not exist or you do not have access to it.",
+            status=404,
+            param="fine_tuned_model_checkpoint",
+            code="model_not_found",
+        )
+    return usable
+
+
+def _require_owner(by_role: str) -> None:
+    if by_role != Membership.Role.OWNER:
+        raise PermissionDenied("Only an owner of the organization may manage model sharing.")
+
+
+def permission_create(
+    *, organization: Organization, by_role: str, name: str, project_ids: Any
+) -> list[ModelPermission]:
+    """Share a fine-tuned model or checkpoint with other organizations of this instance.
+
+    Each id in `project_ids` is an organization id (`org-…`). Granting twice returns the
+    existing grant. Every check happens before anything is written.
+    """
+    _require_owner(by_role)
+    usable = _shareable(organization, name)
+    if (
+        not isinstance(project_ids, list)
+        or not project_ids
+        or not all(isinstance(p, str) and p for p in project_ids)
+    ):
+        raise ApiError(
+            "project_ids must be a non-empty list of organization ids.", param="project_ids"
+        )
+    if len(project_ids) > 100:
+        raise ApiError("project_ids may hold at most 100 ids.", param="project_ids")
+    grantees = {o.public_id: o for o in Organization.objects.filter(public_id__in=project_ids)}
+    for i, project_id in enumerate(project_ids):
+        if project_id not in grantees:
+            raise ApiError(
+                f"No such organization: {project_id} (project_ids are organization ids here).",
+                param=f"project_ids.{i}",
+            )
+        if project_id == organization.public_id:
+            raise ApiError(
+                "A model is always usable by its own organization.", param=f"project_ids.{i}"
+            )
+    granted = []
+    with transaction.atomic():
+        for project_id in dict.fromkeys(project_ids):
+            permission, _ = ModelPermission.objects.get_or_create(
+                model_name=name,
+                grantee=grantees[project_id],
+                defaults={
+                    "public_id": random_id("cp_", 24),
+                    "organization": organization,
+                    "fine_tuned_model": usable.fine_tuned,
+                    "checkpoint": usable.checkpoint,
+                },
+            )
+            granted.append(permission)
+    return granted
+
+
+def permission_list(
+    *,
+    organization: Organization,
+    by_role: str,
+    name: str,
+    after: str | None,
+    limit: int,
+    order: str | None,
+    project_id: str | None,
+) -> tuple[list[ModelPermission], bool]:
+    """A page of the grants on one of the owner's models; newest first unless `ascending`."""
+    _require_owner(by_role)
+    _shareable(organization, name)
+    if order not in (None, "", "ascending", "descending"):
+        raise ApiError("order must be 'ascending' or 'descending'.", param="order")
+    grants = selectors.permission_list_for_model(organization=organization, model_name=name)
+    if project_id:
+        grants = grants.filter(grantee__public_id=project_id)
+    grants = grants.order_by(
+        *(("created_at", "id") if order == "ascending" else ("-created_at", "-id"))
+    )
+    return cursor_page(grants, after=after, limit=limit)
+
+
+def permission_delete(
+    *, organization: Organization, by_role: str, name: str, permission_id: str
+) -> dict[str, Any]:
+    _require_owner(by_role)
+    _shareable(organization, name)
+    deleted, _ = (
+        selectors.permission_list_for_model(organization=organization, model_name=name)
+        .filter(public_id=permission_id)
+        .delete()
+    )
+    if not deleted:
+        raise ApiError(
+            f"No such checkpoint permission: {permission_id}", status=404, param="permission_id"
+        )
+    return {"object": "checkpoint.permission", "id": permission_id, "deleted": True}

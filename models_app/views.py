@@ -19,7 +19,7 @@ from accounts.models import Membership
 from accounts.views import org_required, owner_required
 from config.api import ApiError
 from models_app import selectors, services
-from models_app.models import FineTunedModel
+from models_app.models import FineTunedModel, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,26 @@ def model_detail(request: AuthedHtmxRequest, name: str) -> HttpResponse:
     context = {
         "model": model,
         "job": model.job,
-        "metrics": selectors.job_final_metrics(job=model.job) if model.job else {},
+        **_metrics_context(model),
         "usage": selectors.usage_by_day(organization=request.organization, model_name=model.name),
         "is_owner": _is_owner(request),
         "export": services.export_state(model),
         "has_files": (services.adapter_dir(model) or services.weights_dir(model)) is not None,
+        "sample_count": SAMPLE_COUNT,
     }
     return render(request, "models_app/detail.html", context)
+
+
+def _metrics_context(model: FineTunedModel) -> dict[str, Any]:
+    from jobs import metric_format
+
+    job = model.job
+    metrics = (job.final_metrics or selectors.job_final_metrics(job=job)) if job else {}
+    return {
+        "metrics_rows": metric_format.metrics_table(metrics),
+        "metrics_title": "Final metrics of the training job",
+        "classifier_warning": metric_format.classifier_warning(metrics),
+    }
 
 
 def _sample_prompts(model: FineTunedModel) -> list[dict[str, Any]]:
@@ -97,11 +110,18 @@ def _sample_prompts(model: FineTunedModel) -> list[dict[str, Any]]:
 @org_required
 @require_POST
 def model_samples(request: AuthedHtmxRequest, name: str) -> HttpResponse:
-    """Sample completions from the training prompts, greedy (the #samples fragment)."""
+    """Sample completions from the training prompts, greedy (the #samples fragment).
+
+    Only when the user asks (the page's button): the inference service generates them, and
+    they count in the org's usage as kind "samples", not as the user's own requests."""
     from playground import services as inference
 
     model = selectors.model_get_for_org(organization=request.organization, name=name)
-    caller = inference.Caller(organization=request.organization, user=request.user)
+    caller = inference.Caller(
+        organization=request.organization,
+        user=request.user,
+        usage_kind=UsageRecord.Kind.SAMPLES,
+    )
     samples = []
     for prompt in _sample_prompts(model) or [{"prompt": "Hello"}]:
         body = {"model": model.name, "max_tokens": SAMPLE_MAX_TOKENS, "temperature": 0, **prompt}
@@ -180,8 +200,8 @@ def _export_fragment(request: AuthedHtmxRequest, model: FineTunedModel) -> HttpR
 @require_GET
 def merged_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
     model = selectors.model_get_for_org(organization=request.organization, name=name)
-    path = services.exports_dir(model) / "merged.zip"
-    if not path.is_file():
+    stream = services.merged_zip_open(model)  # this host's disk or the store, streamed
+    if stream is None:
         raise Http404("The merged model is not ready.")
     filename = f"{model.name.replace(':', '_')}-merged.zip"
-    return FileResponse(path.open("rb"), as_attachment=True, filename=filename)  # noqa: SIM115
+    return FileResponse(stream, as_attachment=True, filename=filename)

@@ -16,7 +16,7 @@ from playground.ratelimit import ApiKeyRateThrottle
 
 
 def _caller(request: AuthedApiRequest) -> services.Caller:
-    user = request.user if getattr(request.user, "is_authenticated", False) else None
+    user = request.user if request.user.is_authenticated else None
     return services.Caller(organization=api_org(request), api_key=request.auth, user=user)
 
 

@@ -1,13 +1,17 @@
-"""Inference backends: where a completion actually runs.
+"""Inference backends: how the web tier reaches the process that runs models.
 
-`local` runs the engine in this process: one `engine.pool.ModelPool` per process holds the
-loaded base models (LRU-bounded by TUNERY_INFERENCE_MAX_BASES) and swaps LoRA adapters on
-them. `remote` forwards to an OpenAI-compatible server that hot-loads LoRA adapters the way
-vLLM does (`POST /v1/load_lora_adapter`); `manage.py serve_inference` is such a server,
-built on the local backend.
+The web process never runs a model. Both backends are HTTP clients of an OpenAI-compatible
+server that hot-loads LoRA adapters the way vLLM does (`POST /v1/load_lora_adapter`):
+
+* `local`: Tunery's own inference service (`manage.py serve_inference`, one per device),
+  which batches concurrent requests continuously across prompts and adapters
+  (`engine.batching`). It loads bases from their source, which is sent as the model name,
+  so it needs no database.
+* `remote`: another such server, vLLM in production. Bases are addressed by their
+  registered name, which must be the server's served model name.
 
 Both return the engine's dataclasses (`GenerateResult`, `StreamDelta`), so `playground.inference`
-renders OpenAI's JSON the same way whichever backend ran. Django owns the registry and access
+renders OpenAI's JSON the same way whichever server ran. Django owns the registry and access
 control in both modes: a backend only ever sees an already-authorised `Target`.
 """
 
@@ -22,9 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
-import torch
 from django.conf import settings
 
+from common import artifacts
 from config.api import ApiError
 from engine.generation import (
     Choice,
@@ -33,12 +37,8 @@ from engine.generation import (
     Logprobs,
     StreamDelta,
     Usage,
-    chat_prompt,
-    generate,
-    generate_stream,
 )
-from engine.pool import ModelPool
-from playground.protocol import ChatCall, chat_request
+from playground.protocol import ChatCall
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,15 @@ logger = logging.getLogger(__name__)
 class Target:
     """What to run a request on, already resolved and authorised.
 
-    `name` is echoed back as the response's `model`. `base_dir` holds the weights to load (a
-    full fine-tune's own directory); the remote backend needs it only for full fine-tunes.
+    `name` is echoed back as the response's `model`. `base_source` is where the base's weights
+    come from (a model directory, a .gguf or `package:NAME`); `base_dir` holds a full
+    fine-tune's own weights, which replace the base.
     """
 
     name: str
     base_name: str
-    base_dir: Path | None
+    base_source: str | None = None
+    base_dir: Path | None = None
     adapter_dir: Path | None = None
     full_weights: bool = False
 
@@ -70,71 +72,7 @@ class Backend(Protocol):
     def unload_adapter(self, *, name: str, adapter_dir: Path) -> None: ...
 
 
-# --- local ---------------------------------------------------------------------------------
-
-
-def default_device() -> tuple[str, torch.dtype]:
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # float32 on CPU: without native bf16 instructions torch emulates bf16 matmuls (slow).
-    return "cpu", torch.float32
-
-
-def load_for_inference(model_dir: str) -> tuple[Any, Any]:
-    from engine.models import load_model_and_tokenizer
-
-    device, dtype = default_device()
-    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
-
-
-def _context_length(model: Any) -> int | None:
-    value = getattr(model.config, "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None
-
-
-class LocalBackend:
-    """The engine in-process. Thread-safe: the pool serialises generations per base."""
-
-    def __init__(self, *, max_bases: int, loader: Any = load_for_inference) -> None:
-        self.pool = ModelPool(loader, max_bases=max_bases)
-
-    @staticmethod
-    def _key(target: Target) -> str:
-        if target.base_dir is None:
-            raise ValueError("the local backend needs the base model's directory")
-        return str(target.base_dir)
-
-    def complete(self, target: Target, request: GenerateRequest) -> GenerateResult:
-        with self.pool.lease(self._key(target), target.adapter_dir) as (model, tokenizer):
-            return generate(model, tokenizer, request)
-
-    def stream(self, target: Target, request: GenerateRequest) -> Iterator[StreamDelta]:
-        # The lease (the base's lock) is held until the stream is consumed or closed.
-        with self.pool.lease(self._key(target), target.adapter_dir) as (model, tokenizer):
-            yield from generate_stream(model, tokenizer, request)
-
-    @staticmethod
-    def _chat_request(model: Any, tokenizer: Any, call: ChatCall) -> GenerateRequest:
-        prompt = chat_prompt(tokenizer, call.messages)
-        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return chat_request(
-            call, prompt=prompt, prompt_length=length, context=_context_length(model)
-        )
-
-    def chat(self, target: Target, call: ChatCall) -> GenerateResult:
-        with self.pool.lease(self._key(target), target.adapter_dir) as (model, tokenizer):
-            return generate(model, tokenizer, self._chat_request(model, tokenizer, call))
-
-    def chat_stream(self, target: Target, call: ChatCall) -> Iterator[StreamDelta]:
-        with self.pool.lease(self._key(target), target.adapter_dir) as (model, tokenizer):
-            request = self._chat_request(model, tokenizer, call)
-            yield from generate_stream(model, tokenizer, request)
-
-    def unload_adapter(self, *, name: str, adapter_dir: Path) -> None:
-        self.pool.unload_adapter(adapter_dir)
-
-
-# --- remote --------------------------------------------------------------------------------
+# --- the HTTP client --------------------------------------------------------------------------------
 
 
 def _logprobs_from_json(data: dict[str, Any] | None) -> Logprobs | None:
@@ -168,19 +106,25 @@ def _usage_from_json(data: dict[str, Any] | None) -> Usage | None:
     return Usage(int(data["prompt_tokens"]), int(data["completion_tokens"]))
 
 
-class RemoteBackend:
-    """Forwards to an OpenAI-compatible server (vLLM, or `manage.py serve_inference`).
+class HttpBackend:
+    """Forwards to an OpenAI-compatible server: Tunery's inference service or vLLM.
 
-    Base models are addressed by their registered name (the server's served model name); a
-    LoRA fine-tune is loaded once under its own name with `POST /v1/load_lora_adapter`, whose
-    `lora_path` must be readable by the server (shared storage). A full fine-tune is addressed
-    by its weights directory, which `serve_inference` accepts and vLLM needs to serve by name.
+    A base is addressed by its source (`by_source`, Tunery's service) or by its registered
+    name (vLLM's served model name). A LoRA fine-tune is loaded once under its own name with
+    `POST /v1/load_lora_adapter`, whose `lora_path` must be readable by the server (shared
+    storage). A full fine-tune is addressed by its weights directory, which the service
+    accepts and vLLM needs to serve by name.
     """
 
-    def __init__(self, *, base_url: str, timeout: float = 600.0) -> None:
+    def __init__(self, *, base_url: str, by_source: bool, timeout: float = 600.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.by_source = by_source
         self.timeout = timeout
         self.session = requests.Session()
+        # One connection per concurrent request: the service batches them, so don't queue here.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=256)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self._loaded: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -203,14 +147,25 @@ class RemoteBackend:
 
     @staticmethod
     def _error(response: requests.Response) -> ApiError:
+        # A full queue's 429 keeps its Retry-After, so the client's retry waits as told.
+        headers = {}
+        if response.status_code == 429 and "Retry-After" in response.headers:
+            headers["Retry-After"] = response.headers["Retry-After"]
         try:
             error = response.json()["error"]
+            # vLLM puts the HTTP status in `code` and its exception name in `type`; OpenAI's
+            # envelope has a string code and its own types.
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+            kind = error.get("type")
+            if kind not in ("invalid_request_error", "rate_limit_error", "server_error"):
+                kind = "server_error" if response.status_code >= 500 else "invalid_request_error"
             return ApiError(
                 str(error.get("message") or "inference server error"),
                 status=response.status_code,
                 param=error.get("param"),
-                code=error.get("code"),
-                type=error.get("type") or "invalid_request_error",
+                code=code,
+                type=kind,
+                headers=headers,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             status = response.status_code if response.status_code < 500 else 502
@@ -218,23 +173,32 @@ class RemoteBackend:
                 f"inference server error: {response.text[:200]}", status=status, type="server_error"
             )
 
+    def _base(self, target: Target) -> str:
+        if self.by_source and target.base_source:
+            return target.base_source
+        return target.base_name
+
     def _model(self, target: Target) -> str:
         if target.adapter_dir is not None:
             self._load_adapter(target)
             return target.name
         if target.full_weights and target.base_dir is not None:
-            return str(target.base_dir)
-        return target.base_name
+            return artifacts.portable(target.base_dir)
+        return self._base(target)
 
     def _load_adapter(self, target: Target, *, force: bool = False) -> None:
+        assert target.adapter_dir is not None  # only fine-tunes with an adapter come here
         key = (target.name, str(target.adapter_dir))
         with self._lock:
             if key in self._loaded and not force:
                 return
         body = {
             "lora_name": target.name,
-            "lora_path": str(target.adapter_dir),
-            "base_model": target.base_name,  # serve_inference serves several bases; vLLM ignores it
+            # `store:<key>` when the adapter is in a remote artifact store: the service
+            # fetches it into its own cache (it shares no disk with this host).
+            "lora_path": artifacts.portable(target.adapter_dir),
+            # The service serves several bases; vLLM (one base) ignores it.
+            "base_model": self._base(target),
         }
         try:
             self._post("/load_lora_adapter", body)
@@ -346,6 +310,12 @@ class RemoteBackend:
         }
         if call.max_tokens_given:
             body["max_tokens"] = request.max_tokens
+        if call.tools:
+            # The server renders them with the model's template: ours (serve_inference) as
+            # training did; vLLM natively, so only for templates with tool support.
+            body["tools"] = call.tools
+            body["parallel_tool_calls"] = call.parallel_tool_calls
+            body["tool_choice"] = "auto" if call.parse_tool_calls else "none"
         return body
 
     def chat(self, target: Target, call: ChatCall) -> GenerateResult:
@@ -356,6 +326,7 @@ class RemoteBackend:
                 c["index"],
                 c["finish_reason"],
                 _logprobs_from_chat_json(c.get("logprobs")),
+                tool_calls=c["message"].get("tool_calls") or None,
             )
             for c in data["choices"]
         ]
@@ -388,26 +359,27 @@ class RemoteBackend:
 
 # --- the process-wide backend ---------------------------------------------------------------
 
-_backends: dict[tuple[str, str, int], Backend] = {}
+_backends: dict[tuple[str, str], Backend] = {}
 _backends_lock = threading.Lock()
 
 
 def get_backend() -> Backend:
     """The backend the settings select; one per process (and per configuration, for tests)."""
     kind = settings.TUNERY_INFERENCE_BACKEND
-    key = (kind, settings.TUNERY_INFERENCE_URL, settings.TUNERY_INFERENCE_MAX_BASES)
+    key = (kind, settings.TUNERY_INFERENCE_URL)
     with _backends_lock:
         backend = _backends.get(key)
         if backend is None:
-            if kind == "remote":
-                backend = RemoteBackend(base_url=settings.TUNERY_INFERENCE_URL)
-            else:
-                backend = LocalBackend(max_bases=settings.TUNERY_INFERENCE_MAX_BASES)
+            backend = HttpBackend(
+                base_url=settings.TUNERY_INFERENCE_URL,
+                by_source=kind == "local",
+                timeout=settings.TUNERY_INFERENCE_TIMEOUT,
+            )
             _backends[key] = backend
         return backend
 
 
 def reset_backends() -> None:
-    """Forget every backend (tests): the next request starts with an empty pool."""
+    """Forget every backend (tests)."""
     with _backends_lock:
         _backends.clear()

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from config.api import ApiError
-from engine.generation import InvalidRequestError, StreamDelta, Usage
+from engine.generation import (
+    GenerateRequest,
+    GenerateResult,
+    InvalidRequestError,
+    StreamDelta,
+    Usage,
+)
 from playground import protocol
 from playground.backends import Backend, Target
 from playground.protocol import ChatCall, CompletionCall
@@ -49,7 +55,7 @@ class SseStream:
 
     def _generate(
         self, chunks: Iterator[dict[str, Any]], on_done: Callable[[], None] | None
-    ) -> Iterator[str]:
+    ) -> Generator[str]:
         try:
             for chunk in chunks:
                 yield protocol.sse(chunk)
@@ -91,7 +97,7 @@ def run_completion(
     completion_id, created = protocol.new_completion_id(), protocol.now()
     if not call.stream:
         try:
-            results = [backend.complete(target, request) for request in call.requests]
+            results = _complete_all(backend, target, call.requests)
         except InvalidRequestError as exc:
             raise as_api_error(exc) from None
         if on_usage is not None:
@@ -99,42 +105,72 @@ def run_completion(
         return protocol.completion_json(
             completion_id=completion_id, created=created, model=target.name, results=results
         )
-    first = backend.stream(target, call.requests[0])
-    primed = _prime(first)
-    rest = (backend.stream(target, request) for request in call.requests[1:])
+    # Every prompt's stream starts now (a batching backend runs them side by side); they are
+    # sent one after the other.
+    try:
+        streams = [backend.stream(target, request) for request in call.requests]
+    except InvalidRequestError as exc:
+        raise as_api_error(exc) from None
+    primed = _prime(streams[0])
     usage: list[Usage] = []
     chunks = protocol.completion_chunks(
         completion_id=completion_id,
         created=created,
         model=target.name,
-        streams=itertools.chain([primed], rest),
+        streams=[primed, *streams[1:]],
         n=call.requests[0].n,
         include_usage=call.include_usage,
         usage_out=usage,
     )
     done = (lambda: on_usage(protocol.total_usage(usage))) if on_usage is not None else None
-    return SseStream(chunks, on_done=done, closers=[first.close] if hasattr(first, "close") else [])
+    closers = [s.close for s in streams if hasattr(s, "close")]
+    return SseStream(chunks, on_done=done, closers=closers)
+
+
+def _complete_all(
+    backend: Backend, target: Target, requests: list[GenerateRequest]
+) -> list[GenerateResult]:
+    many = getattr(backend, "complete_many", None)
+    if many is not None and len(requests) > 1:
+        return list(many(target, requests))
+    return [backend.complete(target, request) for request in requests]
 
 
 def run_chat(
     backend: Backend, target: Target, call: ChatCall, *, on_usage: UsageHook | None = None
 ) -> dict[str, Any] | SseStream:
     completion_id, created = protocol.new_chat_id(), protocol.now()
-    if not call.stream:
+    if not call.stream or call.parse_tool_calls:
         try:
             result = backend.chat(target, call)
         except InvalidRequestError as exc:
             raise as_api_error(exc) from None
         if on_usage is not None:
             on_usage(result.usage)
+        if call.stream:
+            # A tool call can't be told from text until its block is complete: the finished
+            # result goes out as chunks.
+            chunks = protocol.chat_chunks_of_result(
+                completion_id=completion_id,
+                created=created,
+                model=target.name,
+                result=result,
+                top_logprobs=call.top_logprobs,
+                include_usage=call.include_usage,
+            )
+            return SseStream(chunks, on_done=None, closers=[])
         return protocol.chat_json(
             completion_id=completion_id,
             created=created,
             model=target.name,
             result=result,
             top_logprobs=call.top_logprobs,
+            tools=call.parse_tool_calls,
         )
-    deltas = backend.chat_stream(target, call)
+    try:
+        deltas = backend.chat_stream(target, call)
+    except InvalidRequestError as exc:
+        raise as_api_error(exc) from None
     usage: list[Usage] = []
     chunks = protocol.chat_chunks(
         completion_id=completion_id,

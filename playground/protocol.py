@@ -15,10 +15,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from common.ids import random_id
+from common.redact import redact
 from config.api import ApiError
+from engine import chat_format
 from engine.generation import (
     MAX_LOGPROBS,
+    Choice,
     GenerateRequest,
     GenerateResult,
     InvalidRequestError,
@@ -33,7 +38,6 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default (§6.1)
 CHAT_DEFAULT_MAX_TOKENS = 512
 # n x prompts bounds the work of one request (OpenAI caps n at 128 too).
 MAX_CHOICES = 128
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass
@@ -52,13 +56,18 @@ class ChatCall:
     backend renders `messages` with the model's chat template and fills it in."""
 
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     request: GenerateRequest
     max_tokens_given: bool
     stream: bool
     include_usage: bool
     logprobs: bool
     top_logprobs: int
+    # Tool definitions, rendered into the prompt as training renders them (engine.chat_format).
+    tools: list[dict[str, Any]] | None = None
+    parallel_tool_calls: bool = True
+    # Whether `<tool_call>` blocks in the output become `tool_calls` (not with tool_choice none).
+    parse_tool_calls: bool = False
 
 
 def _is_number(value: Any) -> bool:
@@ -176,6 +185,15 @@ def _prompts(value: Any) -> list[tuple[str | None, list[int] | None]]:
     )
 
 
+def _bounded_max_tokens(value: int | None) -> int | None:
+    limit = settings.TUNERY_INFERENCE_MAX_TOKENS
+    if value is not None and value > limit:
+        raise ApiError(
+            f"max_tokens is {value}; this server allows at most {limit}.", param="max_tokens"
+        )
+    return value
+
+
 def engine_request(**kwargs: Any) -> GenerateRequest:
     """Build a GenerateRequest, turning the engine's range errors into 400s naming the param."""
     try:
@@ -208,7 +226,8 @@ def parse_completion(body: Mapping[str, Any], *, model: str | None = None) -> Co
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _type_error(user, "string", "user")
-    params = _sampling(body, max_tokens=_integer(body, "max_tokens", COMPLETION_DEFAULT_MAX_TOKENS))
+    max_tokens = _bounded_max_tokens(_integer(body, "max_tokens", COMPLETION_DEFAULT_MAX_TOKENS))
+    params = _sampling(body, max_tokens=max_tokens)
     params.update(
         best_of=_integer(body, "best_of", None),
         logprobs=_integer(body, "logprobs", None),
@@ -224,47 +243,62 @@ def parse_completion(body: Mapping[str, Any], *, model: str | None = None) -> Co
     return CompletionCall(model, requests, stream, _include_usage(body, stream))
 
 
-def _message_text(content: Any, index: int) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise ApiError(
-                    "only text content parts are supported", param=f"messages[{index}].content"
-                )
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise _type_error(content, "string", f"messages[{index}].content")
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(
+    value: Any, tools: list[dict[str, Any]] | None, parallel: bool
+) -> list[dict[str, Any]]:
+    """The request's messages, checked by the training schema (what a fine-tune was trained
+    on is what it can be asked), with text parts joined; otherwise as sent."""
     if not isinstance(value, list) or not value:
         raise ApiError("messages must be a non-empty array of messages", param="messages")
-    messages = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise _type_error(message, "object", f"messages[{index}]")
-        role = message.get("role")
-        if role not in CHAT_ROLES:
-            raise ApiError(
-                f"{role!r} is not one of {list(CHAT_ROLES)} - 'messages.{index}.role'",
-                param=f"messages[{index}].role",
-            )
-        messages.append({"role": role, "content": _message_text(message.get("content"), index)})
-    return messages
+    limit = settings.TUNERY_INFERENCE_MAX_MESSAGES
+    if len(value) > limit:
+        # Each message is rendered and tokenized before anything runs: bound the work.
+        raise ApiError(
+            f"messages has {len(value)} messages; this server accepts at most {limit}.",
+            param="messages",
+        )
+    try:
+        chat_format.normalise_request(value, tools, parallel_tool_calls=parallel)
+    except chat_format.ChatFormatError as exc:
+        raise ApiError(exc.error.message, param=exc.error.param or "messages") from None
+    return [
+        {**m, "content": chat_format.content_text(m["content"])}
+        if isinstance(m.get("content"), list)
+        else dict(m)
+        for m in value
+    ]
+
+
+def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]] | None, bool, bool]:
+    """(tools, parallel_tool_calls, parse calls from the output) of a chat request."""
+    tools = body.get("tools")
+    functions = body.get("functions")
+    if tools is None and functions is not None:
+        # The deprecated spelling: the same functions, as tools.
+        if not isinstance(functions, list):
+            raise _type_error(functions, "array", "functions")
+        tools = [{"type": "function", "function": f} for f in functions]
+    if tools is not None and not isinstance(tools, list):
+        raise _type_error(tools, "array", "tools")
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _type_error(parallel, "boolean", "parallel_tool_calls")
+    choice = body.get("tool_choice", body.get("function_call"))
+    param = "tool_choice" if "tool_choice" in body else "function_call"
+    if choice not in (None, "auto", "none"):
+        raise ApiError(
+            f"{param} {json.dumps(choice)} is not supported: this server cannot force a tool "
+            'call; use "auto" or "none"',
+            param=param,
+        )
+    return tools or None, parallel is not False, bool(tools) and choice != "none"
 
 
 def parse_chat(body: Mapping[str, Any]) -> ChatCall:
     model = _model(body)
-    messages = _messages(body.get("messages"))
+    tools, parallel, parse_calls = _tools(body)
+    messages = _messages(body.get("messages"), tools, parallel)
     stream = _boolean(body, "stream")
-    for unsupported in ("tools", "functions"):
-        if body.get(unsupported):
-            raise ApiError(f"{unsupported} are not supported by this server", param=unsupported)
     response_format = body.get("response_format")
     if response_format not in (None, {"type": "text"}):
         raise ApiError(
@@ -274,6 +308,7 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
     max_tokens = _integer(body, "max_completion_tokens", None)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", None)
+    max_tokens = _bounded_max_tokens(max_tokens)
     logprobs = _boolean(body, "logprobs")
     top_logprobs = _integer(body, "top_logprobs", 0) or 0
     if top_logprobs and not logprobs:
@@ -283,9 +318,8 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
             f"top_logprobs must be between 0 and {MAX_LOGPROBS} on this server",
             param="top_logprobs",
         )
-    params = _sampling(
-        body, max_tokens=CHAT_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-    )
+    default = min(CHAT_DEFAULT_MAX_TOKENS, settings.TUNERY_INFERENCE_MAX_TOKENS)
+    params = _sampling(body, max_tokens=default if max_tokens is None else max_tokens)
     if params["n"] and params["n"] > MAX_CHOICES:
         raise ApiError(f"n must be at most {MAX_CHOICES}", param="n")
     request = engine_request(
@@ -300,6 +334,9 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
         include_usage=_include_usage(body, stream),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        tools=tools,
+        parallel_tool_calls=parallel,
+        parse_tool_calls=parse_calls,
     )
 
 
@@ -427,26 +464,103 @@ def chat_logprobs(logprobs: Logprobs | None, top: int) -> dict[str, Any] | None:
     return {"content": content}
 
 
+def new_tool_call_id() -> str:
+    return random_id("call_", 24)
+
+
+def chat_message(choice: Choice, *, tools: bool) -> tuple[dict[str, Any], str]:
+    """The assistant message of a choice and its finish_reason.
+
+    With tools, `<tool_call>` blocks in the text (the fallback rendering's format, and the
+    Hermes/Qwen templates') become `tool_calls`, as OpenAI returns them. A remote backend may
+    have parsed them already (`choice.tool_calls`).
+    """
+    content: str | None = choice.text
+    calls = choice.tool_calls
+    if calls is None and tools:
+        parsed = chat_format.parse_tool_calls(choice.text)
+        if parsed is not None:
+            content, found = parsed
+            calls = [
+                {"id": new_tool_call_id(), "type": "function", "function": function}
+                for function in found
+            ]
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    finish = choice.finish_reason
+    if calls:
+        message["content"] = content or None
+        message["tool_calls"] = calls
+        finish = "tool_calls" if finish == "stop" else finish
+    return message, finish
+
+
 def chat_json(
-    *, completion_id: str, created: int, model: str, result: GenerateResult, top_logprobs: int
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    result: GenerateResult,
+    top_logprobs: int,
+    tools: bool = False,
 ) -> dict[str, Any]:
+    choices = []
+    for choice in result.choices:
+        message, finish = chat_message(choice, tools=tools)
+        choices.append(
+            {
+                "index": choice.index,
+                "message": message,
+                "logprobs": chat_logprobs(choice.logprobs, top_logprobs),
+                "finish_reason": finish,
+            }
+        )
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [
-            {
-                "index": choice.index,
-                "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                "logprobs": chat_logprobs(choice.logprobs, top_logprobs),
-                "finish_reason": choice.finish_reason,
-            }
-            for choice in result.choices
-        ],
+        "choices": choices,
         "usage": result.usage.to_dict(),
     }
+
+
+def chat_chunks_of_result(
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    result: GenerateResult,
+    top_logprobs: int,
+    include_usage: bool,
+) -> Iterator[dict[str, Any]]:
+    """A finished chat result as chunks: how a request with tools is streamed, since a call
+    can only be told from text once its block is complete."""
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
+    head |= {"model": model, "system_fingerprint": None}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any, finish: str | None) -> Any:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**head, "choices": [choice], **extra}
+
+    for choice in result.choices:
+        message, finish = chat_message(choice, tools=True)
+        yield chunk(choice.index, {"role": "assistant", "content": ""}, None, None)
+        if message["content"]:
+            logprobs = chat_logprobs(choice.logprobs, top_logprobs)
+            yield chunk(choice.index, {"content": message["content"]}, logprobs, None)
+        if message.get("tool_calls"):
+            calls = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+            yield chunk(choice.index, {"tool_calls": calls}, None, None)
+        yield chunk(choice.index, {}, None, finish)
+    if include_usage:
+        usage = {"usage": result.usage.to_dict()}
+        yield (
+            {key: value for key, value in head.items() if key != "system_fingerprint"}
+            | {"choices": []}
+            | usage
+        )
 
 
 def chat_chunks(
@@ -503,7 +617,7 @@ def error_chunk(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, ApiError):
         return {
             "error": {
-                "message": exc.message,
+                "message": redact(exc.message),
                 "type": exc.type,
                 "param": exc.param,
                 "code": exc.code,
@@ -512,7 +626,7 @@ def error_chunk(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, InvalidRequestError):
         return {
             "error": {
-                "message": str(exc),
+                "message": redact(str(exc)),
                 "type": "invalid_request_error",
                 "param": exc.param,
                 "code": None,

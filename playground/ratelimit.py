@@ -45,6 +45,22 @@ def hit(bucket: str, *, now: float | None = None) -> int:
         return 1
 
 
+def current(bucket: str, *, now: float | None = None) -> int:
+    """Requests counted in `bucket`'s current window so far, without counting one (the usage
+    page shows it)."""
+    now = time.time() if now is None else now
+    key = f"tunery:ratelimit:{bucket}:{int(now // WINDOW_SECONDS)}"
+    broker = settings.CELERY_BROKER_URL
+    if broker.startswith(("redis://", "rediss://")):
+        return int(_redis(broker).get(key) or 0)
+    return int(cache.get(key) or 0)
+
+
+def key_bucket(hashed_secret: str) -> str:
+    # The hash, not the pk: ids are reused (test databases, restores), hashes never are.
+    return f"key-{hashed_secret[:16]}"
+
+
 def seconds_to_next_window(now: float | None = None) -> int:
     now = time.time() if now is None else now
     return max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
@@ -63,8 +79,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         if not limit or key is None:
             return True
         now = time.time()
-        # The hash, not the pk: ids are reused (test databases, restores), hashes never are.
-        if hit(f"key-{key.hashed_secret[:16]}", now=now) <= limit:
+        if hit(key_bucket(key.hashed_secret), now=now) <= limit:
             return True
         self._wait = seconds_to_next_window(now)
         return False

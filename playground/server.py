@@ -1,32 +1,41 @@
-"""Tunery's engine as an OpenAI-compatible inference server (`manage.py serve_inference`).
+"""Tunery's inference service (`manage.py serve_inference`): the engine behind HTTP.
 
-It speaks the subset of vLLM's API that the `remote` backend uses, so a machine without vLLM
-can still serve a Tunery web tier from another process or host:
+The web tier's backends (`playground.backends`) reach it with the subset of vLLM's API they
+use, so the service and vLLM are interchangeable behind a Tunery web tier:
 
-    GET  /v1/models
+    GET  /v1/models, /health
     POST /v1/completions, /v1/chat/completions      (same parsing and rendering as /v1)
     POST /v1/load_lora_adapter   {"lora_name", "lora_path", "base_model"?}
     POST /v1/unload_lora_adapter {"lora_name"}
 
-`model` names a base (from `--base NAME=SOURCE`, else the registry's base models), a loaded
-LoRA adapter, or a model directory (how the remote backend addresses full fine-tunes). There
-is no authentication: bind it to loopback or a private network, as with vLLM without
---api-key. Django keeps access control; this server only runs what it is told to.
+`model` names a base (from `--base NAME=SOURCE`, else the registry's base models), a base's
+source (`package:NAME` or an absolute path: how the web tier addresses bases, so the service
+needs no database), a loaded LoRA adapter, or a model directory (a full fine-tune). Concurrent
+requests are batched continuously (`engine.batching`); past the queue's limit the answer is a
+429 with Retry-After. A request whose client disconnects is cancelled.
+
+There is no authentication: bind it to loopback or a private network, as with vLLM without
+--api-key. Django keeps access control; this service only runs what it is told to.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from common import artifacts
 from config.api import ApiError, error_body
 from playground import protocol
-from playground.backends import LocalBackend, Target
+from playground.backends import Target
+from playground.engine_backend import ClientGone, EngineBackend
 from playground.inference import SseStream, run_chat, run_completion
 
 logger = logging.getLogger(__name__)
@@ -38,7 +47,7 @@ class EngineServer:
     """The server's state: which names mean which weights. Thread-safe."""
 
     def __init__(
-        self, *, backend: LocalBackend, lookup_base: BaseLookup, default_base: str | None = None
+        self, *, backend: EngineBackend, lookup_base: BaseLookup, default_base: str | None = None
     ) -> None:
         self.backend = backend
         self._lookup_base = lookup_base
@@ -51,6 +60,11 @@ class EngineServer:
         found = self._lookup_base(name)
         if found is not None:
             return found
+        if name.startswith(artifacts.PORTABLE):  # a full fine-tune's weights in the store
+            try:
+                return artifacts.resolve_portable(name)
+            except (FileNotFoundError, ValueError):
+                return None
         path = Path(name)
         if path.is_absolute() and (path / "config.json").is_file():
             return path
@@ -70,7 +84,7 @@ class EngineServer:
                     param="model",
                     code="model_not_found",
                 )
-            return Target(model, base_name or "", base, adapter)
+            return Target(model, base_name or "", base_dir=base, adapter_dir=adapter)
         base = self.base_dir(model)
         if base is None:
             raise ApiError(
@@ -79,12 +93,19 @@ class EngineServer:
                 param="model",
                 code="model_not_found",
             )
-        return Target(model, model, base)
+        return Target(model, model, base_dir=base)
 
     def load_lora(self, body: dict[str, Any]) -> str:
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name:
             raise ApiError("lora_name is required", param="lora_name")
+        if isinstance(path, str) and path.startswith(artifacts.PORTABLE):
+            # `store:<key>`: the adapter is in the artifact store (this host shares no disk
+            # with the one that trained it); served from this host's cache.
+            try:
+                path = str(artifacts.resolve_portable(path))
+            except (FileNotFoundError, ValueError):
+                raise ApiError(f"No LoRA adapter at {path!r}", param="lora_path") from None
         if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
             raise ApiError(f"No LoRA adapter at {path!r}", param="lora_path")
         base = body.get("base_model")
@@ -92,12 +113,11 @@ class EngineServer:
             raise ApiError(f"Unknown base model {base!r}", status=404, param="base_model")
         with self._lock:
             known = self._loras.get(name)
-            if known is not None and known[0] != Path(path):
-                # vLLM's answer; the remote backend treats it as success for the same adapter.
-                raise ApiError(
-                    f"The lora adapter '{name}' has already been loaded.", param="lora_name"
-                )
             self._loras[name] = (Path(path), str(base) if base else None)
+        if known is not None and known[0] != Path(path):
+            # The web tier is the registry: a name now meaning other weights (vLLM's
+            # load_inplace) replaces them, and the old weights leave memory.
+            self.backend.unload_adapter(name=name, adapter_dir=known[0])
         return f"Success: LoRA adapter '{name}' added successfully."
 
     def unload_lora(self, body: dict[str, Any]) -> str:
@@ -120,10 +140,22 @@ class EngineServer:
         ]
         return {"object": "list", "data": data}
 
+    def health(self) -> dict[str, Any]:
+        stats = self.backend.pool.stats()
+        return {
+            "status": "ok",
+            "bases": stats.loaded_bases,
+            "base_loads": stats.base_loads,
+            "adapters": stats.adapters,
+            "schedulers": {k: asdict(v) for k, v in stats.schedulers.items()},
+        }
+
     def handle(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """Route one request: returns a JSON dict, a text message or an SSE stream."""
         if method == "GET" and path == "/v1/models":
             return self.models()
+        if method == "GET" and path == "/health":
+            return self.health()
         if method == "POST" and path == "/v1/completions":
             call = protocol.parse_completion(body)
             return run_completion(self.backend, self.target(call.model), call)
@@ -163,13 +195,27 @@ def make_handler(server_state: EngineServer) -> type[BaseHTTPRequestHandler]:
                 raise ApiError("The request body must be a JSON object.")
             return data
 
+        def _client_gone(self) -> bool:
+            """True once the client closed its end (it sends nothing while it waits)."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+            except (OSError, ValueError):
+                return True
+
         def _dispatch(self, method: str) -> None:
             try:
                 path = self.path.split("?", 1)[0]
-                result = server_state.handle(method, path, self._read_body())
+                body = self._read_body()
+                with server_state.backend.watching(self._client_gone):
+                    result = server_state.handle(method, path, body)
+            except ClientGone:
+                logger.info("client went away; its request was cancelled")
+                self.close_connection = True
+                return
             except ApiError as exc:
                 body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
-                self._send_json(body, exc.status_code)
+                self._send_json(body, exc.status_code, exc.headers)
                 return
             except Exception:
                 logger.exception("inference server error on %s %s", method, self.path)
@@ -179,17 +225,28 @@ def make_handler(server_state: EngineServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json(body, 500)
                 return
             if isinstance(result, SseStream):
-                self._send_stream(result)
+                with server_state.backend.watching(self._client_gone):
+                    self._send_stream(result)
             elif isinstance(result, str):
                 self._send(result.encode(), 200, "text/plain; charset=utf-8")
             else:
                 self._send_json(result, 200)
 
-        def _send_json(self, payload: dict[str, Any], status: int) -> None:
-            self._send(json.dumps(payload).encode(), status, "application/json")
+        def _send_json(
+            self, payload: dict[str, Any], status: int, headers: dict[str, str] | None = None
+        ) -> None:
+            self._send(json.dumps(payload).encode(), status, "application/json", headers)
 
-        def _send(self, data: bytes, status: int, content_type: str) -> None:
+        def _send(
+            self,
+            data: bytes,
+            status: int,
+            content_type: str,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -216,8 +273,12 @@ def make_handler(server_state: EngineServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many clients connect at once under load; the default backlog of 5 refuses some.
+    request_queue_size = 1024
+
+
 def serve(state: EngineServer, *, host: str, port: int) -> ThreadingHTTPServer:
     """A started-but-not-serving server; call `serve_forever()` on it."""
-    httpd = ThreadingHTTPServer((host, port), make_handler(state))
-    httpd.daemon_threads = True
-    return httpd
+    return _Server((host, port), make_handler(state))

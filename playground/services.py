@@ -10,9 +10,10 @@ from django.contrib.auth.models import User
 
 from accounts.models import ApiKey, Organization
 from engine.generation import Usage
+from models_app.models import UsageRecord
 from models_app.services import Resolved, model_resolve, usage_record
 from playground import protocol
-from playground.backends import Backend, LocalBackend, Target, get_backend
+from playground.backends import Target, get_backend
 from playground.inference import SseStream, UsageHook, run_chat, run_completion
 
 
@@ -23,16 +24,20 @@ class Caller:
     organization: Organization
     api_key: ApiKey | None = None
     user: User | None = None
+    usage_kind: str = UsageRecord.Kind.REQUESTS  # the model page's samples say "samples"
 
 
-def target_for(resolved: Resolved, backend: Backend) -> Target:
-    # A remote server loads bases by name; only the local pool (or a full fine-tune's own
-    # weights) needs a directory, and resolving a GGUF base means dequantizing it once.
-    needs_dir = isinstance(backend, LocalBackend) or resolved.is_full_fine_tune
+def target_for(resolved: Resolved) -> Target:
+    """The one place a resolved model becomes what the inference server runs.
+
+    Bases travel as their source (the service resolves and caches them); only a full
+    fine-tune's weights directory is looked up here, which is a cheap path check.
+    """
     return Target(
         name=resolved.name,
         base_name=resolved.base.name,
-        base_dir=resolved.base_dir if needs_dir else None,
+        base_source=resolved.base.source,
+        base_dir=resolved.base_dir if resolved.is_full_fine_tune else None,
         adapter_dir=resolved.adapter_dir,
         full_weights=resolved.is_full_fine_tune,
     )
@@ -47,6 +52,7 @@ def _usage_hook(caller: Caller, model_name: str) -> UsageHook:
             user=caller.user,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
+            kind=caller.usage_kind,
         )
 
     return record
@@ -61,9 +67,9 @@ def completion_create(
     """
     call = protocol.parse_completion(body, model=model)
     resolved = model_resolve(caller.organization, call.model)
-    backend = get_backend()
-    target = target_for(resolved, backend)
-    return run_completion(backend, target, call, on_usage=_usage_hook(caller, resolved.name))
+    return run_completion(
+        get_backend(), target_for(resolved), call, on_usage=_usage_hook(caller, resolved.name)
+    )
 
 
 def chat_completion_create(
@@ -72,6 +78,6 @@ def chat_completion_create(
     """POST /v1/chat/completions, for models whose tokenizer has a chat template."""
     call = protocol.parse_chat(body)
     resolved = model_resolve(caller.organization, call.model)
-    backend = get_backend()
-    target = target_for(resolved, backend)
-    return run_chat(backend, target, call, on_usage=_usage_hook(caller, resolved.name))
+    return run_chat(
+        get_backend(), target_for(resolved), call, on_usage=_usage_hook(caller, resolved.name)
+    )

@@ -31,6 +31,22 @@ def _model_choices(request: AuthedHtmxRequest) -> list[dict[str, Any]]:
         for m in fine_tunes
     ]
     choices += [
+        {"name": c.name, "group": "Checkpoints", "chat": c.job.base_model.has_chat_template}
+        for c in selectors.checkpoint_list_for_org(organization=request.organization)[:100]
+    ]
+    for grant in selectors.grants_received(organization=request.organization):
+        usable = selectors.usable_model_find(
+            organization=request.organization, name=grant.model_name
+        )
+        if usable is not None:  # still alive
+            choices.append(
+                {
+                    "name": usable.name,
+                    "group": "Shared with you",
+                    "chat": usable.base.has_chat_template,
+                }
+            )
+    choices += [
         {"name": b.name, "group": "Base", "chat": b.has_chat_template}
         for b in selectors.base_model_list()
     ]
@@ -43,11 +59,19 @@ def index(request: AuthedHtmxRequest) -> HttpResponse:
     choices = _model_choices(request)
     names = {c["name"] for c in choices}
     # ?model=A&model=B preselects a comparison (links from the model and job pages).
-    wanted = [m for m in request.GET.getlist("model") if m in names][:MAX_COMPARED]
+    asked = request.GET.getlist("model")
+    wanted = [m for m in asked if m in names][:MAX_COMPARED]
+    # A link to a deleted (or never shared) model says so, instead of silently opening another.
+    missing = [m for m in asked if m not in names]
     if not wanted and choices:
         wanted = [choices[0]["name"]]
     selected = wanted + [""] * (MAX_COMPARED - len(wanted))
-    context = {"form": PlaygroundForm(), "choices": choices, "selected": selected}
+    context = {
+        "form": PlaygroundForm(),
+        "choices": choices,
+        "selected": selected,
+        "missing": missing,
+    }
     return render(request, "playground/index.html", context)
 
 

@@ -278,7 +278,7 @@ class Context:
 class Runner:
     name: str
     pattern: str
-    run: Callable[[DocCommand, Context], None]
+    run: Callable[[DocCommand, Context], object]  # what it returns, if anything, is unused
     needs_server: bool = False
     needs_database: bool = False
 
@@ -392,21 +392,20 @@ READY = {
     # Celery logs these at INFO: a command without `--loglevel INFO` never looks ready.
     "celery worker": re.compile(r"\bready\."),
     "celery beat": re.compile(r"beat: Starting"),
-    "gunicorn": re.compile(r"Booting worker with pid"),
+    "uvicorn": re.compile(r"Uvicorn running on"),
     "serve_inference": re.compile(r"Serving the Tunery engine on"),
 }
 
 
 def run_service(cmd: DocCommand, ctx: Context) -> None:
-    """A long-running process (workers, beat, gunicorn, serve_inference): start it in a scratch
+    """A long-running process (workers, beat, uvicorn, serve_inference): start it in a scratch
     DATA_DIR with the embedded SQLite/filesystem-broker setup, wait until it logs that it is
-    ready, stop it. Ports: gunicorn gets a free one through GUNICORN_CMD_ARGS (the documented
-    command has no --bind), `--port N` becomes a free port."""
+    ready, stop it. Ports: `--port N` becomes a free port."""
     text = cmd.text
     if "serve_inference" in text:
         kind = "serve_inference"
-    elif "gunicorn" in text:
-        kind = "gunicorn"
+    elif "uvicorn" in text:
+        kind = "uvicorn"
     else:
         kind = "celery beat" if " beat" in text else "celery worker"
     env = ctx.base_env()
@@ -414,7 +413,6 @@ def run_service(cmd: DocCommand, ctx: Context) -> None:
         env.pop(name, None)
     env["DATA_DIR"] = tempfile.mkdtemp(dir=ctx.tmp, prefix="service-")
     port = _free_port()
-    env["GUNICORN_CMD_ARGS"] = f"--bind 127.0.0.1:{port}"
     text = re.sub(r"--port \d+", f"--port {port}", _manage(text, ctx))
     log = Path(env["DATA_DIR"]) / "out.log"
     with open(log, "wb") as out:
@@ -501,7 +499,7 @@ RUNNERS = [
     Runner(
         "service",
         r"(?:CUDA_VISIBLE_DEVICES=\d+ )?(?:\.venv/bin/)?"
-        r"(?:celery -A config (?:worker|beat)|gunicorn config\.wsgi)\b[^\n]*"
+        r"(?:celery -A config (?:worker|beat)|uvicorn config\.asgi:application)\b[^\n]*"
         rf"|{_PY} serve_inference\b[^\n]*",
         run_service,
     ),

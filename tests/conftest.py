@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.test import Client
 
 from accounts import services
@@ -25,10 +29,47 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 PASSWORD = "correct horse battery"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def collected_static() -> Iterator[None]:
+    """`collectstatic`, as make run and the Dockerfile do: the manifest storage serves (and
+    `{% static %}` names) only collected, hashed files. Skipped while nothing changed.
+
+    The live server then serves them as production does, through whitenoise (hashed names,
+    gzip, far-future caching), not through the staticfiles finders pytest-django's live server
+    puts in front of the app (they know no hashed names)."""
+    from django.conf import settings
+    from django.contrib.staticfiles import finders
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.core.management import call_command
+
+    manifest = Path(settings.STATIC_ROOT) / "staticfiles.json"
+    newest = max(
+        (
+            os.path.getmtime(storage.path(path))
+            for finder in finders.get_finders()
+            for path, storage in finder.list([])
+        ),
+        default=0.0,
+    )
+    if not manifest.exists() or manifest.stat().st_mtime < newest:
+        call_command("collectstatic", interactive=False, verbosity=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StaticFilesHandler, "_should_handle", lambda self, path: False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings: Any) -> None:
     # PBKDF2 costs 1-2 s per persona on these 2-core machines; tests don't need its strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def streamed(response: HttpResponseBase) -> bytes:
+    """The whole body of a streaming response (downloads, CSV exports, SSE)."""
+    assert isinstance(response, StreamingHttpResponse), type(response)
+    content = response.streaming_content
+    assert isinstance(content, Iterator), "an async body: the test client serves sync views"
+    return b"".join(content)
 
 
 @dataclass
@@ -129,7 +170,15 @@ def login(page: Any, live_server: Any, username: str, password: str = PASSWORD) 
 
 # --- tiny models and shared data -------------------------------------------------------------
 
-SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+# /work/shared/data beside the checkout (/work/main or a worktree under /work/wt/…).
+SHARED_DATA = next(
+    (
+        p / "shared" / "data"
+        for p in __import__("pathlib").Path(__file__).resolve().parents
+        if (p / "shared" / "data").is_dir()
+    ),
+    __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data",
+)
 
 
 @pytest.fixture(scope="session")
@@ -140,8 +189,39 @@ def tiny_model_path(tmp_path_factory: Any) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model"))
 
 
+@pytest.fixture(scope="session")
+def inference_service(tmp_path_factory: Any) -> Iterator[str]:
+    """Tunery's inference service as a real process, started once per test session; its URL.
+
+    The web tier never runs a model: every test that asks for a completion goes through it.
+    """
+    from tests.inference import inference_service as start
+
+    log = tmp_path_factory.mktemp("inference") / "serve_inference.log"
+    with start(log=log) as url:
+        yield url
+
+
 @pytest.fixture
-def tiny_base(db: None, tiny_model_path: str) -> Any:
+def inference(settings: Any, inference_service: str) -> str:
+    """Point this test's web tier at the session's inference service."""
+    settings.TUNERY_INFERENCE_BACKEND = "local"
+    settings.TUNERY_INFERENCE_URL = inference_service
+    return inference_service
+
+
+@pytest.fixture
+def embedded_base(db: None) -> None:
+    """The embedded base and its legacy names (ada, curie…), as migration 0002 registers it:
+    a transactional test that ran before may have flushed the table."""
+    from django.apps import apps as django_apps
+
+    migration = importlib.import_module("models_app.migrations.0002_default_base_model")
+    migration.add_default(django_apps, None)
+
+
+@pytest.fixture
+def tiny_base(db: None, tiny_model_path: str, inference: str) -> Any:
     """Registers the tiny model as a base model named `tiny-llama` (trains in seconds)."""
     from models_app.models import BaseModel
 
@@ -158,3 +238,12 @@ def sms_subset(tmp_path: Any, n: int, *, name: str = "sms.jsonl", split: str = "
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: Any) -> Iterator[Any]:
+    """moto's standalone S3 server as its own process, once per test session (tests.s3)."""
+    from tests.s3 import s3_server as start
+
+    with start(tmp_path_factory.mktemp("s3") / "moto_server.log") as server:
+        yield server

@@ -7,6 +7,8 @@ from django.contrib.auth.models import User
 from factory.django import DjangoModelFactory
 
 from accounts.models import Membership, Organization
+from datasets.models import File
+from models_app.models import BaseModel
 
 
 class UserFactory(DjangoModelFactory[User]):
@@ -35,7 +37,7 @@ class MembershipFactory(DjangoModelFactory[Membership]):
     role = Membership.Role.MEMBER
 
 
-class FileFactory(DjangoModelFactory["File"]):
+class FileFactory(DjangoModelFactory[File]):
     """A processed prompt/completion training file (validation already done)."""
 
     class Meta:
@@ -55,7 +57,7 @@ class FileFactory(DjangoModelFactory["File"]):
     )
 
 
-class BaseModelFactory(DjangoModelFactory["BaseModel"]):
+class BaseModelFactory(DjangoModelFactory[BaseModel]):
     class Meta:
         model = "models_app.BaseModel"
         django_get_or_create = ("name",)

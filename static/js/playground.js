@@ -46,6 +46,7 @@
       if (alt !== token) lines.push("  " + JSON.stringify(alt) + "  " + percent(lp));
     }
     span.title = lines.join("\n");
+    span.dataset.alts = lines.join("\n");
     span.dataset.p = p.toFixed(4);
     return span;
   }
@@ -70,6 +71,40 @@
     }
   }
 
+  // A click or a tap on a token (hover alone does nothing on a phone) shows its alternatives
+  // under the output. From the keyboard, the output is one tab stop (no trap of a stop per
+  // token): the arrow keys, Home and End move through its tokens and show each one's.
+  function select(token) {
+    const box = token.closest(".pg-column");
+    box.querySelectorAll(".tok.selected").forEach((t) => t.classList.remove("selected"));
+    token.classList.add("selected");
+    token.scrollIntoView({ block: "nearest" });
+    const panel = box.querySelector(".pg-alts");
+    panel.hidden = false;
+    panel.textContent = token.dataset.alts;
+  }
+
+  outputs.addEventListener("click", (event) => {
+    const token = event.target.closest(".tok");
+    if (token && token.dataset.alts) select(token);
+  });
+
+  const STEPS = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 };
+  outputs.addEventListener("keydown", (event) => {
+    const text = event.target.closest(".pg-text");
+    if (!text) return;
+    const tokens = Array.from(text.querySelectorAll(".tok[data-alts]"));
+    if (!tokens.length) return;
+    const at = tokens.findIndex((t) => t.classList.contains("selected"));
+    let next;
+    if (event.key in STEPS) next = at < 0 ? 0 : at + STEPS[event.key];
+    else if (event.key === "Home") next = 0;
+    else if (event.key === "End") next = tokens.length - 1;
+    else return;
+    event.preventDefault();
+    select(tokens[Math.max(0, Math.min(tokens.length - 1, next))]);
+  });
+
   function column(model, index) {
     const box = document.createElement("section");
     box.className = "panel pg-column";
@@ -80,10 +115,19 @@
     title.textContent = model;
     const text = document.createElement("pre");
     text.className = "pg-text";
+    text.tabIndex = 0;
+    text.setAttribute("role", "group");
+    text.setAttribute("aria-label", "Output of " + model + ": arrow keys show each token's alternatives");
     const status = document.createElement("div");
     status.className = "muted small pg-status";
     status.textContent = "Waiting…";
-    box.append(title, text, status);
+    const alts = document.createElement("pre");
+    alts.className = "pg-alts";
+    alts.hidden = true;
+    alts.setAttribute("aria-live", "polite");
+    alts.dataset.testid = "alternatives";
+    alts.setAttribute("data-testid", "alternatives-" + index);
+    box.append(title, text, status, alts);
     outputs.appendChild(box);
     return { box, text, status };
   }

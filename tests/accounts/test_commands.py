@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -42,7 +43,7 @@ def test_create_api_key_rejects_unknown_org(db: None) -> None:
         call_command("create_api_key", "--org", "nope")
 
 
-def test_check_deploy_is_clean_under_production_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_deploy_is_clean_under_production_settings(tmp_path: Path) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
         "DJANGO_DEBUG": "false",
@@ -63,7 +64,7 @@ def test_check_deploy_is_clean_under_production_settings(tmp_path) -> None:  # t
     assert "WARNINGS" not in result.stdout + result.stderr
 
 
-def test_a_bad_setting_fails_loudly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_setting_fails_loudly(tmp_path: Path) -> None:
     env = {**os.environ, "DJANGO_DEBUG": "maybe", "DATA_DIR": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "manage.py", "check"],

@@ -59,4 +59,5 @@ def test_admin_delete_removes_the_blob_too(
 
     assert response.status_code == 302
     assert not File.objects.filter(pk=file.pk).exists()
+    assert file.blob.name  # stored: it has a name
     assert not (media_dir / file.blob.name).exists()

@@ -12,7 +12,7 @@ from django.test import Client
 from datasets import services
 from datasets.models import File
 from tests.accounts.test_api_auth import assert_envelope
-from tests.conftest import Persona
+from tests.conftest import Persona, streamed
 from tests.datasets.conftest import blobs_of, jsonl, multipart, upload, validate
 
 GOOD = jsonl([{"prompt": f"Q{i} ->", "completion": " A"} for i in range(12)])
@@ -21,7 +21,7 @@ FILE_KEYS |= {"status_details"}
 
 
 def make_files(persona: Persona, n: int, purpose: str = "fine-tune") -> list[File]:
-    files = []
+    files: list[File] = []
     with mock.patch("datasets.tasks.validate_file.delay"):
         for i in range(n):
             files.append(
@@ -177,9 +177,10 @@ def test_list_pages_with_limit_and_after(owner: Persona) -> None:
     files = [f.public_id for f in make_files(owner, 5)]
     client = owner.api()
 
-    first = client.get("/v1/files", {"limit": 2, "order": "asc"}).json()
-    second = client.get("/v1/files", {"limit": 2, "order": "asc", "after": first["last_id"]})
-    last = client.get("/v1/files", {"limit": 2, "order": "asc", "after": files[3]}).json()
+    page: dict[str, str | int] = {"limit": 2, "order": "asc"}
+    first = client.get("/v1/files", page).json()
+    second = client.get("/v1/files", {**page, "after": first["last_id"]})
+    last = client.get("/v1/files", {**page, "after": files[3]}).json()
 
     assert [f["id"] for f in first["data"]] == files[:2]
     assert first["has_more"] is True
@@ -268,7 +269,7 @@ def test_content_returns_the_raw_bytes(owner: Persona) -> None:
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/octet-stream"
-    assert b"".join(response.streaming_content) == GOOD
+    assert streamed(response) == GOOD
 
 
 def test_content_serves_the_sdks_accept_header(owner: Persona) -> None:
@@ -289,11 +290,12 @@ def test_results_content_is_csv_text(owner: Persona) -> None:
     response = owner.api().get(f"/v1/files/{file.public_id}/content")
 
     assert response["Content-Type"].startswith("text/csv")
-    assert b"".join(response.streaming_content) == b"step\n1\n"
+    assert streamed(response) == b"step\n1\n"
 
 
 def test_content_of_a_lost_blob_is_a_json_404(owner: Persona) -> None:
     (file,) = make_files(owner, 1)
+    assert file.blob.name  # stored: it has a name
     file.blob.storage.delete(file.blob.name)
 
     error = assert_envelope(owner.api().get(f"/v1/files/{file.public_id}/content"), 404)

@@ -75,8 +75,12 @@ def test_upload_map_review_fix_and_see_statistics(
     # The page polls until validation is done, then shows the prepare-data findings.
     page.locator("[data-testid=file-status]", has_text="processed").wait_for()
     findings = page.locator("[data-testid=findings]").inner_text()
-    assert "There are 1 duplicated prompt-completion sets. These are rows: [40]" in findings
-    assert "fine-tune a model for classification" in findings
+    # One numbering (the file's lines), grammatical counts, the product's words (issue #15,
+    # items 5 and 6): the CLI's "There are 1 duplicated ... rows: [40]" and `ada` stay in the CLI.
+    assert "1 example is a duplicate of an earlier one." in findings
+    assert "Line 41" in findings  # the 41st row of the CSV, line 41 of the JSONL
+    assert "rows: [" not in findings and "There are 1" not in findings
+    assert "This looks like classification data" in findings and "`ada`" not in findings
     assert "does not contain a common separator" in findings
     assert "should start with a whitespace character" in findings
     form = page.locator("[data-testid=fix-form]")
@@ -87,7 +91,7 @@ def test_upload_map_review_fix_and_see_statistics(
     page.click("[data-testid=apply-fixes]")
     page.wait_for_url(re.compile(r".*/datasets/file-\w+/$"))
     assert "reviews.jsonl is unchanged" in page.content()
-    assert "--classification_positive_class" in page.content()
+    assert "--classification" not in page.content()  # no CLI flags in the browser
     fixed = _validate_waiting(owner.org.pk)
     assert sorted(f.filename for f in fixed) == [
         "reviews_prepared_train.jsonl",
@@ -104,3 +108,15 @@ def test_upload_map_review_fix_and_see_statistics(
     # Nothing left to fix; only the split is offered again, as the original tool did.
     assert "[Recommended] Remove" not in page.locator("#findings").inner_text()
     assert "Split into training and validation set" in page.locator("#findings").inner_text()
+
+    # "Fine-tune with these files": the create form with both halves and the classification
+    # options, the rarer class ("negative", 8 of 40) as the positive one.
+    page.click("[data-testid=fine-tune-with]")
+    page.wait_for_url(re.compile(r".*/jobs/new/\?.*"))
+    train, valid = sorted(fixed, key=lambda f: f.filename)
+    assert page.input_value("#id_training_file") == train.public_id
+    assert page.input_value("#id_validation_file") == valid.public_id
+    assert page.is_checked("#id_compute_classification_metrics")
+    assert page.input_value("#id_classification_positive_class") == " negative"
+    options = page.locator("#id_classification_positive_class option").all_inner_texts()
+    assert any(o.startswith('" negative"') for o in options)  # quoted: the space shows

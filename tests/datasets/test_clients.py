@@ -92,7 +92,7 @@ def test_current_sdk_auto_pages_the_list_with_after(
 
 def test_current_sdk_errors_map_to_its_exceptions(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk.files.create(file=("t.jsonl", GOOD), purpose="assistants")  # type: ignore[arg-type]
+        sdk.files.create(file=("t.jsonl", GOOD), purpose="assistants")
     assert caught.value.param == "purpose"
 
     with pytest.raises(openai.BadRequestError) as caught:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from collections.abc import Mapping
 
 import pandas as pd
 import pytest
@@ -230,7 +231,7 @@ def test_long_row_lists_are_abbreviated_when_stored() -> None:
 # --- chat -----------------------------------------------------------------------------------
 
 
-def _chat(*messages: dict[str, object]) -> dict[str, object]:
+def _chat(*messages: Mapping[str, object]) -> dict[str, object]:
     return {"messages": list(messages)}
 
 
@@ -265,11 +266,49 @@ def test_chat_format_errors_use_the_cookbook_categories(example: object, categor
     assert removal.remediation.necessary
 
 
-def test_chat_accepts_tool_calls_and_weights() -> None:
-    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}
-    tool = {"role": "tool", "content": "42", "tool_call_id": "1"}
+CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "answer", "arguments": "{}"}}
+    ],
+}
+TOOL = {"role": "tool", "content": "42", "tool_call_id": "1"}
 
-    assert prepare.chat_errors(_chat(USER, call, tool, {**ASSISTANT, "weight": 0})) == []
+
+def test_chat_accepts_tool_calls_and_weights() -> None:
+    assert prepare.chat_errors(_chat(USER, CALL, TOOL, {**ASSISTANT, "weight": 0})) == []
+
+
+def test_chat_refuses_what_the_schema_refuses_and_says_why() -> None:
+    # A call with only an id used to pass here, then fail the training job.
+    broken = {**CALL, "tool_calls": [{"id": "1"}]}
+    rows = [_chat(SYSTEM, USER, ASSISTANT), _chat(USER, broken, TOOL, ASSISTANT)]
+
+    analysis = prepare.analyze(rows)
+
+    finding = next(f for f in analysis.findings if f.id == "chat_format_error")
+    assert finding.rows == (1,)
+    assert "row 1: `messages[1].tool_calls[0].type` must be" in finding.message
+    assert analysis.rows == rows[:1]
+
+
+def test_chat_warns_about_examples_with_nothing_to_learn_and_sums_up_tool_use() -> None:
+    untrained = _chat(USER, {**ASSISTANT, "weight": 0})
+    tools = [{"type": "function", "function": {"name": "answer"}}]
+    rows = [
+        {**_chat(USER, CALL, TOOL, {**ASSISTANT, "weight": 0}, ASSISTANT), "tools": tools},
+        untrained,
+    ]
+
+    analysis = prepare.analyze(rows)
+
+    warning = next(f for f in analysis.findings if f.id == "chat_nothing_to_learn")
+    assert warning.level == "warning"
+    assert warning.rows == (1,)
+    summary = next(f for f in analysis.findings if f.id == "chat_tools")
+    assert summary.message.startswith("1 examples define tools and 1 assistant messages call them")
+    assert "1 of 3 assistant messages have weight 0" in summary.message
 
 
 def test_chat_warnings_duplicates_and_fixes() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 
 
-def _write(path: Path, rows: list[object]) -> None:
+def _write(path: Path, rows: Sequence[object]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

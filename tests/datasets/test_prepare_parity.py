@@ -20,6 +20,7 @@ import re
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -32,7 +33,7 @@ QUIET = [c for c in CASES if c.answers is None]
 ESTIMATE = re.compile(r"take [\d.]+ (seconds|minutes|hours|days) to train")
 
 
-def _expected(case: Case) -> tuple[str, str, dict[str, object]]:
+def _expected(case: Case) -> tuple[str, str, dict[str, Any]]:
     folder = EXPECTED / case.name
     meta = json.loads((folder / "meta.json").read_text())
     return (
@@ -205,7 +206,7 @@ def test_apply_all_fixes_writes_the_legacy_rows(case: Case) -> None:
 
     rows, outputs = prepare.apply(analysis, [r.id for r in analysis.recommended] + [prepare.SPLIT])
 
-    names = list(meta["outputs"])  # type: ignore[call-overload]
+    names = list(meta["outputs"])
     if outputs.split:
         train = next(n for n in names if "_train" in n)
         valid = next(n for n in names if "_valid" in n)

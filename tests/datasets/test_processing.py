@@ -159,12 +159,14 @@ def test_chat_tool_calls_and_text_parts_are_accepted() -> None:
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": "1", "type": "function", "function": {"name": "w"}}],
+                "tool_calls": [
+                    {"id": "1", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+                ],
             },
             {"role": "tool", "tool_call_id": "1", "content": "sunny"},
             {"role": "assistant", "content": "Sunny.", "weight": 1},
         ],
-        "tools": [],
+        "tools": [{"type": "function", "function": {"name": "w"}}],
     }
 
     assert analyse(jsonl([row])).ok
@@ -212,6 +214,61 @@ def test_chat_tokens_include_the_template(token_counter: TokenCounter) -> None:
         token_counter.tokenizer.encode("Paris.", add_special_tokens=False).ids
     )
     assert report.stats["roles"] == {"system": 1, "user": 1, "assistant": 1}
+
+
+def test_chat_tokens_with_tools_are_the_rendered_conversations(token_counter: TokenCounter) -> None:
+    from engine import chat_format
+    from engine.tiny import SMOLLM2_TEMPLATE
+
+    call = {"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"q": 1}'}}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "assistant", "content": "Sunny.", "weight": 0},
+            {"role": "assistant", "content": "It is sunny."},
+        ],
+        "tools": [{"type": "function", "function": {"name": "w"}}],
+    }
+    # What the trainer renders for the default model (its template is SmolLM2's).
+    rendered = chat_format.render_chat(
+        chat_format.JinjaRenderer(SMOLLM2_TEMPLATE), chat_format.normalise_example(row)
+    )
+    encode = token_counter.tokenizer.encode
+
+    def count(text: str) -> int:
+        return len(encode(text, add_special_tokens=False).ids)
+
+    trained = sum(count(rendered.text[a:b]) for a, b, flag in rendered.spans if flag)
+
+    report = analyse(jsonl([row]), counter=token_counter)
+
+    assert report.stats["tokens"]["total"] == count(rendered.text)
+    assert report.stats["tokens"]["completion"] == trained
+    assert "<tools>" in rendered.text
+    assert report.stats["chat"] == {
+        "assistant_messages": 3,
+        "weight_0": 1,
+        "examples_with_tools": 1,
+        "tool_calls": 1,
+    }
+
+
+def test_duplicate_keys_are_reported_with_the_line_wherever_they_are() -> None:
+    good = '{"prompt": "a \\"quoted\\" text", "completion": " b"}'
+    lines = [
+        good,
+        '{"prompt": "a", "completion": " b", "completion": " c"}',
+        '{"prompt": "\\u0022", "completion": " b"}',  # a quote spelled \u0022: no duplicate
+        '{"\\u0070rompt": "a", "prompt": "b", "completion": " c"}',  # the same key, escaped
+    ]
+
+    report = analyse(("\n".join(lines) + "\n").encode())
+
+    assert [(e["line"], e["param"]) for e in report.errors] == [(2, "completion"), (4, "prompt")]
+    assert "twice" in report.errors[0]["message"]
+    assert report.stats["examples"] == 2
 
 
 def test_duplicates_and_labels_of_classification_data(token_counter: TokenCounter) -> None:
@@ -302,6 +359,7 @@ def test_file_validate_is_a_noop_unless_uploaded(owner: Persona, status: str) ->
 
 def test_file_validate_of_a_missing_blob_ends_in_error(owner: Persona) -> None:
     file = make_file(owner, jsonl(rows(2)))
+    assert file.blob.name  # stored: it has a name
     file.blob.storage.delete(file.blob.name)
 
     file = validate(file)

@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pytest
@@ -15,15 +17,15 @@ from datasets import readers
 from datasets.readers import Limits, ReadError
 
 
-def _read(name: str, data: bytes, **kwargs: object) -> readers.ReadResult:
-    return readers.read_any(io.BytesIO(data), name, **kwargs)  # type: ignore[arg-type]
+def _read(name: str, data: bytes, **kwargs: Any) -> readers.ReadResult:
+    return readers.read_any(io.BytesIO(data), name, **kwargs)
 
 
-def _xlsx(rows: list[list[object]], *, sheets: int = 1) -> bytes:
+def _xlsx(rows: Sequence[Sequence[object]], *, sheets: int = 1) -> bytes:
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     for row in rows:
-        sheet.append(row)
+        sheet.append(list(row))
     for i in range(1, sheets):
         workbook.create_sheet(f"extra{i}").append(["x"])
     buffer = io.BytesIO()
@@ -152,11 +154,82 @@ def test_xlsx_cells_beyond_the_header_get_unnamed_columns() -> None:
     assert read.rows == [{"prompt": "a", "completion": "b", "Unnamed: 2": "c"}]
 
 
-def test_xlsx_formulas_are_read_as_cached_values_never_as_formulas() -> None:
-    # openpyxl writes no cached values, so a formula cell reads as empty: never "=...".
-    read = _read("book.xlsx", _xlsx([["prompt", "completion"], ["a", "=1+1"]]))
+def _with_saved_results(data: bytes, results: dict[str, str]) -> bytes:
+    """The workbook as Excel would save it: each formula cell with its calculated value."""
+    source, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            content = source.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                for formula, value in results.items():
+                    content = content.replace(
+                        f"<f>{formula}</f><v />".encode(),
+                        f"<f>{formula}</f><v>{value}</v>".encode(),
+                    )
+            target.writestr(item, content)
+    return out.getvalue()
 
-    assert read.rows == [{"prompt": "a", "completion": ""}]
+
+def test_xlsx_formulas_without_saved_results_are_refused_naming_the_cells() -> None:
+    # openpyxl (like most scripts) saves no results: the cells would become empty completions.
+    data = _xlsx([["prompt", "completion"], ["a", "=1+1"], ["b", "=2+2"], ["c", "ok"]])
+
+    with pytest.raises(ReadError, match="formulas with no saved result in cells B2, B3") as caught:
+        _read("book.xlsx", data)
+
+    assert "save it" in caught.value.message
+
+
+def test_xlsx_formulas_with_saved_results_use_them_and_say_so() -> None:
+    data = _with_saved_results(_xlsx([["prompt", "completion"], ["a", "=1+1"]]), {"1+1": "2"})
+
+    read = _read("book.xlsx", data)
+
+    assert read.rows == [{"prompt": "a", "completion": "2"}]
+    assert "1 cell hold formulas: their saved results were used" in (read.message or "")
+
+
+def test_a_tsv_named_csv_is_read_by_its_tabs() -> None:
+    read = _read("data.csv", b"prompt\tcompletion\nhello, there\tworld\n")
+
+    assert read.columns == ["prompt", "completion"]
+    assert read.rows == [{"prompt": "hello, there", "completion": "world"}]
+    assert "separated by tabs, not commas" in (read.message or "")
+
+
+def test_a_csv_with_commas_is_never_second_guessed() -> None:
+    read = _read("data.csv", b"a,b\n1\t2,3\n")
+
+    assert read.columns == ["a", "b"] and "separated" not in (read.message or "")
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("qa.csv", b"What is two plus two?,4\nCapital of France?,Paris\n"),
+        ("qa.tsv", b"What is two plus two?\t4\nCapital of France?\tParis\n"),
+        ("qa.xlsx", _xlsx([["What is two plus two?", 4], ["Capital of France?", "Paris"]])),
+    ],
+)
+def test_a_table_without_a_header_says_so_and_can_be_read_as_data(name: str, data: bytes) -> None:
+    guessed = _read(name, data)
+    as_data = _read(name, data, header=False)
+
+    assert guessed.header_looks_like_data
+    assert "looks like data rather than column names" in (guessed.message or "")
+    assert len(guessed.rows) == 1  # the first row became the header
+    assert as_data.columns == ["column 1", "column 2"]
+    assert as_data.rows == [
+        {"column 1": "What is two plus two?", "column 2": "4"},
+        {"column 1": "Capital of France?", "column 2": "Paris"},
+    ]
+    assert not as_data.header_looks_like_data
+
+
+def test_a_real_header_is_not_called_data() -> None:
+    read = _read("qa.csv", b"question,answer\nWhat is two plus two?,4\n")
+
+    assert not read.header_looks_like_data
 
 
 def test_xlsx_row_limit() -> None:

@@ -18,7 +18,7 @@ from django.db import IntegrityError
 from django.db.models import ProtectedError
 
 from config.api import ApiError
-from datasets import prepare, processing, selectors, services
+from datasets import prepare, processing, selectors, services, tasks
 from datasets.models import File
 from jobs.models import FineTuneJob
 from models_app.models import BaseModel
@@ -29,7 +29,7 @@ GOOD = jsonl([{"prompt": "2+2 ->", "completion": " 4"}] * 3)
 
 
 def create(persona: Persona, **kwargs: Any) -> File:
-    options = {
+    options: dict[str, Any] = {
         "organization": persona.org,
         "uploaded_by": persona.user,
         "filename": "train.jsonl",
@@ -174,7 +174,7 @@ def test_a_failed_insert_leaves_no_blob_behind(owner: Persona, media_dir: Path) 
 
 
 def test_a_failed_blob_write_leaves_nothing_behind(owner: Persona, media_dir: Path) -> None:
-    storage = File._meta.get_field("blob").storage  # type: ignore[attr-defined]
+    storage = File._meta.get_field("blob").storage
 
     def half_write(name: str, content: Any, max_length: int | None = None) -> str:
         (media_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +220,7 @@ def test_file_delete_removes_the_row_and_then_the_blob(
     owner: Persona, media_dir: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
     file = create(owner)
+    assert file.blob.name  # stored: it has a name
     path = media_dir / file.blob.name
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -262,6 +263,7 @@ def test_a_file_only_finished_jobs_use_is_deleted_and_the_jobs_keep_its_id(
     file = create(owner)
     job = make_job(create(owner, filename="other.jsonl"), status)
     FineTuneJob.objects.filter(pk=job.pk).update(**{role: file})
+    assert file.blob.name  # stored: it has a name
     path = media_dir / file.blob.name
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -359,16 +361,29 @@ def test_findings_are_read_not_computed_once_stored(owner: Persona) -> None:
     assert findings == {"findings": [], "examples": 6}
 
 
-def test_findings_missing_from_a_validated_file_are_computed_and_stored(owner: Persona) -> None:
-    # Files validated before the worker stored findings get them on first view, once.
+def test_findings_missing_from_a_validated_file_are_left_to_the_default_worker(
+    owner: Persona, django_capture_on_commit_callbacks: Any
+) -> None:
+    # Files validated before the worker stored findings: the page queues the analysis (up to
+    # 64 MiB of reading) on the default worker and shows it pending; it never runs it itself.
     file = processed(owner, UNPREPARED)
 
-    findings = services.file_findings_ensure(file=file)
+    with (
+        mock.patch("datasets.processing.load_analysis", side_effect=AssertionError),
+        mock.patch("datasets.tasks.analyse_file.delay") as queued,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert services.file_findings_ensure(file=file) is None
 
-    assert findings is not None
-    assert findings["examples"] == 6
+    queued.assert_called_once_with(file.pk)
+    assert services.file_analysis_pending(file=file)
+
+    tasks.analyse_file(file.pk)  # what the default worker runs
+    file.refresh_from_db()
+    assert not services.file_analysis_pending(file=file)
+    findings = services.file_findings_ensure(file=file)
+    assert findings is not None and findings["examples"] == 6
     assert "completion_leading_space" in [f["id"] for f in findings["findings"]]
-    assert File.objects.get(pk=file.pk).findings == findings
 
 
 @pytest.mark.parametrize(
@@ -462,6 +477,7 @@ def test_apply_fixes_refuses_with_a_400_naming_the_param(
     elif setup == "too_large":
         monkeypatch.setattr(processing, "ANALYZE_MAX_BYTES", 10)
     elif setup == "blob_missing":
+        assert file.blob.name  # stored: it has a name
         file.blob.storage.delete(file.blob.name)
 
     with pytest.raises(ApiError) as caught:
@@ -492,6 +508,7 @@ def test_apply_fixes_writes_both_halves_of_a_split_or_neither(
         services.file_apply_fixes(file=file, accepted=[prepare.SPLIT], uploaded_by=owner.user)
 
     assert list(File.objects.filter(organization=owner.org)) == [file]
+    assert file.blob.name  # stored: it has a name
     assert blobs_of(owner.org.pk, media_dir) == [media_dir / file.blob.name]
 
 

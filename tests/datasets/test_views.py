@@ -14,10 +14,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from datasets import prepare, services
+from datasets import prepare, processing, services
 from datasets.models import File
 from jobs.models import FineTuneJob
-from tests.conftest import Persona
+from tests.conftest import Persona, streamed
 from tests.factories import BaseModelFactory, FileFactory
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +43,11 @@ def _jsonl(rows: list[Any]) -> bytes:
 def _file(owner: Persona, rows: list[Any], **fields: Any) -> File:
     data = _jsonl(rows)
     defaults = {"organization": owner.org, "bytes": len(data), "stats": {}}
-    return FileFactory.create(**(defaults | fields), blob__data=data)
+    file = FileFactory.create(**(defaults | fields), blob__data=data)
+    # The validation worker stores the findings right after validating (pages never analyse).
+    processing.file_analyse(file_id=file.pk)
+    file.refresh_from_db()
+    return file
 
 
 def _messages(response: Any) -> list[str]:
@@ -259,8 +263,6 @@ def test_a_staged_upload_is_private_to_its_session(
 
 
 def test_an_upload_swept_before_its_mapping_says_it_expired(browser_client: Client) -> None:
-    from datasets import services
-
     url = browser_client.post(
         reverse("datasets:upload"),
         {"file": SimpleUploadedFile("t.csv", _csv([["prompt", "completion"], ["a", "b"]]))},
@@ -312,7 +314,7 @@ def test_detail_shows_stored_findings_without_analysing_the_file(
 ) -> None:
     # The validation worker stores the findings; the page only reads them.
     file = _file(owner, UNPREPARED, stats=STATS)
-    services.file_findings_ensure(file=file)
+    processing.file_analyse(file_id=file.pk)  # as the validation worker does
 
     with mock.patch("datasets.processing.load_analysis", side_effect=AssertionError) as analyse:
         response = browser_client.get(file.get_absolute_url())
@@ -363,11 +365,49 @@ def test_detail_of_chat_data_shows_a_conversation(browser_client: Client, owner:
     assert "no system message" in content
 
 
+def test_detail_of_tool_call_data_shows_calls_tools_and_weights(
+    browser_client: Client, owner: Persona
+) -> None:
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+    }
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "assistant", "content": "Sunny.", "weight": 0},
+            {"role": "assistant", "content": "It is sunny."},
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather", "description": "Today's weather",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+    }  # fmt: skip
+    stats = {"examples": 1, "chat": {"assistant_messages": 3, "weight_0": 1, "examples_with_tools": 1, "tool_calls": 1}}  # fmt: skip
+    file = _file(owner, [row], format=File.Format.CHAT, status=File.Status.PROCESSED, stats=stats)
+
+    content = browser_client.get(file.get_absolute_url()).content.decode()
+
+    assert "→ weather({\n  &quot;city&quot;: &quot;Paris&quot;\n}) [c1]" in content
+    assert "weather(city)" in content and "Today&#x27;s weather" in content
+    assert "answers c1" in content
+    assert "weight 0 (not trained)" in content
+    assert 'data-testid="stat-tool-calls">1<' in content
+    assert 'data-testid="stat-not-trained">1<' in content
+
+
 def test_detail_polls_until_validated(browser_client: Client, owner: Persona) -> None:
     file = _file(owner, UNPREPARED, status=File.Status.UPLOADED)
+    File.objects.filter(pk=file.pk).update(findings={})  # uploaded: nothing analysed yet
 
     validating = browser_client.get(file.get_absolute_url(), headers={"HX-Request": "true"})
     File.objects.filter(pk=file.pk).update(status=File.Status.PROCESSED, stats=STATS)
+    # Validated, not yet analysed: the default worker is on it, the page keeps asking.
+    with mock.patch("datasets.tasks.analyse_file.delay"):
+        analysing = browser_client.get(file.get_absolute_url(), headers={"HX-Request": "true"})
+    assert b"hx-trigger" in analysing.content and b'data-testid="analysing"' in analysing.content
+    processing.file_analyse(file_id=file.pk)
     done = browser_client.get(file.get_absolute_url(), headers={"HX-Request": "true"})
 
     assert b'id="file-body"' in validating.content
@@ -443,7 +483,10 @@ def test_apply_fixes_can_split_classification_data(browser_client: Client, owner
 
     names = sorted(File.objects.exclude(pk=file.pk).values_list("filename", flat=True))
     assert names == ["reviews_prepared_train.jsonl", "reviews_prepared_valid.jsonl"]
-    assert "--classification_positive_class" in response.content.decode()
+    # The browser offers the pre-filled create form, not the CLI's flags (issue #15, item 5).
+    page = response.content.decode()
+    assert "--classification_positive_class" not in page
+    assert "Fine-tune with these files" in page
 
 
 def test_apply_fixes_with_nothing_to_do_writes_nothing(
@@ -476,7 +519,7 @@ def test_download_returns_the_stored_bytes(browser_client: Client, owner: Person
 
     response = browser_client.get(reverse("datasets:download", args=[file.public_id]))
 
-    assert b"".join(response.streaming_content) == _jsonl(UNPREPARED)
+    assert streamed(response) == _jsonl(UNPREPARED)
     assert 'filename="train.jsonl"' in response["Content-Disposition"]
 
 
@@ -485,7 +528,7 @@ def test_csv_export_neutralises_formulas(browser_client: Client, owner: Persona)
 
     response = browser_client.get(reverse("datasets:export_csv", args=[file.public_id]))
 
-    text = b"".join(response.streaming_content).decode()
+    text = streamed(response).decode()
     assert text == "prompt,completion\r\n'=cmd|' /C calc'!A0,'-2+3\r\n"
 
 
@@ -546,3 +589,89 @@ def test_delete_removes_the_file(browser_client: Client, owner: Persona) -> None
 
     assert response["Location"] == reverse("datasets:list")
     assert not File.objects.filter(pk=file.pk).exists()
+
+
+def test_a_csv_without_a_header_is_said_so_and_its_first_row_kept_on_request(
+    browser_client: Client, owner: Persona
+) -> None:
+    data = _csv([["What is two plus two?", "4"], ["Capital of France?", "Paris"]])
+    url = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile("qa.csv", data)}
+    )["Location"]
+
+    page = browser_client.get(url).content.decode()
+    as_data = browser_client.get(url, {"first_row_is_data": "1"}).content.decode()
+    done = browser_client.post(
+        url,
+        {
+            "first_row_is_data": "1",
+            "mode": "prompt_completion",
+            "prompt": "column 1",
+            "completion": "column 2",
+        },
+    )
+
+    assert "looks like data rather than column names" in page
+    assert "First row is data" in page
+    assert '<option value="column 1"' in as_data
+    assert done.status_code == 302
+    file = File.objects.get(organization=owner.org)
+    assert [json.loads(line)["prompt"] for line in file.blob.read().splitlines()] == [
+        "What is two plus two?",
+        "Capital of France?",
+    ]
+
+
+def test_csv_upload_maps_prompt_chosen_rejected_to_preference_pairs(
+    browser_client: Client, owner: Persona
+) -> None:
+    data = _csv(
+        [
+            ["prompt", "chosen", "rejected"],
+            ["Capital of France?", "Paris.", "Lyon."],
+            ["2+2?", "4", "5"],
+        ]
+    )
+    response = browser_client.post(
+        reverse("datasets:upload"), {"file": SimpleUploadedFile("prefs.csv", data)}
+    )
+    mapping_url = response["Location"]
+    page = browser_client.get(mapping_url)
+    # The columns are recognised: preference mode, with its three columns, is the default.
+    assert b'value="preference" id="id_mode_2" checked' in page.content or (
+        b'value="preference"' in page.content and b"Preference pairs (DPO)" in page.content
+    )
+    missing = browser_client.post(mapping_url, {"mode": "preference", "prompt": "prompt"})
+    assert missing.status_code == 400 and b"Choose the chosen column." in missing.content
+    done = browser_client.post(
+        mapping_url,
+        {"mode": "preference", "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    )
+    file = File.objects.get(organization=owner.org)
+    assert done["Location"] == file.get_absolute_url()
+    assert [json.loads(line) for line in file.blob.read().splitlines()][0] == {
+        "input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+        "preferred_output": [{"role": "assistant", "content": "Paris."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Lyon."}],
+    }
+
+
+def test_detail_of_preference_data_shows_both_outputs_side_by_side(
+    browser_client: Client, owner: Persona
+) -> None:
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+            "preferred_output": [{"role": "assistant", "content": "Paris."}],
+            "non_preferred_output": [{"role": "assistant", "content": "Lyon."}],
+        }
+    ]
+    file = _file(owner, rows, format=File.Format.PREFERENCE)
+
+    content = browser_client.get(file.get_absolute_url()).content.decode()
+
+    assert 'data-testid="pair"' in content
+    preferred = content.index('data-testid="preferred"')
+    other = content.index('data-testid="non-preferred"')
+    assert preferred < content.index("Paris.") < other < content.index("Lyon.")
+    assert "Capital of France?" in content

@@ -195,7 +195,7 @@ def test_every_documented_command_is_run_or_registered() -> None:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_commands_the_check_runs_succeed(
-    live_server: Any, owner: Persona, tmp_path: Path
+    live_server: Any, owner: Persona, tmp_path: Path, inference: str
 ) -> None:
     # The admin guide's create_api_key acts in the demo organization bootstrap creates, and
     # the README's SDK snippet names the embedded base model, whose row an earlier

@@ -18,7 +18,8 @@ from scripts.docs_check import ROOT, extract_commands, shell, venv_is_current
 
 pytestmark = pytest.mark.slow
 
-PROCESSES = ("web.1", "worker_training.1", "worker_default.1", "beat.1")
+# supervisord's names (config/supervisord.conf); it logs each one's start on make run's stdout.
+PROCESSES = ("inference", "web-0", "worker_training", "worker_default", "beat")
 
 
 def _port_in_use(port: int) -> bool:
@@ -45,7 +46,7 @@ def _wait_for(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: f
 
 
 def test_make_run_serves_the_api(tmp_path: Path) -> None:
-    """`make run` in a fresh DATA_DIR: it migrates, bootstraps, prints a key and starts all four
+    """`make run` in a fresh DATA_DIR: it migrates, bootstraps, prints a key and starts all five
     processes; the README's `export KEY=…` + curl then list the models; Ctrl-C stops it all.
 
     Two differences from a new machine: the model cache is the test session's (the GGUF
@@ -62,6 +63,8 @@ def test_make_run_serves_the_api(tmp_path: Path) -> None:
         DATA_DIR=str(tmp_path / "var"),
         TUNERY_MODEL_CACHE_DIR=str(settings.TUNERY_MODEL_CACHE_DIR),
         TUNERY_PORT=str(port),
+        # The inference service's port too: another checkout's `make run` may hold 8001.
+        TUNERY_INFERENCE_PORT=str(_free_port()),
     )
     assert venv_is_current(ROOT, env), "run `make venv` first: `make run` would reinstall .venv"
     readme = [c.text for c in extract_commands(ROOT / "README.md", ROOT)]
@@ -79,11 +82,11 @@ def test_make_run_serves_the_api(tmp_path: Path) -> None:
         )
         try:
             text = _wait_for(log, r"API key:\s+sk-tunery-\S+", proc, timeout=300)
-            key = re.search(r"API key:\s+(sk-tunery-\S+)", text).group(1)  # type: ignore[union-attr]
+            key = re.search(r"API key:\s+(sk-tunery-\S+)", text).group(1)
             for name in PROCESSES:
-                _wait_for(log, rf"{re.escape(name)}\s*\|", proc, timeout=120)
-            _wait_for(log, r"worker_training\.1\s*\|.*\bready\.", proc, timeout=180)
-            _wait_for(log, r"worker_default\.1\s*\|.*\bready\.", proc, timeout=180)
+                _wait_for(log, rf"success: {re.escape(name)} entered RUNNING", proc, timeout=120)
+            _wait_for(log, r"\btraining@\S+ ready\.", proc, timeout=180)
+            _wait_for(log, r"\bdefault@\S+ ready\.", proc, timeout=180)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:

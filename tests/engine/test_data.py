@@ -41,7 +41,7 @@ def _assistant_text(tokenizer: Any, example: Any, weighted_only: bool) -> str:
         for t, w, g in zip(example.input_ids, example.weights, example.target, strict=True)
         if (w > 0 if weighted_only else g)
     ]
-    return tokenizer.decode(keep)
+    return str(tokenizer.decode(keep))
 
 
 def test_chat_loss_only_on_assistant_turns(tokenizer: Any) -> None:
@@ -157,7 +157,7 @@ def test_packed_attention_matches_separate_forward_passes(tiny_model_dir: Path) 
         device = "cpu"
 
     with torch.no_grad():
-        packed = _hidden(Runtime, ids, positions, [7, 3, 12])  # type: ignore[arg-type]
+        packed = _hidden(Runtime, ids, positions, [7, 3, 12])  # type: ignore[arg-type]  # a stand-in Runtime
         separate = torch.cat([plain_model.model(input_ids=p).last_hidden_state[0] for p in pieces])
 
     torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-5)

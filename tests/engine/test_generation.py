@@ -26,7 +26,8 @@ PROMPT = "Hello world"
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     return model, tokenizer
 
@@ -41,7 +42,7 @@ def _full_logits(model: Any, ids: list[int], vocab: int) -> torch.Tensor:
     Ids past the tokenizer's vocab (padding rows of the embedding) are never generated.
     """
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+        logits: torch.Tensor = model(input_ids=torch.tensor([ids])).logits[0].float()
     logits[:, vocab:] = -torch.inf
     return logits
 
@@ -266,13 +267,37 @@ def test_generate_echo_with_zero_max_tokens_only_scores_the_prompt(
     assert result.usage.completion_tokens == 0
 
 
-def test_generate_suffix_follows_the_completion(tiny: tuple[Any, Any]) -> None:
+def test_generate_refuses_a_suffix_without_fill_in_the_middle_tokens(
+    tiny: tuple[Any, Any],
+) -> None:
+    # Appending the suffix to text the model never saw it for would only pretend to honour it.
     model, tokenizer = tiny
 
-    plain = generate(model, tokenizer, _greedy(max_tokens=5)).choices[0]
-    with_suffix = generate(model, tokenizer, _greedy(max_tokens=5, suffix=" END")).choices[0]
+    with pytest.raises(InvalidRequestError) as caught:
+        generate(model, tokenizer, _greedy(max_tokens=5, suffix=" END"))
 
-    assert with_suffix.text == plain.text + " END"
+    assert caught.value.param == "suffix"
+    assert generate(model, tokenizer, _greedy(max_tokens=2, suffix="")).choices[0].text is not None
+
+
+def test_generate_conditions_on_the_suffix_with_fim_tokens(tiny_model_dir: Path) -> None:
+    # A model whose tokenizer has StarCoder's FIM tokens gets the prefix-suffix-middle prompt.
+    model: Any = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    names = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": names})
+    model.resize_token_embeddings(len(tokenizer))
+    fim = [tokenizer.convert_tokens_to_ids(name) for name in names]
+
+    result = generate(model, tokenizer, _greedy(max_tokens=3, suffix=" END"))
+
+    prefix = _prompt_ids(tokenizer)
+    suffix = list(tokenizer(" END", add_special_tokens=False)["input_ids"])
+    expected = [fim[0], *prefix, fim[1], *suffix, fim[2]]
+    assert result.usage.prompt_tokens == len(expected)
+    assert result.choices[0].token_ids == _reference_greedy(model, tokenizer, expected, 3)
+    assert not result.choices[0].text.endswith(" END")
 
 
 def test_generate_n_returns_n_batched_samples(tiny: tuple[Any, Any]) -> None:
@@ -294,7 +319,7 @@ def test_generate_best_of_returns_the_n_best_by_mean_logprob(tiny: tuple[Any, An
     best = generate(model, tokenizer, GenerateRequest(n=2, best_of=4, **common))
 
     def mean(lp: Any) -> float:
-        return sum(lp.token_logprobs) / len(lp.token_logprobs)
+        return float(sum(lp.token_logprobs) / len(lp.token_logprobs))
 
     ranked = sorted(all_four, key=lambda c: -mean(c.logprobs))
     assert [c.text for c in best.choices] == [c.text for c in ranked[:2]]
@@ -309,7 +334,7 @@ def test_logit_bias_plus_100_forces_a_token(tiny: tuple[Any, Any]) -> None:
     result = generate(
         model,
         tokenizer,
-        GenerateRequest(prompt=PROMPT, n=2, seed=1, max_tokens=6, logit_bias={str(forced): 100}),
+        GenerateRequest(prompt=PROMPT, n=2, seed=1, max_tokens=6, logit_bias={forced: 100}),
     )
 
     for choice in result.choices:

@@ -116,7 +116,8 @@ def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def _logits(model_dir: Path, text: str) -> torch.Tensor:
     model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu")
     with torch.no_grad():
-        return model(tokenizer(text, return_tensors="pt")["input_ids"]).logits[0]
+        logits: torch.Tensor = model(tokenizer(text, return_tensors="pt")["input_ids"]).logits[0]
+        return logits
 
 
 def test_build_tiny_model_is_deterministic_and_complete(tmp_path: Path) -> None:
@@ -219,7 +220,7 @@ def test_merge_adapter_writes_a_plain_model(tiny_model_dir: Path, tmp_path: Path
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    peft_model.save_pretrained(tmp_path / "adapter")
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
 
     out = merge_adapter(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged")
 
@@ -235,7 +236,8 @@ def test_merge_adapter_writes_a_plain_model(tiny_model_dir: Path, tmp_path: Path
 def _logits_ids(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     model, _ = load_model_and_tokenizer(model_dir, device="cpu")
     with torch.no_grad():
-        return model(ids).logits
+        logits: torch.Tensor = model(ids).logits
+        return logits
 
 
 def test_a_second_process_waits_for_the_first_dequantization(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The inference pool: one base load, adapters hot-swapped, correct under concurrency."""
+"""The inference pool: one base load, one batching scheduler per base, correct under concurrency."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from engine.batching import BatchSettings, QueueFull
 from engine.generation import GenerateRequest, generate
 from engine.pool import ModelPool
 
@@ -27,7 +28,7 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
         path = tmp_path_factory.mktemp(f"adapter{seed}")
-        get_peft_model(base, config).save_pretrained(path)
+        get_peft_model(base, config).save_pretrained(str(path))
         paths.append(path)
     return paths
 
@@ -54,16 +55,17 @@ def _request(prompt: str) -> GenerateRequest:
 
 def _fresh_output(model_dir: Path, adapter: Path | None, prompt: str) -> list[int]:
     """What a dedicated, freshly loaded model produces: the reference for the pool."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return generate(model.eval(), tokenizer, _request(prompt)).choices[0].token_ids
 
 
-def _pooled_output(pool: ModelPool, adapter: Path | None, prompt: str) -> list[int]:
-    with pool.lease("tiny", adapter) as (model, tokenizer):
-        return generate(model, tokenizer, _request(prompt)).choices[0].token_ids
+def _pooled_output(
+    pool: ModelPool, adapter: Path | None, prompt: str, base: str = "tiny"
+) -> list[int]:
+    return pool.submit(base, adapter, _request(prompt)).result().choices[0].token_ids
 
 
 def test_pool_serves_interleaved_adapters_from_threads_like_dedicated_models(
@@ -95,15 +97,15 @@ def test_pool_serves_interleaved_adapters_from_threads_like_dedicated_models(
         thread.join(timeout=120)
 
     assert not errors
-    for (thread, i), output in results.items():
-        variant, prompt = variants[(thread + i) % 3], PROMPTS[(thread * 7 + i) % 4]
-        assert output == expected[(str(variant), prompt)], (thread, i)
+    for (t, i), output in results.items():
+        variant, prompt = variants[(t + i) % 3], PROMPTS[(t * 7 + i) % 4]
+        assert output == expected[(str(variant), prompt)], (t, i)
     assert len(results) == 24
     stats = pool.stats()
     assert loader.calls == Counter({"tiny": 1})
     assert stats.base_loads == {"tiny": 1}
     assert stats.adapter_loads == 2
-    assert stats.last_switch_ms is not None
+    pool.close()
 
 
 def test_pool_request_during_load_waits_for_it(tiny_model_dir: Path) -> None:
@@ -159,8 +161,7 @@ def test_pool_keeps_at_most_max_bases_and_evicts_the_least_recently_used(
     pool = ModelPool(loader, max_bases=2)
 
     for key in ["a", "b", "a", "c", "a", "b"]:
-        with pool.lease(key, None):
-            pass
+        _pooled_output(pool, None, PROMPTS[0], base=key)
 
     assert loader.calls == Counter({"a": 1, "b": 2, "c": 1})
     assert pool.stats().loaded_bases == ["a", "b"]
@@ -183,8 +184,7 @@ def test_pool_load_failure_reaches_waiters_and_is_retried(tiny_model_dir: Path) 
 
     def request() -> None:
         try:
-            with pool.lease("tiny"):
-                pass
+            _pooled_output(pool, None, PROMPTS[0])
         except RuntimeError as exc:
             failures.append(exc)
 
@@ -198,7 +198,26 @@ def test_pool_load_failure_reaches_waiters_and_is_retried(tiny_model_dir: Path) 
 
     assert len(failures) == 2
     assert all(isinstance(f.__cause__, OSError) for f in failures)
-    with pool.lease("tiny") as (model, _):
-        assert model is not None
+    assert _pooled_output(pool, None, PROMPTS[0])
     assert attempts == Counter({"tiny": 2})
     assert pool.stats().base_loads == {"tiny": 1}
+
+
+def test_pool_refuses_past_its_queue_with_a_retry_after(tiny_model_dir: Path) -> None:
+    pool = ModelPool(
+        CountingLoader(tiny_model_dir), settings=BatchSettings(max_rows=1), max_queue=1
+    )
+    long = GenerateRequest(prompt="x", max_tokens=200, temperature=0, stop_on_eos=False)
+    pool.submit("tiny", None, _request(PROMPTS[0])).result()  # the base is loaded
+    running = pool.submit("tiny", None, long, stream=True)
+    deltas = running.deltas()
+    next(deltas)  # it is in the batch, which has one row
+    queued = pool.submit("tiny", None, _request(PROMPTS[1]))
+
+    with pytest.raises(QueueFull) as refused:
+        pool.submit("tiny", None, _request(PROMPTS[2]))
+
+    assert 1 <= refused.value.retry_after <= 60
+    deltas.close()  # the client went away: its row leaves, the queued request runs
+    assert queued.result().choices[0].token_ids
+    pool.close()

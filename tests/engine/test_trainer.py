@@ -249,12 +249,44 @@ def test_should_stop_stops_within_one_step_with_a_checkpoint(
     assert result.status == "stopped"
     assert result.steps == 3
     assert hooks.polls_after_stop == 1
-    assert result.checkpoints[-1].step == 3
-    checkpoint = Path(result.checkpoints[-1].path)
-    assert (checkpoint / "COMPLETE").exists()
-    assert (checkpoint / "optimizer.pt").exists()
-    assert Path(result.model_dir) == checkpoint / "model"
-    assert (checkpoint / "model" / "adapter_model.safetensors").exists()
+    # A resume checkpoint (internal), not a model checkpoint: the API lists epochs only.
+    assert result.checkpoints == []
+    assert result.resume_checkpoint is not None
+    resume = Path(result.resume_checkpoint)
+    assert resume == tmp_path / "out" / "resume" / "step-3"
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt", "state.json", "results.csv"):
+        assert (resume / name).exists(), name
+    assert Path(result.model_dir) == resume / "model"
+    assert (resume / "model" / "adapter_model.safetensors").exists()
+
+
+class Fenced(Recorder):
+    """Lost its claim on the job after `after` metrics rows (another attempt took over)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def should_stop(self) -> bool:
+        return not self.may_write()
+
+    def may_write(self) -> bool:
+        return len(self.rows) < self.after
+
+
+def test_a_fenced_out_run_writes_nothing(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+
+    result = train(spec_for(tiny_model_dir, train_file, out, n_epochs=3), Fenced(after=5))
+
+    assert result.status == "stopped"
+    assert result.resume_checkpoint is None and result.model_dir == ""
+    # The epoch-1 checkpoints (step 4) were written while it still owned the job; none after.
+    assert sorted(p.name for p in (out / "resume").iterdir()) == ["step-4"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4"]
+    assert not (out / "model").exists()
 
 
 def test_resume_ends_where_an_uninterrupted_run_would(
@@ -283,6 +315,60 @@ def test_resume_ends_where_an_uninterrupted_run_would(
                 assert float(rb[column]) == pytest.approx(float(ra[column]), rel=1e-4)
 
 
+class Crash(Recorder):
+    """Dies at a step like a killed worker: no stop, no last checkpoint."""
+
+    def __init__(self, at_step: int) -> None:
+        super().__init__()
+        self.at_step = at_step
+
+    def on_metrics(self, row: dict[str, float]) -> None:
+        super().on_metrics(row)
+        if row["step"] == self.at_step:
+            raise KeyboardInterrupt("killed")
+
+
+def test_a_crash_resumes_mid_epoch_from_the_cadence_checkpoint(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    common = {"n_epochs": 3, "checkpoint_every_steps": 3, "checkpoint_every_seconds": None}
+    straight = train(spec_for(tiny_model_dir, train_file, tmp_path / "straight", **common))
+    out = tmp_path / "crashed"
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec_for(tiny_model_dir, train_file, out, **common), Crash(at_step=8))
+    # Resume points: 3 (cadence), 4 (epoch end), 7 (cadence); the last two are kept.
+    assert sorted(p.name for p in (out / "resume").iterdir()) == ["step-4", "step-7"]
+    (out / "resume" / ".tmp-step-9-1234").mkdir()  # a writer killed mid-checkpoint
+    hooks = Recorder()
+    resumed = train(spec_for(tiny_model_dir, train_file, out, resume=True, **common), hooks)
+
+    assert ("info", "Resumed from checkpoint at step 7") in hooks.events
+    assert [r["step"] for r in hooks.rows] == list(range(8, 13))  # mid-epoch 2, batch 3 of 4
+    assert not (out / "resume" / ".tmp-step-9-1234").exists()
+    assert read_rows(resumed.results_csv) == read_rows(straight.results_csv)
+    a, b = adapter_tensors(straight.model_dir), adapter_tensors(resumed.model_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert [c.step for c in resumed.checkpoints] == [4, 8, 12]
+
+
+def test_checkpoint_cadence_by_steps_or_seconds() -> None:
+    from engine.cadence import CheckpointCadence
+
+    now = [0.0]
+    cadence = CheckpointCadence(every_steps=5, every_seconds=60, clock=lambda: now[0])
+    cadence.mark(0)
+    assert not cadence.due(4)
+    assert cadence.due(5)
+    cadence.mark(5)
+    now[0] = 59.9
+    assert not cadence.due(6)
+    now[0] = 60.0
+    assert cadence.due(6)  # the clock, before the steps
+    assert not CheckpointCadence(None, None).due(10**6)
+
+
 def test_checkpoints_every_epoch_and_events(
     tiny_model_dir: Path, train_file: Path, tmp_path: Path
 ) -> None:
@@ -298,12 +384,19 @@ def test_checkpoints_every_epoch_and_events(
         "Completed epoch 2/3",
         "Completed epoch 3/3",
     ]
-    # Only the newest checkpoint keeps an optimizer state.
-    assert [(Path(c.path) / "optimizer.pt").exists() for c in result.checkpoints] == [
-        False,
-        False,
-        True,
-    ]
+    # Model checkpoints hold the model only; resume checkpoints (the last two, and none at
+    # the very end) hold the optimizer state.
+    for c in result.checkpoints:
+        assert sorted(p.name for p in Path(c.path).iterdir()) == ["COMPLETE", "model"]
+    resume = tmp_path / "out" / "resume"
+    assert sorted(p.name for p in resume.iterdir()) == ["step-4", "step-8"]
+    assert (resume / "step-8" / "optimizer.pt").exists()
+    # The epoch checkpoint's files are the resume checkpoint's, linked rather than copied.
+    linked = Path(result.checkpoints[1].path) / "model" / "adapter_model.safetensors"
+    assert linked.stat().st_ino == (resume / "step-8" / "model" / linked.name).stat().st_ino
+    # The first progress report (before the first step) already carries the total.
+    assert hooks.progress[0] == (0, 12, 0, None)
+    hooks.progress = hooks.progress[1:]
     assert [p[0] for p in hooks.progress] == list(range(1, 13))
     assert all(p[1] == 12 and p[3] is not None for p in hooks.progress)
     assert hooks.progress[-1][2] == result.trained_tokens

@@ -38,7 +38,7 @@ def test_create_watch_and_cancel(
         page.select_option("#id_training_file", file.public_id)
         page.fill("#id_n_epochs", "2")
         page.fill("#id_batch_size", "4")
-        page.wait_for_selector("#preflight >> text=Auto values")
+        page.wait_for_selector("#preflight >> text=tokens to train")
         page.click("text=Create fine-tune")
         page.wait_for_url("**/jobs/ftjob-*/")
         url = page.url

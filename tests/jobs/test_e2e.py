@@ -1,12 +1,11 @@
 """Jobs end to end: real Celery worker processes, the real broker, real (tiny) training, and the
-official clients against a live server."""
+official clients against a live server. (Killed and frozen workers: test_recovery.py.)"""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from django.conf import settings
 
 from jobs import tasks
-from jobs.models import Checkpoint, FineTuneJob
+from jobs.models import FineTuneJob
 from models_app.models import FineTunedModel
 from tests.conftest import Persona, sms_subset
 from tests.workers import celery_worker, purge_broker, wait_for
@@ -189,43 +188,6 @@ def test_legacy_028_cli_end_to_end(
         assert second_id in second.stdout
         cancelled = run_028(live_server, owner.key, "api", "fine_tunes.cancel", "-i", second_id)
         assert '"status": "cancelled"' in cancelled.stdout, cancelled.stdout + cancelled.stderr
-
-
-def test_killed_worker_resumes_from_checkpoint_on_a_fresh_worker(
-    live_server: Any, owner: Persona, tiny_base: Any, tmp_path: Path, settings: Any
-) -> None:
-    from openai import OpenAI
-
-    client = OpenAI(base_url=f"{live_server.url}/v1", api_key=owner.key, max_retries=0)
-    train = client.files.create(file=sms_subset(tmp_path, 60).open("rb"), purpose="fine-tune")
-    from datasets.models import File
-    from datasets.processing import file_validate
-
-    file_validate(file_id=File.objects.get(public_id=train.id).pk)
-    job = client.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=train.id, hyperparameters={"n_epochs": 3, "batch_size": 1}
-    )
-    with celery_worker() as first:
-        wait_for(
-            lambda: Checkpoint.objects.filter(job__public_id=job.id).exists(),
-            180,
-            what="a checkpoint",
-        )
-        os.killpg(first.pid, signal.SIGKILL)  # kill -9: no cleanup, no goodbye
-        first.wait()
-    assert status_of(job.id) == "running"
-
-    settings.TUNERY_HEARTBEAT_STALE_SECONDS = 1
-    wait_for(lambda: tasks.requeue_stale_jobs.run() is None and status_of(job.id) == "queued", 30)
-    with celery_worker():
-        wait_for(lambda: status_of(job.id) in FineTuneJob.FINISHED, 240, what="the resumed job")
-    done = FineTuneJob.objects.get(public_id=job.id)
-    assert done.status == "succeeded", done.error
-    messages = list(done.events.values_list("message", flat=True))
-    assert any(m.startswith("Worker stopped responding") for m in messages)
-    assert any(m.startswith("Fine-tuning job resumed from step") for m in messages)
-    assert messages.count("Fine-tuning job started") == 1
-    assert done.attempts == 2
 
 
 def test_a_duplicated_task_message_trains_once(

@@ -4,6 +4,7 @@ stored when the last run finishes (no worker; tests/jobs/test_forecast_e2e.py tr
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -14,7 +15,13 @@ from django.test import Client
 
 import engine
 from jobs import forecast, runner, services
-from jobs.forecast import FLAT_SENTENCE, Point, fit_log2, forecast_from_points
+from jobs.forecast import (
+    FLAT_SENTENCE,
+    Point,
+    fit_learning_curve,
+    fit_power_law,
+    forecast_from_points,
+)
 from jobs.models import FineTuneJob
 from jobs.selectors import queue_position
 from jobs.services import JobRequest
@@ -33,63 +40,153 @@ def points(*values: float, n: int = 400) -> list[Point]:
     ]
 
 
-def test_fit_log2_recovers_a_straight_line_in_log2_n() -> None:
-    intercept, slope = fit_log2([(100, 0.70), (200, 0.75), (400, 0.80)])
-
-    assert slope == pytest.approx(0.05)  # +5 points per doubling
-    assert intercept + slope * math.log2(800) == pytest.approx(0.85)
+def on_curve(a: float, b: float, sizes: list[int], floor: float = 0.0) -> list[float]:
+    return [1.0 - (floor + a * n ** (-b)) for n in sizes]
 
 
-def test_fit_log2_is_least_squares() -> None:
+def forecast_of(*values: float, n: int = 400) -> dict[str, Any]:
+    return forecast_from_points(points(*values, n=n), metric="m", label="accuracy")
+
+
+def test_fit_recovers_a_power_law_in_the_error_rate() -> None:
+    values = on_curve(2.0, 0.5, [100, 200, 400])
+
+    curve = fit_power_law(list(zip([100, 200, 400], values, strict=True)))
+
+    assert (curve.a, curve.b, curve.floor) == pytest.approx((2.0, 0.5, 0.0))
+    assert curve.value(800) == pytest.approx(1 - 2.0 / math.sqrt(800))
+
+
+def test_fit_is_least_squares_in_log_space() -> None:
     data = [(250, 0.71), (500, 0.78), (1000, 0.80)]
 
-    intercept, slope = fit_log2(data)
+    curve = fit_power_law(data)
 
-    expected_slope, expected_intercept = np.polyfit(
-        [math.log2(n) for n, _ in data], [0.71, 0.78, 0.80], 1
+    slope, intercept = np.polyfit(
+        [math.log2(n) for n, _ in data], [math.log2(1 - v) for _, v in data], 1
     )
-    assert (intercept, slope) == pytest.approx((expected_intercept, expected_slope))
+    assert (curve.b, math.log2(curve.a)) == pytest.approx((-slope, intercept))
 
 
-def test_fit_log2_needs_two_sizes() -> None:
+def test_fit_needs_two_sizes() -> None:
     with pytest.raises(ValueError, match="two different sizes"):
-        fit_log2([(100, 0.5), (100, 0.6)])
+        fit_power_law([(100, 0.5), (100, 0.6)])
 
 
-def test_forecast_projects_to_twice_the_data_and_says_so() -> None:
-    result = forecast_from_points(
-        points(0.70, 0.75, 0.80), metric="classification/accuracy", label="classification accuracy"
-    )
+def test_three_points_fit_two_parameters_and_more_points_fit_a_floor() -> None:
+    sizes = [100, 200, 400, 800, 1600]
+    values = on_curve(3.0, 0.7, sizes, floor=0.05)
 
-    assert result["status"] == "succeeded" and result["flat"] is False
-    assert result["current"] == {"examples": 400, "value": pytest.approx(0.80)}
-    assert result["projected"] == {"examples": 800, "value": pytest.approx(0.85)}
+    three = fit_learning_curve(list(zip(sizes[:3], values[:3], strict=True)))
+    five = fit_learning_curve(list(zip(sizes, values, strict=True)))
+
+    assert three.floor == 0.0
+    assert five.floor == pytest.approx(0.05, abs=0.002)
+    assert five.value(3200) == pytest.approx(on_curve(3.0, 0.7, [3200], floor=0.05)[0], abs=2e-3)
+
+
+def test_rising_curve_projects_the_true_value_with_a_tight_range() -> None:
+    result = forecast_of(*on_curve(2.0, 0.5, [100, 200, 400]))
+
+    truth = 1 - 2.0 / math.sqrt(800)  # 92.9%
+    assert result["verdict"] == "rises" and result["flat"] is False
+    assert result["current"] == {"examples": 400, "value": pytest.approx(0.9)}
+    projected = result["projected"]
+    assert projected["examples"] == 800
+    assert projected["value"] == pytest.approx(truth)
+    assert projected["low"] == pytest.approx(truth) and projected["high"] == pytest.approx(truth)
+    assert result["fit"]["parameters"] == 2 and "Three points" in result["fit"]["note"]
     assert result["sentence"] == (
-        "Doubling your data is expected to raise accuracy from 80.0% to 85.0%."
+        "The curve still rises: doubling your data is expected to raise accuracy from 90.0% to "
+        "92.9% (range 92.9%–92.9%)."
     )
-    assert [p["examples"] for p in result["points"]] == [100, 200, 400]
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        (0.900, 0.902, 0.904),  # +0.2 points per doubling: within the noise
-        (0.92, 0.90, 0.88),  # more data did worse
-    ],
-)
-def test_forecast_below_the_threshold_is_flat(values: tuple[float, float, float]) -> None:
-    result = forecast_from_points(points(*values), metric="m", label="accuracy")
+def test_the_issue_case_reports_the_measured_value_and_still_rises() -> None:
+    # SMS spam, 160 training rows: ¼, ½ and the full run measured 43.1%, 93.1% and 95.6%.
+    # The straight line in log2(n) overshot 100% and was clamped: current 1.0, "flat".
+    result = forecast_of(0.431, 0.931, 0.956, n=160)
 
-    assert result["flat"] is True
-    assert result["sentence"] == FLAT_SENTENCE
-    assert forecast.FLAT_GAIN == 0.005
+    assert result["current"] == {"examples": 160, "value": 0.956}
+    assert result["verdict"] == "rises" and not result["flat"]
+    assert result["sentence"].startswith("The curve still rises")
+    assert "from 95.6% to" in result["sentence"]
+    projected = result["projected"]
+    assert 0.956 + forecast.FLAT_GAIN <= projected["low"] <= projected["value"]
+    assert projected["value"] <= projected["high"] < 1.0
 
 
-def test_forecast_never_projects_past_100_percent() -> None:
-    result = forecast_from_points(points(0.90, 0.95, 0.99), metric="m", label="accuracy")
+def test_saturated_curve_is_flat() -> None:
+    # 2 points over three doublings: each doubling now removes a sliver of the errors.
+    result = forecast_of(0.900, 0.902, 0.903)
 
-    assert result["projected"]["value"] == 1.0
-    assert result["sentence"].endswith("to 100.0%.")
+    assert result["verdict"] == "flat" and result["flat"] is True
+    assert result["sentence"].startswith(FLAT_SENTENCE)
+    assert result["projected"]["high"] - 0.903 < forecast.FLAT_GAIN
+
+
+def test_flat_curve_with_a_dip_inside_the_noise_is_still_flat() -> None:
+    result = forecast_of(0.900, 0.898, 0.901)
+
+    assert result["verdict"] == "flat"
+    assert result["current"]["value"] == 0.901
+
+
+def test_curve_that_drops_with_more_data_is_unsupported() -> None:
+    result = forecast_of(0.92, 0.90, 0.88)
+
+    assert result["verdict"] == "unsupported" and result["flat"] is False
+    assert result["sentence"] == (
+        "Three points can't support a forecast here: the run on 200 examples scored lower "
+        "(90.0%) than the one on 100 (92.0%). Measured now: 88.0% accuracy."
+    )
+
+
+def test_noisy_curve_whose_fits_disagree_is_unsupported() -> None:
+    # Nearly nothing, then a jump: each pair of points tells a different rate.
+    result = forecast_of(0.30, 0.35, 0.80)
+
+    assert result["verdict"] == "unsupported"
+    assert "too noisy" in result["sentence"]
+    assert result["projected"]["high"] - result["projected"]["low"] > forecast.MAX_SPREAD
+
+
+def test_steep_curve_that_then_bends_is_never_flat() -> None:
+    # +10 points, then +0.5: the range keeps both rates, so the verdict can't be "flat".
+    result = forecast_of(0.70, 0.80, 0.805)
+
+    assert result["verdict"] == "unclear"
+    assert result["sentence"].startswith("The curve may still rise a little")
+
+
+def test_a_run_at_100_percent_is_at_the_ceiling_not_flat() -> None:
+    result = forecast_of(0.50, 0.90, 1.0)
+
+    assert result["verdict"] == "ceiling" and not result["flat"]
+    assert result["current"]["value"] == 1.0
+    assert "can't show any further gain" in result["sentence"]
+
+
+def test_an_old_straight_line_forecast_is_refitted_when_shown() -> None:
+    old = {
+        "status": "succeeded",
+        "metric": "m",
+        "metric_label": "accuracy",
+        "points": [asdict(p) for p in points(0.431, 0.931, 0.956, n=160)],
+        "intercept": -1.0,
+        "slope": 0.26,
+        "current": {"examples": 160, "value": 1.0},
+        "flat": True,
+    }
+
+    shown = forecast.forecast_shown(old)
+
+    assert shown is not None and shown["verdict"] == "rises"
+    assert shown["current"]["value"] == 0.956
+    assert forecast.forecast_shown({"status": "failed", "message": "x"}) == {
+        "status": "failed",
+        "message": "x",
+    }
 
 
 # --- create, cancel, record -----------------------------------------------------------------
@@ -182,11 +279,11 @@ def test_child_run_spec_trains_on_its_share_and_measures_the_whole_validation_fi
         job = create(owner, files)
     child = job.children.get(data_fraction=0.25)
 
-    spec = runner._spec(child, tmp_path, resume=False)
+    spec = runner._spec(child, tmp_path, resume_from=None)
 
     assert spec.data_fraction == 0.25 and spec.final_full_validation
     assert spec.batch_size == 2 and spec.seed == job.seed
-    assert runner._spec(job, tmp_path, resume=False).final_full_validation
+    assert runner._spec(job, tmp_path, resume_from=None).final_full_validation
 
 
 def test_cancelling_the_parent_cancels_its_unfinished_runs(
@@ -248,7 +345,8 @@ def test_the_last_run_to_finish_stores_the_forecast(owner: Persona, files: tuple
         (1000, 0.80),
     ]
     assert result["projected"]["examples"] == 2000
-    assert result["sentence"].startswith("Doubling your data is expected to raise accuracy")
+    assert result["verdict"] == "rises"
+    assert result["sentence"].startswith("The curve still rises: doubling your data")
 
 
 def test_a_failed_run_makes_the_forecast_say_so(owner: Persona, files: tuple[Any, Any]) -> None:
@@ -282,13 +380,43 @@ def test_a_run_without_the_metric_makes_the_forecast_say_so(
     assert "recorded no validation token accuracy" in result["message"]
 
 
+def test_the_task_metric_comes_first_and_token_accuracy_stands_in_when_it_is_missing(
+    owner: Persona, files: tuple[Any, Any]
+) -> None:
+    with mock.patch("jobs.tasks.run_training_job.delay"):
+        job = create(
+            owner, files, compute_classification_metrics=True, classification_positive_class=" spam"
+        )
+    quarter, half = job.children.order_by("data_fraction")
+    for run, token, accuracy in ((quarter, 0.5, 0.6), (half, 0.6, 0.8), (job, 0.7, 0.9)):
+        FineTuneJob.objects.filter(pk=run.pk).update(
+            status="succeeded",
+            final_metrics={
+                "full_validation_token_accuracy": token,
+                "classification/accuracy": accuracy,
+            },
+        )
+
+    result = forecast.forecast_record(job=job)
+
+    assert result is not None and result["metric"] == "classification/accuracy"
+    assert [p["value"] for p in result["points"]] == [0.6, 0.8, 0.9]
+    # The engine skipped classification on one run (e.g. labels it couldn't tell apart).
+    FineTuneJob.objects.filter(pk=half.pk).update(
+        final_metrics={"full_validation_token_accuracy": 0.6}
+    )
+    result = forecast.forecast_record(job=job)
+    assert result is not None and result["metric"] == "full_validation_token_accuracy"
+    assert result["metric_label"] == "validation token accuracy"
+
+
 def test_a_finished_forecast_run_keeps_its_results_but_registers_no_model(
     owner: Persona, files: tuple[Any, Any], tmp_path: Path
 ) -> None:
     with mock.patch("jobs.tasks.run_training_job.delay"):
         job = create(owner, files)
     child = job.children.get(data_fraction=0.5)
-    FineTuneJob.objects.filter(pk=child.pk).update(status="running")
+    FineTuneJob.objects.filter(pk=child.pk).update(status="running", attempts=1)
     (tmp_path / "model").mkdir()
     (tmp_path / "results.csv").write_text("step,training_loss\n1,0.5\n")
     result = engine.TrainResult(
@@ -303,7 +431,7 @@ def test_a_finished_forecast_run_keeps_its_results_but_registers_no_model(
         checkpoints=[],
     )
 
-    runner._finish_succeeded(child, result)
+    runner._finish_succeeded(child, 1, result)
 
     child.refresh_from_db()
     assert child.status == "succeeded" and child.result_file is not None
@@ -340,7 +468,9 @@ def test_create_form_checkbox_makes_a_forecast_and_errors_name_the_field(
         created = client.post("/jobs/new/", {**form, "validation_file": validation.public_id})
 
     assert refused.status_code == 200
-    assert "needs a validation_file" in refused.context["form"].errors["validation_file"][0]
+    # The form speaks the product's own terms (issue #15 item 8), not the API's field names.
+    error = refused.context["form"].errors["validation_file"][0]
+    assert error == "“Data-scaling forecast” needs a “Validation file” to compare on."
     job = FineTuneJob.objects.get(scaling_forecast=True)
     assert created["Location"] == job.get_absolute_url() and job.children.count() == 2
 

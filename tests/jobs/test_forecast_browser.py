@@ -23,7 +23,7 @@ def test_forecast_chart_and_sentence_render(
     page: Any, live_server: Any, owner: Persona, tiny_base: Any
 ) -> None:
     training = FileFactory.create(
-        organization=owner.org, stats={"examples": 1000, "tokens": {"total": 20000}}
+        organization=owner.org, stats={"examples": 160, "tokens": {"total": 3200}}
     )
     validation = FileFactory.create(organization=owner.org, filename="valid.jsonl")
     with mock.patch("jobs.tasks.run_training_job.delay"):
@@ -38,7 +38,8 @@ def test_forecast_chart_and_sentence_render(
                 scaling_forecast=True,
             ),
         )
-    values = {1.0: 0.80, 0.5: 0.75, 0.25: 0.70}
+    # The case of issue 14: 160 SMS rows; a straight line in log2(n) called this curve flat.
+    values = {1.0: 0.956, 0.5: 0.931, 0.25: 0.431}
     for run in (job, *job.children.all()):
         FineTuneJob.objects.filter(pk=run.pk).update(
             status="succeeded",
@@ -52,12 +53,21 @@ def test_forecast_chart_and_sentence_render(
 
     page.wait_for_selector("#forecast-chart-plot .main-svg")
     sentence = page.locator("[data-testid=forecast-sentence]")
-    assert sentence.inner_text() == (
-        "Doubling your data is expected to raise accuracy from 80.0% to 85.0%."
+    assert sentence.inner_text().startswith(
+        "The curve still rises: doubling your data is expected to raise validation token "
+        "accuracy from 95.6% to 98.8% (range 97.2%–99.5%)."
     )
     assert sentence.is_visible()
     # Four ticks on the log2 axis: the three measured sizes and the projection.
     ticks = page.locator("#forecast-chart-plot .xtick text").all_text_contents()
-    assert ticks == ["250", "500", "1000", "2000"]
+    assert ticks == ["40", "80", "160", "320"]
+    # Markers: the three measured points and the projected star (with its range as error bar).
     assert page.locator("#forecast-chart-plot .scatterlayer .point").count() == 4
-    assert "validation token accuracy" in page.inner_text("#forecast")
+    assert page.locator("#forecast-chart-plot .scatterlayer .errorbar").count() == 1
+    # The fit and the projection are lines; the leave-one-out range is a filled band.
+    assert page.locator("#forecast-chart-plot .scatterlayer .js-line").count() >= 2
+    assert page.locator("#forecast-chart-plot .scatterlayer .js-fill").count() >= 1
+    legend = page.locator("#forecast-chart-plot .legendtext").all_text_contents()
+    assert {"measured", "fitted curve", "projection", "range (leave one run out)"} <= set(legend)
+    text = page.inner_text("#forecast")
+    assert "validation token accuracy" in text and "measured value at 160 examples" in text

@@ -75,7 +75,7 @@ def test_forecast_trains_three_runs_and_stores_the_forecast(
     runs = [parent, *parent.children.order_by("data_fraction")]  # queue order: 1, ¼, ½
     assert [r.status for r in runs] == ["succeeded"] * 3, [r.error for r in runs]
     # The parent ran first (FIFO), and every run trained with the same hyperparameters.
-    assert [r.started_at for r in runs] == sorted(r.started_at for r in runs)  # type: ignore[type-var]
+    assert [r.started_at for r in runs] == sorted(r.started_at for r in runs)  # type: ignore[type-var]  # all started: they succeeded
     assert len({json.dumps(r.resolved_hyperparameters, sort_keys=True) for r in runs}) == 1
     # Only the parent is a model; the forecast runs keep their results files.
     assert list(FineTunedModel.objects.values_list("job_id", flat=True)) == [parent.pk]
@@ -123,4 +123,4 @@ def test_current_sdk_asks_for_a_forecast_with_extra_body(
         "data_fraction", flat=True
     )
     assert sorted(runs) == [0.25, 0.5]
-    assert refused.value.body["param"] == "validation_file"  # type: ignore[index]
+    assert refused.value.body["param"] == "validation_file"

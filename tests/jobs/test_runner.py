@@ -9,7 +9,8 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
-from jobs import runner, services
+import engine
+from jobs import liveness, runner, services
 from jobs.models import FineTuneJob
 from jobs.services import JobRequest
 from tests.conftest import Persona
@@ -53,6 +54,22 @@ def test_job_waits_while_its_file_is_validating(owner: Persona) -> None:
     assert job.status == "queued"
 
 
+def test_a_job_waits_for_its_files_only_so_long(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_JOB_FILE_WAIT_SECONDS = 600
+    job = make_job(owner)
+    job.training_file.status = "uploaded"
+    job.training_file.save()
+    FineTuneJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(seconds=601))
+
+    assert runner.job_run(job_id=job.pk) == runner.DONE
+
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error["message"].startswith(
+        f"file {job.training_file.public_id} was still being validated after 60"
+    )
+
+
 def test_job_fails_clearly_when_its_file_failed_validation(owner: Persona) -> None:
     job = make_job(owner)
     job.training_file.status, job.training_file.error_count = "error", 2
@@ -87,13 +104,13 @@ def test_reaper_requeues_a_stale_job_then_gives_up(owner: Persona, settings: Any
     stale = timezone.now() - timedelta(seconds=settings.TUNERY_HEARTBEAT_STALE_SECONDS + 5)
     FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=stale, attempts=1)
 
-    assert runner.jobs_requeue_stale() == [job.pk]
+    assert liveness.jobs_reap() == [job.pk]
     job.refresh_from_db()
     assert job.status == "queued"
     assert "resume from its last checkpoint (attempt 2/2)" in job.events.last().message
 
     FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=stale, attempts=2)
-    assert runner.jobs_requeue_stale() == []
+    assert liveness.jobs_reap() == []
     job.refresh_from_db()
     assert job.status == "failed" and job.error["code"] == "worker_lost"
 
@@ -106,7 +123,7 @@ def test_reaper_leaves_live_and_finished_jobs_alone(owner: Persona) -> None:
         done = make_job(owner)
         FineTuneJob.objects.filter(pk=done.pk).update(status=status, heartbeat_at=old)
 
-    assert runner.jobs_requeue_stale() == []
+    assert liveness.jobs_reap() == []
     assert FineTuneJob.objects.filter(status="queued").count() == 0
 
 
@@ -121,3 +138,31 @@ def test_model_names_follow_the_reference(owner: Persona) -> None:
     job.api = "current"
     name = runner.model_name(job, when)
     assert name.startswith("ft:SmolLM2-135M-Instruct:acme::") and len(name.rsplit(":", 1)[1]) == 8
+
+
+def test_an_attempt_that_lost_its_job_writes_nothing_and_is_told_to_stop(
+    owner: Persona,
+) -> None:
+    job = make_job(owner)
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", attempts=2)
+    job.refresh_from_db()
+    live, zombie = runner.JobHooks(job, attempt=2), runner.JobHooks(job, attempt=1)
+    events_before = job.events.count()
+
+    assert (live.should_stop(), live.may_write()) == (False, True)
+    assert (zombie.should_stop(), zombie.may_write()) == (True, False)
+    zombie.on_event("info", "Completed epoch 1/1")
+    zombie.on_metrics({"step": 3, "training_loss": 1.0})
+    zombie.on_progress(3, 10, 100, 5.0)
+    zombie.on_checkpoint(
+        engine.CheckpointInfo(epoch=1, step=3, path="/x", metrics={"training_loss": 1.0})
+    )
+
+    job.refresh_from_db()
+    assert job.events.count() == events_before and job.step == 0
+    assert not job.checkpoints.exists()
+    live.on_metrics({"step": 3, "training_loss": 1.0})
+    assert job.events.filter(type="metrics", attempt=2, step=3).exists()
+    # A cancel: stop, and write no last checkpoint (the job is over).
+    FineTuneJob.objects.filter(pk=job.pk).update(status="cancelled")
+    assert (live.should_stop(), live.may_write()) == (True, False)

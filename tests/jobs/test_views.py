@@ -73,7 +73,9 @@ def test_create_form_shows_a_service_error_on_its_field(owner: Persona) -> None:
         },
     )
     assert response.status_code == 200
-    assert "needs a validation_file" in response.content.decode()
+    # In the form's words, not the API's field names (issue #15, item 8).
+    assert "needs a “Validation file”" in response.content.decode()
+    assert "validation_file to" not in response.content.decode()
     assert not FineTuneJob.objects.exists()
 
 
@@ -90,7 +92,7 @@ def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
         )
         .content.decode()
     )
-    assert "Auto values" in page and "160000" in page  # 4 epochs x 40k tokens
+    assert "(auto)" in page and "160000" in page  # 4 epochs x 40k tokens
 
     with_forecast = (
         browser_for(owner)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pytest_django import DjangoCaptureOnCommitCallbacks
+
 from models_app.models import BaseModel, FineTunedModel
-from playground.backends import LocalBackend, get_backend
 from tests.accounts.test_api_auth import assert_envelope
 from tests.conftest import Persona
+from tests.inference import health
 from tests.playground.support import TINY_BASE, MakeFineTune, ft_name
 
 
@@ -67,7 +69,8 @@ def test_member_cannot_delete(
 def test_owner_deletes_and_the_model_stops_serving_at_once(
     owner: Persona,
     make_fine_tune: MakeFineTune,
-    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+    inference: str,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
 ) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
     client = owner.api()
@@ -76,10 +79,8 @@ def test_owner_deletes_and_the_model_stops_serving_at_once(
         client.post("/v1/completions", completion, content_type="application/json").status_code
         == 200
     )
-    backend = get_backend()
-    assert isinstance(backend, LocalBackend)
     adapter = str(Path(model.artifact_dir).resolve())
-    assert any(adapter in paths for paths in backend.pool.stats().adapters.values())
+    assert any(adapter in paths for paths in health(inference).adapters.values())
 
     with django_capture_on_commit_callbacks(execute=True):
         # 0.28 sends the ':' percent-encoded.
@@ -88,7 +89,7 @@ def test_owner_deletes_and_the_model_stops_serving_at_once(
     assert response.status_code == 200
     assert response.json() == {"id": model.name, "object": "model", "deleted": True}
     assert not Path(model.artifact_dir).exists()
-    assert not any(adapter in paths for paths in backend.pool.stats().adapters.values())
+    assert not any(adapter in paths for paths in health(inference).adapters.values())
     after = client.post("/v1/completions", json.dumps(completion), content_type="application/json")
     assert_envelope(after, 404, "model_not_found")
     assert_envelope(client.get(f"/v1/models/{model.name}"), 404, "model_not_found")

@@ -23,7 +23,10 @@ def test_owner_deletes_a_model_from_its_page(
     page.goto(f"{live_server.url}/models/")
     page.click(f"text={model.name}")
     assert page.locator("[data-testid=model-name]").inner_text() == model.name
-    page.locator("[data-testid=sample-completion]").first.wait_for()  # samples load by themselves
+    # Samples only on demand: none on load, then the button asks the inference service.
+    assert page.locator("[data-testid=sample-completion]").count() == 0
+    page.click("[data-testid=samples-button]")
+    page.locator("[data-testid=sample-completion]").first.wait_for()
     page.click("[data-testid=delete-model]")
     page.click("[data-testid=confirm-delete]")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def test_delete_marks_the_row_then_removes_files_and_export_after_commit(
     export.mkdir(parents=True, exist_ok=True)
     (export / "merged.zip").write_bytes(b"zip")
 
-    with mock.patch("playground.backends.LocalBackend.unload_adapter") as unload:
+    with mock.patch("playground.backends.HttpBackend.unload_adapter") as unload:
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             response = services.model_delete(model=model, by_role=Membership.Role.OWNER)
         # Nothing leaves the disk before the transaction commits.
@@ -163,7 +164,7 @@ def test_register_reads_context_and_chat_template_from_a_hf_dir(
 ) -> None:
     base = services.base_model_register(
         name="tiny-2", source=str(tiny_dirs.base), aliases=["t2"], by_user=owner.user,
-        base_lr_lora=2e-4, price_generate_per_1k="0.5",
+        base_lr_lora=2e-4, price_generate_per_1k=Decimal("0.5"),
     )  # fmt: skip
 
     assert base.context_length == 512
@@ -274,3 +275,61 @@ def test_a_failed_export_is_reported(owner: Persona, make_fine_tune: MakeFineTun
     state = services.export_state(model)
     assert state["status"] == "failed"
     assert "disk full" in state["error"]
+
+
+def test_an_export_whose_worker_died_can_run_again(
+    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The repro: a worker killed mid-export left its `running` marker, and every retry
+    answered "already running" for ever. Now the export's lease lapses."""
+    from models_app import tasks
+    from models_app.models import ModelExport
+
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    ModelExport.objects.create(
+        model=model,
+        status="running",
+        attempts=1,
+        lease_until=timezone.now() - timedelta(seconds=1),
+        updated_at=timezone.now(),
+    )  # what a worker killed mid-export leaves
+
+    assert services.export_state(model) == {
+        "status": "failed",
+        "error": "The worker exporting it was lost; export again.",
+    }
+    with mock.patch("models_app.tasks.export_merged_model.delay") as delay:
+        tasks.sweep_exports.run()  # beat sends it again...
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.model_export_start(model=model) is False  # ...so it is pending
+    delay.assert_called_once_with(model.pk)
+    assert services.export_state(model)["status"] == "pending"
+
+    processing.model_export_merged(model_id=model.pk)
+
+    assert services.export_state(model)["status"] == "ready"
+    assert ModelExport.objects.get(model=model).attempts == 2
+
+
+def test_an_export_that_keeps_losing_its_worker_fails(
+    owner: Persona, make_fine_tune: MakeFineTune, settings: Any
+) -> None:
+    from models_app import tasks
+    from models_app.models import ModelExport
+
+    settings.TUNERY_WORK_MAX_TRIES = 2
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    ModelExport.objects.create(
+        model=model,
+        status="running",
+        attempts=2,
+        lease_until=timezone.now() - timedelta(seconds=1),
+        updated_at=timezone.now(),
+    )
+
+    with mock.patch("models_app.tasks.export_merged_model.delay") as delay:
+        tasks.sweep_exports.run()
+
+    delay.assert_not_called()
+    state = services.export_state(model)
+    assert state["status"] == "failed" and "after 2 tries" in state["error"]

@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.test import Client
 
 from models_app import services
-from models_app.models import BaseModel, FineTunedModel
-from tests.conftest import Persona
+from models_app.models import BaseModel, FineTunedModel, UsageRecord
+from tests.conftest import Persona, streamed
 from tests.playground.support import TINY_BASE, MakeFineTune, TinyDirs, ft_name
 
 
@@ -76,7 +76,23 @@ def test_samples_fragment_completes_training_prompts(
     assert response.status_code == 200
     assert 'id="samples"' in body
     assert 'data-testid="sample-completion"' in body
-    assert "hx-trigger" not in body  # the fragment replaces the loader once
+    assert "samples-button" not in body  # the fragment replaces the button once
+    # Counted in the org's usage, as samples (not as the user's own requests).
+    (row,) = UsageRecord.objects.filter(organization=owner.org, model_name=model.name)
+    assert row.kind == "samples" and row.requests >= 1 and row.completion_tokens > 0
+
+
+def test_the_model_page_generates_no_samples_until_asked(
+    owner: Persona, make_fine_tune: MakeFineTune
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+
+    with mock.patch("playground.services.completion_create") as complete:
+        body = browser(owner).get(f"/models/{model.name}/").content.decode()
+
+    complete.assert_not_called()
+    assert 'data-testid="samples-button"' in body and 'hx-trigger="load"' not in body
+    assert not UsageRecord.objects.filter(organization=owner.org).exists()
 
 
 def test_member_cannot_delete_from_the_browser(
@@ -114,7 +130,7 @@ def test_adapter_download_is_a_zip_of_safetensors_and_config(
 
     assert response.status_code == 200
     assert "attachment" in response["Content-Disposition"]
-    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    names = zipfile.ZipFile(io.BytesIO(streamed(response))).namelist()
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(names)
 
 
@@ -130,6 +146,7 @@ def test_export_button_queues_the_task_and_polls_until_ready(
     ):
         pending = client.post(f"/models/{model.name}/export/", headers={"HX-Request": "true"})
     folder = services.exports_dir(model)
+    folder.mkdir(parents=True)  # as the export worker does
     (folder / "merged.zip").write_bytes(b"PK")
     ready = client.get(f"/models/{model.name}/export/status/", headers={"HX-Request": "true"})
     download = client.get(f"/models/{model.name}/merged.zip")
@@ -138,7 +155,7 @@ def test_export_button_queues_the_task_and_polls_until_ready(
     assert b"hx-trigger" in pending.content  # polling while pending
     assert b"hx-trigger" not in ready.content  # and stops once ready
     assert b'data-testid="merged-download"' in ready.content
-    assert b"".join(download.streaming_content) == b"PK"
+    assert streamed(download) == b"PK"
 
 
 def test_merged_download_before_export_is_404(owner: Persona, make_fine_tune: MakeFineTune) -> None:
@@ -230,11 +247,11 @@ def test_samples_come_from_the_jobs_training_prompts(
 def test_deleting_removes_the_jobs_copy_of_the_weights_too(
     owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
 ) -> None:
-    from jobs.runner import job_dir
+    from jobs.paths import attempt_dir, job_dir
 
     model = make_fine_tune(owner.org, ft_name(owner.org))
     job = _job_for(model)
-    engine_output = job_dir(job) / "work" / "model"
+    engine_output = attempt_dir(job, 1) / "model"
     engine_output.mkdir(parents=True)
     (engine_output / "adapter_model.safetensors").write_bytes(b"weights")
 

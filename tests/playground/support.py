@@ -49,7 +49,7 @@ def _make_adapter(base: Path, out: Path, seed: int) -> Path:
             target_modules=["q_proj", "v_proj", "o_proj"],
             init_lora_weights=False,
         )
-        get_peft_model(model, config).save_pretrained(out)
+        get_peft_model(model, config).save_pretrained(str(out))
     return out
 
 
@@ -69,7 +69,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> TinyDirs:
 
 
 @pytest.fixture
-def inference_base(db: None, tiny_dirs: TinyDirs) -> BaseModel:
+def inference_base(db: None, tiny_dirs: TinyDirs, inference: str) -> BaseModel:
     return BaseModel.objects.create(
         name=TINY_BASE,
         display_name="Tiny test model",
@@ -109,7 +109,7 @@ def make_fine_tune(inference_base: BaseModel, tiny_dirs: TinyDirs) -> Iterator[M
 
 @pytest.fixture
 def fresh_backend() -> Iterator[None]:
-    """An empty model pool, so a test can count base loads."""
+    """A new HTTP client for the inference service (it remembers which adapters it loaded)."""
     reset_backends()
     yield
     reset_backends()

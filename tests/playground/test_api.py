@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.test import Client
+from pytest_django import Settings
 
 from accounts.models import ApiKey
 from models_app.models import BaseModel, UsageRecord
 from tests.accounts.test_api_auth import assert_envelope
-from tests.conftest import Persona
+from tests.conftest import Persona, streamed
 from tests.playground.support import TINY_ALIAS, TINY_BASE, MakeFineTune, TinyDirs, ft_name
 
 
@@ -23,13 +24,14 @@ def post(client: Client, path: str, body: dict[str, Any]) -> Any:
 def complete(owner: Persona, **body: Any) -> dict[str, Any]:
     response = post(owner.api(), "/v1/completions", {"model": TINY_BASE, **body})
     assert response.status_code == 200, response.content
-    return response.json()
+    result: dict[str, Any] = response.json()
+    return result
 
 
 def sse_chunks(response: Any) -> tuple[list[dict[str, Any]], bool]:
     """(JSON chunks, whether it ended with [DONE] as the very last event)."""
     assert response["Content-Type"].startswith("text/event-stream")
-    text = b"".join(response.streaming_content).decode()
+    text = streamed(response).decode()
     events = [e for e in text.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events)
     payloads = [e.removeprefix("data: ") for e in events]
@@ -132,10 +134,27 @@ def test_best_of_returns_n_choices(owner: Persona, inference_base: BaseModel) ->
     assert body["usage"]["completion_tokens"] <= 9
 
 
-def test_suffix_is_appended(owner: Persona, inference_base: BaseModel) -> None:
-    body = complete(owner, prompt="x", max_tokens=2, suffix="<END>")
+def test_suffix_is_refused_by_a_model_without_fill_in_the_middle_tokens(
+    owner: Persona, inference_base: BaseModel
+) -> None:
+    response = post(
+        owner.api(), "/v1/completions", {"model": TINY_BASE, "prompt": "x", "suffix": "<END>"}
+    )
 
-    assert body["choices"][0]["text"].endswith("<END>")
+    assert assert_envelope(response, 400)["param"] == "suffix"
+    # What the clients send when no suffix is wanted keeps working.
+    assert complete(owner, prompt="x", max_tokens=1, suffix=None)["choices"]
+    assert complete(owner, prompt="x", max_tokens=1, suffix="")["choices"]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_seed_beyond_64_bits_is_a_400_naming_seed(
+    owner: Persona, inference_base: BaseModel, path: str
+) -> None:
+    body: dict[str, Any] = {"model": TINY_BASE, "seed": 1180591620717411303424, "max_tokens": 1}
+    body |= {"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"prompt": "x"}
+
+    assert assert_envelope(post(owner.api(), path, body), 400)["param"] == "seed"
 
 
 def test_stream_sends_chunks_then_done_and_usage_when_asked(
@@ -260,8 +279,8 @@ def test_streamed_usage_is_recorded_too(owner: Persona, inference_base: BaseMode
 
 
 def test_rate_limit_is_429_with_retry_after(
-    owner: Persona, inference_base: BaseModel, settings
-) -> None:  # type: ignore[no-untyped-def]
+    owner: Persona, inference_base: BaseModel, settings: Settings
+) -> None:
     settings.TUNERY_RATE_LIMIT_PER_MINUTE = 2
     cache.clear()
     client = owner.api()
@@ -316,7 +335,57 @@ def test_chat_stream_sends_role_content_and_finish_chunks(
     assert chunks[-1]["choices"][0]["delta"] == {}
 
 
-def test_chat_needs_a_chat_template(owner: Persona, tiny_dirs: TinyDirs, db: None) -> None:
+WEATHER = {
+    "type": "function",
+    "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+def test_chat_with_tools_renders_them_into_the_prompt_as_training_does(
+    owner: Persona, inference_base: BaseModel, tiny_dirs: TinyDirs
+) -> None:
+    from engine.generation import chat_prompt
+    from engine.models import load_tokenizer
+
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]  # fmt: skip
+    tokenizer = load_tokenizer(tiny_dirs.base)
+    prompt = chat_prompt(tokenizer, messages, [WEATHER])
+
+    body = {"model": TINY_BASE, "messages": messages, "tools": [WEATHER], "max_tokens": 2}
+    answer = post(owner.api(), "/v1/chat/completions", body)
+    streamed, done = sse_chunks(post(owner.api(), "/v1/chat/completions", {**body, "stream": True}))
+
+    assert answer.status_code == 200, answer.content
+    usage = answer.json()["usage"]
+    assert usage["prompt_tokens"] == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert "<tools>" in prompt and "<tool_response>\nsunny\n</tool_response>" in prompt
+    assert done and streamed[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert streamed[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_chat_refuses_a_malformed_tool_call_naming_it(
+    owner: Persona, inference_base: BaseModel
+) -> None:
+    bad = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}
+
+    response = post(
+        owner.api(),
+        "/v1/chat/completions",
+        {"model": TINY_BASE, "messages": [{"role": "user", "content": "x"}, bad]},
+    )
+
+    assert assert_envelope(response, 400)["param"] == "messages[1].tool_calls[0].function"
+
+
+def test_chat_needs_a_chat_template(
+    owner: Persona, tiny_dirs: TinyDirs, db: None, inference: str
+) -> None:
     BaseModel.objects.create(
         name="plain", source=str(tiny_dirs.plain_base), has_chat_template=False
     )

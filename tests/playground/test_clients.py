@@ -75,7 +75,7 @@ def test_sdk_completions_with_logprobs_stop_n_and_stream(
     assert response.model == model.name
     assert [c.index for c in response.choices] == [0, 1]
     for choice in response.choices:
-        assert choice.logprobs is not None
+        assert choice.logprobs is not None and choice.logprobs.tokens is not None
         assert "".join(choice.logprobs.tokens) == choice.text
         assert "zz" not in choice.text
     assert response.usage is not None

@@ -1,4 +1,5 @@
-"""Two fine-tunes of one base: interleaved concurrent requests, one base load."""
+"""Two fine-tunes of one base and the base itself: concurrent requests through the web tier,
+batched together by the inference service, each answered as a dedicated model would."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from peft import PeftModel
 
 from engine.generation import GenerateRequest, generate
 from engine.models import load_model_and_tokenizer
-from playground.backends import LocalBackend, get_backend
 from tests.conftest import Persona
+from tests.inference import health
 from tests.playground.support import MakeFineTune, TinyDirs, ft_name
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,7 +34,7 @@ def references(base: Path, adapter: Path | None, prompts: list[str]) -> list[str
 
 def test_two_adapters_serve_interleaved_concurrent_requests_on_one_base(
     live_server: Any, owner: Persona, make_fine_tune: MakeFineTune, tiny_dirs: TinyDirs,
-    fresh_backend: None,
+    fresh_backend: None, inference: str,
 ) -> None:  # fmt: skip
     first = make_fine_tune(owner.org, ft_name(owner.org, "one"), adapter="a")
     second = make_fine_tune(owner.org, ft_name(owner.org, "two"), adapter="b")
@@ -60,14 +61,16 @@ def test_two_adapters_serve_interleaved_concurrent_requests_on_one_base(
         assert response.status_code == 200, response.text
         return str(response.json()["choices"][0]["text"])
 
+    # The session's service is shared: earlier tests may have loaded (and evicted) this base.
+    loads_before = health(inference).base_loads.get(str(tiny_dirs.base), 0)
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = dict(zip(jobs, pool.map(call, jobs), strict=True))
 
     assert answers == expected
     # The adapters really differ, so a mix-up could not pass unnoticed.
     assert len({answers[(name, PROMPTS[0])] for name in adapters}) == 3
-    backend = get_backend()
-    assert isinstance(backend, LocalBackend)
-    stats = backend.pool.stats()
-    assert stats.base_loads == {str(tiny_dirs.base): 1}
-    assert stats.adapter_loads == 2
+    served = health(inference)
+    # At most one load for all 18 requests over three models (none if it was still loaded).
+    assert served.base_loads[str(tiny_dirs.base)] - loads_before <= 1
+    loaded = served.adapters[str(tiny_dirs.base)]
+    assert {str(Path(m.artifact_dir).resolve()) for m in (first, second)} <= set(loaded)

@@ -10,6 +10,11 @@ from config.api import ApiError
 from engine.generation import Choice, GenerateResult, Logprobs, StreamDelta, Usage
 from playground import protocol
 
+WEATHER = {
+    "type": "function",
+    "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}},
+}
+
 
 def parse_error(body: dict[str, Any], chat: bool = False) -> ApiError:
     with pytest.raises(ApiError) as info:
@@ -88,7 +93,12 @@ def test_parse_completion_errors_name_the_param(body: dict[str, Any], param: str
         ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 9}, "top_logprobs"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": {"type": "function"}}, "tools"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
+        ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0].type"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "weather", "arguments": "{"}}]}]}, "messages[1].tool_calls[0].function.arguments"),
+        ({"model": "m", "messages": [{"role": "tool", "tool_call_id": "9", "content": "x"}]}, "messages[0].tool_call_id"),
     ],
 )  # fmt: skip
 def test_parse_chat_errors_name_the_param(body: dict[str, Any], param: str) -> None:
@@ -172,3 +182,74 @@ def test_chat_chunks_open_with_the_role_and_close_with_an_empty_delta() -> None:
     }  # fmt: skip
     assert chunks[4]["choices"] == []
     assert chunks[4]["usage"]["total_tokens"] == 6
+
+
+def test_parse_chat_takes_tools_and_the_messages_clients_send_back() -> None:
+    # What the SDK hands back as `response.choices[0].message`, appended as it is.
+    echoed = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "annotations": [],
+        "audio": None,
+        "function_call": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+        ],
+    }
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}, echoed, {"role": "tool", "tool_call_id": "c1", "content": "sun"}],
+        "tools": [WEATHER],
+        "parallel_tool_calls": False,
+    }  # fmt: skip
+
+    call = protocol.parse_chat(body)
+
+    assert call.tools == [WEATHER]
+    assert call.parallel_tool_calls is False
+    assert call.parse_tool_calls is True
+    assert protocol.parse_chat({**body, "tool_choice": "none"}).parse_tool_calls is False
+
+
+def test_chat_json_turns_tool_call_blocks_into_tool_calls() -> None:
+    text = 'Let me look.\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    result = GenerateResult([Choice(text, 0, "stop")], Usage(3, 2))
+
+    body = protocol.chat_json(
+        completion_id="c", created=1, model="m", result=result, top_logprobs=0, tools=True
+    )
+    plain = protocol.chat_json(
+        completion_id="c", created=1, model="m", result=result, top_logprobs=0
+    )
+
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Let me look."
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "weather", "arguments": '{"city": "Paris"}'}
+    assert plain["choices"][0]["message"]["content"] == text  # no tools asked: text as it is
+
+
+def test_a_streamed_tool_call_arrives_whole_in_one_delta() -> None:
+    text = '<tool_call>\n{"name": "weather", "arguments": {}}\n</tool_call>'
+    result = GenerateResult([Choice(text, 0, "stop")], Usage(3, 2))
+
+    chunks = list(
+        protocol.chat_chunks_of_result(
+            completion_id="c",
+            created=1,
+            model="m",
+            result=result,
+            top_logprobs=0,
+            include_usage=True,
+        )
+    )
+
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert deltas[1]["tool_calls"][0]["index"] == 0
+    assert deltas[1]["tool_calls"][0]["function"] == {"name": "weather", "arguments": "{}"}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}

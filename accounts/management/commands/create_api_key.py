@@ -31,6 +31,9 @@ class Command(BaseCommand):
                 raise CommandError(f"{user.username} is not a member of {org.slug}.")
         else:
             owner = org.memberships.filter(role=Membership.Role.OWNER).first()
-            user = owner.user if owner else None
+            if owner is None:
+                # A key acts for a member and dies with the membership: it needs one.
+                raise CommandError(f"{org.slug} has no owner; pass --user USERNAME.")
+            user = owner.user
         created = services.api_key_create(organization=org, name=options["name"], created_by=user)
         self.stdout.write(created.secret)

@@ -43,6 +43,11 @@ class Command(BaseCommand):
             help="Auto accepts all suggestions, without asking for user input. To be used "
             "within scripts.",
         )
+        parser.add_argument(
+            "--no-header",
+            action="store_true",
+            help="CSV, TSV and XLSX: the first row is data, not column names.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.auto_accept: bool = options["quiet"]
@@ -52,7 +57,7 @@ class Command(BaseCommand):
 
         self._write("Analyzing...\n")
         try:
-            read = readers.read_path(fname)
+            read = readers.read_path(fname, header=not options.get("no_header", False))
         except readers.ReadError as exc:
             self._abort("read_any_format", exc.message)
         analysis = prepare.analyze(read)

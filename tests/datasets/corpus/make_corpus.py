@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -33,12 +34,46 @@ def good(n: int) -> str:
     return "".join(line({**GOOD, "prompt": f"{GOOD['prompt']} {i}"}) for i in range(n))
 
 
-def chat(*messages: dict[str, object]) -> str:
+def chat(*messages: Mapping[str, object]) -> str:
     return line({"messages": list(messages)})
 
 
 USER = {"role": "user", "content": "hello"}
 ASSISTANT = {"role": "assistant", "content": "hi"}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "Today's weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def tool_chat(
+    *,
+    arguments: object = '{"city": "Paris"}',
+    tool_calls: object = None,
+    tools: object = None,
+    tool_call_id: str = "call_1",
+    name: str = "weather",
+) -> str:
+    """A tool-call conversation, well formed unless one part is given broken."""
+    calls = tool_calls
+    if calls is None:
+        function = {"name": name, "arguments": arguments}
+        calls = [{"id": "call_1", "type": "function", "function": function}]
+    return line(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": tool_call_id, "content": "sunny, 21 C"},
+                {"role": "assistant", "content": "Sunny and 21 C."},
+            ],
+            "tools": [WEATHER_TOOL] if tools is None else tools,
+        }
+    )
 
 
 def xlsx(sheet_xml: bytes, *, compress: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -144,6 +179,28 @@ TEXT_FILES: dict[str, str] = {
     "chat_messages_not_array.jsonl": line({"messages": "hello"}),
     "chat_number_content.jsonl": chat(USER, {"role": "assistant", "content": 7}),
     "mixed_formats.jsonl": good(2) + line(GOOD_CHAT),
+    # Tool-call data: each file breaks one rule of OpenAI's format on its last line.
+    "chat_tool_arguments_not_json.jsonl": tool_chat() + tool_chat(arguments="{city: Paris}"),
+    "chat_tool_arguments_object.jsonl": tool_chat() + tool_chat(arguments={"city": "Paris"}),
+    "chat_tool_calls_string.jsonl": tool_chat() + tool_chat(tool_calls="weather(Paris)"),
+    "chat_tool_call_no_function.jsonl": tool_chat()
+    + tool_chat(tool_calls=[{"id": "call_1", "type": "function"}]),
+    "chat_tools_not_list.jsonl": tool_chat() + tool_chat(tools={"weather": WEATHER_TOOL}),
+    "chat_tool_message_unmatched.jsonl": tool_chat() + tool_chat(tool_call_id="call_9"),
+    "chat_tool_undefined_function.jsonl": tool_chat() + tool_chat(name="forecast"),
+    "chat_image_part.jsonl": chat(
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            ],
+        },
+        ASSISTANT,
+    ),
+    "duplicate_key.jsonl": good(2) + '{"prompt": "a", "completion": " b", "prompt": "c"}\n',
+    "chat_duplicate_key.jsonl": chat(USER, ASSISTANT)
+    + '{"messages": [{"role": "user", "content": "a", "role": "assistant"}]}\n',
     "cmd_cells.csv": cmd_csv(),
 }
 

@@ -96,8 +96,12 @@ def record(case: Case) -> dict[str, object]:
                 (target / "outputs" / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
             else:
                 (target / "outputs" / name).write_bytes(data)
-        meta = {"filename": case.filename, "answers": case.answers, "rc": done.returncode}
-        meta["outputs"] = written
+        meta: dict[str, object] = {
+            "filename": case.filename,
+            "answers": case.answers,
+            "rc": done.returncode,
+            "outputs": written,
+        }
         (target / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return meta
 
