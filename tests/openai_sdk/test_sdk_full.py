@@ -60,6 +60,9 @@ def upload(client: OpenAI, path: Path) -> str:
     return file.id
 
 
+WORKER_HOOKS = {"TUNERY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "TUNERY_WEBHOOK_RETRY_SECONDS": "1"}
+
+
 def test_every_fine_tuning_and_webhooks_method(
     live_server: Any,
     owner: Persona,
@@ -74,9 +77,9 @@ def test_every_fine_tuning_and_webhooks_method(
 
     with (
         webhook_receiver() as receiver,
-        celery_worker(
-            TUNERY_WEBHOOK_ALLOW_PRIVATE_TARGETS="true", TUNERY_WEBHOOK_RETRY_SECONDS="1"
-        ),
+        # Two workers, as in production: deliveries (default queue) never wait behind training.
+        celery_worker("training", None, None, **WORKER_HOOKS),
+        celery_worker("default", None, None, **WORKER_HOOKS),
     ):
         # --- webhooks: the endpoint resource ------------------------------------------------
         types = check(client.webhooks.event_types.list(), WebhookEventTypeList)

@@ -58,7 +58,7 @@ def _scheduler(url: str) -> dict[str, Any]:
 
 def _idle(url: str) -> bool:
     stats = _scheduler(url)
-    return stats["running"] == 0 and stats["waiting"] == 0
+    return bool(stats["running"] == 0 and stats["waiting"] == 0)
 
 
 def _endless(model: str, **extra: Any) -> dict[str, Any]:
