@@ -92,9 +92,12 @@ def token_counter() -> Any:
 # --- a real Celery worker ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
-    """A real worker on the `default` queue (file validation), shared by the session."""
+    """A real worker on the `default` queue (file validation), shared by the module.
+
+    Not by the session: alive after it, it would take other tests' default-queue messages
+    (validations, webhook deliveries) with this module's settings."""
     from tests.workers import celery_worker as start_worker
     from tests.workers import purge_broker
 

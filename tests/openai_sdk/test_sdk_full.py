@@ -6,6 +6,7 @@ SDK's own pydantic models (tests/openai_sdk/shapes.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,23 @@ FINE_TUNING_EVENTS = [
 ]
 
 
+# The base both tests train: the tiny model in CI (seconds). TUNERY_SDK_BASE_MODEL=
+# SmolLM2-135M-Instruct makes the same calls train the embedded model (minutes; the waits
+# stretch by PATIENCE).
+BASE = os.environ.get("TUNERY_SDK_BASE_MODEL", "tiny-llama")
+PATIENCE = 1 if BASE == "tiny-llama" else 10
+
+
+@pytest.fixture
+def base(request: pytest.FixtureRequest) -> str:
+    if BASE == "tiny-llama":
+        request.getfixturevalue("tiny_base")
+    else:
+        request.getfixturevalue("embedded_base")
+        request.getfixturevalue("inference")
+    return BASE
+
+
 def sdk(live_server: Any, persona: Persona) -> OpenAI:
     return OpenAI(base_url=f"{live_server.url}/v1", api_key=persona.key, max_retries=0)
 
@@ -56,7 +74,7 @@ def job_row(job_id: str) -> FineTuneJob:
 
 def upload(client: OpenAI, path: Path) -> str:
     file = client.files.create(file=path.open("rb"), purpose="fine-tune")
-    client.files.wait_for_processing(file.id, poll_interval=0.3, max_wait_seconds=120)
+    client.files.wait_for_processing(file.id, poll_interval=0.3, max_wait_seconds=120 * PATIENCE)
     return file.id
 
 
@@ -67,7 +85,7 @@ def test_every_fine_tuning_and_webhooks_method(
     live_server: Any,
     owner: Persona,
     outsider: Persona,
-    tiny_base: Any,
+    base: str,
     tmp_path: Path,
     settings: Any,
 ) -> None:
@@ -122,7 +140,7 @@ def test_every_fine_tuning_and_webhooks_method(
         valid = upload(client, sms_subset(tmp_path, 16, name="valid.jsonl", split="valid"))
         job = check(
             client.fine_tuning.jobs.create(
-                model="tiny-llama",
+                model=base,
                 training_file=train,
                 validation_file=valid,
                 method={
@@ -141,12 +159,14 @@ def test_every_fine_tuning_and_webhooks_method(
         )
         # A long second job queues behind it, to pause, resume and cancel.
         long_job = client.fine_tuning.jobs.create(
-            model="tiny-llama",
+            model=base,
             training_file=train,
             hyperparameters={"n_epochs": 50, "batch_size": 1},
             metadata={"team": "ops"},
         )
-        wait_for(lambda: job_row(job.id).status in FineTuneJob.FINISHED, 240, what="the job")
+        wait_for(
+            lambda: job_row(job.id).status in FineTuneJob.FINISHED, 240 * PATIENCE, what="the job"
+        )
         job = check(client.fine_tuning.jobs.retrieve(job.id))
         assert job.status == "succeeded", job.error
         assert job.error is None and job.estimated_finish is None and job.trained_tokens > 0
@@ -192,7 +212,7 @@ def test_every_fine_tuning_and_webhooks_method(
         )
         assert isinstance(chat, ChatCompletion)
 
-        succeeded = receiver.of_type("fine_tuning.job.succeeded", job.id, timeout=120)
+        succeeded = receiver.of_type("fine_tuning.job.succeeded", job.id, timeout=120 * PATIENCE)
         webhook = client.webhooks.unwrap(succeeded.body, succeeded.headers, secret=secret)
         assert isinstance(webhook, FineTuningJobSucceededWebhookEvent)
         assert webhook.data.id == job.id
@@ -202,10 +222,10 @@ def test_every_fine_tuning_and_webhooks_method(
             client.webhooks.unwrap(succeeded.body, succeeded.headers, secret="whsec_" + "A" * 44)
 
         # --- pause, resume, cancel ------------------------------------------------------------
-        wait_for(lambda: job_row(long_job.id).step > 2, 120, what="training steps")
+        wait_for(lambda: job_row(long_job.id).step > 2, 120 * PATIENCE, what="training steps")
         pausing = check(client.fine_tuning.jobs.pause(long_job.id))
         assert pausing.status in ("pausing", "paused")
-        wait_for(lambda: job_row(long_job.id).status == "paused", 60, what="the pause")
+        wait_for(lambda: job_row(long_job.id).status == "paused", 60 * PATIENCE, what="the pause")
         paused_at = job_row(long_job.id).step
         status: str = client.fine_tuning.jobs.retrieve(long_job.id).status  # Literal lacks "paused"
         assert status == "paused"
@@ -213,14 +233,16 @@ def test_every_fine_tuning_and_webhooks_method(
             client.fine_tuning.jobs.pause(long_job.id)
         assert refused.value.param == "fine_tuning_job_id"
         assert check(client.fine_tuning.jobs.resume(long_job.id)).status == "queued"
-        wait_for(lambda: job_row(long_job.id).step > paused_at, 120, what="training to go on")
+        wait_for(
+            lambda: job_row(long_job.id).step > paused_at, 120 * PATIENCE, what="training to go on"
+        )
         messages = [e.message for e in client.fine_tuning.jobs.list_events(long_job.id, limit=100)]
         assert f"Fine-tuning job paused at step {paused_at}" in messages
         assert any(m.startswith(f"Fine-tuning job resumed from step {paused_at}") for m in messages)
         assert messages.count("Fine-tuning job started") == 1
         cancelled = check(client.fine_tuning.jobs.cancel(long_job.id))
         assert cancelled.status == "cancelled"
-        gone = receiver.of_type("fine_tuning.job.cancelled", long_job.id, timeout=180)
+        gone = receiver.of_type("fine_tuning.job.cancelled", long_job.id, timeout=180 * PATIENCE)
         assert isinstance(
             client.webhooks.unwrap(gone.body, gone.headers, secret=secret),
             FineTuningJobCancelledWebhookEvent,
@@ -258,10 +280,12 @@ def test_every_fine_tuning_and_webhooks_method(
         continued = other.fine_tuning.jobs.create(
             model=ckpt, training_file=theirs, hyperparameters={"n_epochs": 1, "batch_size": 8}
         )
-        wait_for(lambda: job_row(continued.id).status in FineTuneJob.FINISHED, 120, what="it")
+        wait_for(
+            lambda: job_row(continued.id).status in FineTuneJob.FINISHED, 120 * PATIENCE, what="it"
+        )
         continued = check(other.fine_tuning.jobs.retrieve(continued.id))
         assert continued.status == "succeeded", continued.error
-        assert continued.fine_tuned_model.startswith("ft:tiny-llama:globex::")
+        assert continued.fine_tuned_model.startswith(f"ft:{base}:globex::")
 
         deleted = client.fine_tuning.checkpoints.permissions.delete(
             permission.id, fine_tuned_model_checkpoint=ckpt
@@ -286,7 +310,7 @@ def test_every_fine_tuning_and_webhooks_method(
 
 
 def test_dpo_job_through_the_sdk(
-    live_server: Any, owner: Persona, tiny_base: Any, tmp_path: Path
+    live_server: Any, owner: Persona, base: str, tmp_path: Path
 ) -> None:
     """`method.type=dpo`. Built on the `dpo` branch; where it is not, the create call answers 400
     and this skips (the lead re-enables it on merge)."""
@@ -307,7 +331,7 @@ def test_dpo_job_through_the_sdk(
     training = client.files.create(file=path.open("rb"), purpose="fine-tune").id
     try:  # before any worker starts: on a branch without DPO this skips in a second
         job = client.fine_tuning.jobs.create(
-            model="tiny-llama",
+            model=base,
             training_file=training,
             method={
                 "type": "dpo",
@@ -317,7 +341,9 @@ def test_dpo_job_through_the_sdk(
     except openai.BadRequestError as exc:
         pytest.skip(f"DPO is not on this branch yet: 400 {exc.param}: {exc.message}")
     with celery_worker():
-        wait_for(lambda: job_row(job.id).status in FineTuneJob.FINISHED, 180, what="DPO job")
+        wait_for(
+            lambda: job_row(job.id).status in FineTuneJob.FINISHED, 180 * PATIENCE, what="DPO job"
+        )
     job = check(client.fine_tuning.jobs.retrieve(job.id), FineTuningJob)
     assert job.status == "succeeded", job.error
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2

@@ -13,6 +13,15 @@ AXE = Path(settings.BASE_DIR) / "scripts" / "npm" / "node_modules" / "axe-core" 
 WIDTHS = {"desktop": 1366, "phone": 390}
 
 
+def htmx_idle(page: Any, timeout: float = 20_000) -> None:
+    """Wait until no HTMX request, swap or settle is in flight (htmx marks each with a class):
+    an element focused before a pending swap would be replaced under the keyboard."""
+    page.wait_for_function(
+        "() => !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')",
+        timeout=timeout,
+    )
+
+
 def screenshot_dir() -> Path:
     """var/screenshots/ (CI keeps it as an artifact)."""
     path = Path(settings.BASE_DIR) / "var" / "screenshots"

@@ -20,7 +20,7 @@ from models_app.models import UsageRecord
 from tests.conftest import Persona, login
 from tests.factories import FileFactory
 from tests.playground.support import MakeFineTune, ft_name
-from tests.ui.support import assert_accessible
+from tests.ui.support import assert_accessible, htmx_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -100,11 +100,13 @@ def test_create_form_by_keyboard_only(
     page.wait_for_selector(
         "#id_classification_positive_class option >> text=10 examples", state="attached"
     )
+    htmx_idle(page)  # an earlier choice's swap may still be on its way
     options = page.locator("#id_classification_positive_class option").all_inner_texts()
     assert options[1:] == ['" spam" · 6 examples', '" ham" · 10 examples']  # both files
     page.focus("#id_compute_classification_metrics")
     page.keyboard.press("Space")
     assert page.is_checked("#id_compute_classification_metrics")
+    htmx_idle(page)
     page.focus("#id_classification_positive_class")
     page.keyboard.press("ArrowDown")
     assert page.input_value("#id_classification_positive_class") == " spam"
