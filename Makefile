@@ -90,6 +90,8 @@ test: venv assets $(VENV028)/.installed $(VENV1)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	source scripts/test-env.sh && $(BIN)/python manage.py makemigrations --check --dry-run
+	# ARCHITECTURE.md's layer table ([tool.importlinter] in pyproject.toml).
+	$(BIN)/lint-imports
 	# The whole project, tests included (pyproject.toml [tool.mypy]; docs/adr/0015-*.md).
 	source scripts/test-env.sh && $(BIN)/mypy
 	source scripts/test-env.sh && $(BIN)/pytest $(PYTEST_ARGS)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
+from django.core.files.base import File as DjangoFile
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.models import Organization
 from common.redact import redact
 from common.transient import Renewer
 from datasets import prepare, readers
@@ -238,3 +240,30 @@ def file_analyse(*, file_id: int) -> None:
         return
     findings = findings_of(file)
     File.objects.filter(pk=file_id, deleted_at__isnull=True).update(findings=findings)
+
+
+# --- results files -----------------------------------------------------------------------------
+
+
+def results_file_create(*, organization: Organization, content: IO[bytes], filename: str) -> File:
+    """Store a job's results file, written by its runner: `processed` at once, with nothing to
+    validate (clients may not upload this purpose). The blob is deleted again if the row is not
+    saved; `content` is streamed, never read whole."""
+    upload = DjangoFile(content, name=filename)
+    file = File(
+        organization=organization,
+        uploaded_by=None,
+        filename=filename,
+        purpose=File.Purpose.FINE_TUNE_RESULTS,
+        status=File.Status.PROCESSED,
+        format=File.Format.RESULTS,
+        bytes=upload.size,
+    )
+    file.blob.save(filename, upload, save=False)
+    stored = str(file.blob.name)
+    try:
+        file.save()
+    except BaseException:
+        file.blob.storage.delete(stored)
+        raise
+    return file

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from datasets import processing
+from datasets import processing, staging
 
 
 @shared_task(name="datasets.validate_file")
@@ -22,10 +22,8 @@ def analyse_file(file_id: int) -> None:
 
 @shared_task(name="datasets.sweep_staging")
 def sweep_staging() -> int:
-    # Beat runs it (CELERY_BEAT_SCHEDULE); services imports this module, hence the late import.
-    from datasets import services
-
-    return services.staging_sweep(max_age_seconds=settings.TUNERY_STAGING_MAX_AGE_SECONDS)
+    # Beat runs it (CELERY_BEAT_SCHEDULE).
+    return staging.staging_sweep(max_age_seconds=settings.TUNERY_STAGING_MAX_AGE_SECONDS)
 
 
 @shared_task(name="datasets.sweep_validations")

@@ -33,7 +33,7 @@ from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
 from common.redact import redact
 from config.api import ApiError
-from datasets import advice, prepare, readers, selectors, services, uploads
+from datasets import advice, prepare, readers, selectors, services, staging, uploads
 from datasets.forms import MappingForm, UploadForm
 from datasets.labels import known_labels
 from datasets.models import File
@@ -168,12 +168,12 @@ def _file_upload(request: AuthedHtmxRequest) -> HttpResponse:
 
 def _stage(request: AuthedHtmxRequest, upload: Any) -> str:
     """Keep an upload until its columns are mapped; the session remembers whose it is."""
-    path = services.staging_save(organization=request.organization, upload=upload)
+    path = staging.staging_save(organization=request.organization, upload=upload)
     token = PurePath(path).name
     staged: dict[str, dict[str, Any]] = request.session.get(STAGED_KEY, {})
     staged[token] = {"path": path, "filename": upload.name, "org": request.organization.pk}
     while len(staged) > STAGED_MAX:
-        services.staging_discard(staged.pop(next(iter(staged)))["path"])
+        staging.staging_discard(staged.pop(next(iter(staged)))["path"])
     request.session[STAGED_KEY] = staged
     return token
 
@@ -188,7 +188,7 @@ def _staged_or_404(request: AuthedHtmxRequest, token: str) -> dict[str, Any]:
 def _discard(request: AuthedHtmxRequest, token: str) -> None:
     staged = request.session.get(STAGED_KEY, {})
     if token in staged:
-        services.staging_discard(staged.pop(token)["path"])
+        staging.staging_discard(staged.pop(token)["path"])
         request.session[STAGED_KEY] = staged
 
 
@@ -216,7 +216,7 @@ def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
             staged, head=None if posting else MAPPING_PREVIEW_ROWS + 1, header=header
         )
     except FileNotFoundError:
-        # Never mapped within TUNERY_STAGING_MAX_AGE_SECONDS: services.staging_sweep took it.
+        # Never mapped within TUNERY_STAGING_MAX_AGE_SECONDS: staging.staging_sweep took it.
         _discard(request, token)
         messages.error(request, "This upload has expired; please upload the file again.")
         return redirect("datasets:upload")

@@ -35,6 +35,7 @@ from common import artifacts
 from datasets.models import File
 from jobs import checkpoints, paths
 from jobs.models import Checkpoint, FineTuneJob, RetentionPolicy
+from models_app import files as model_files
 from models_app.models import FineTunedModel
 
 logger = logging.getLogger(__name__)
@@ -283,14 +284,12 @@ def file_cache_remove(public_id: str) -> None:
 
 
 def _collect_models(done: Collected, dry_run: bool) -> None:
-    from models_app import services as model_services
-
     models_root = paths.models_root()
     live_dirs: set[Path] = set()
     for model in FineTunedModel.objects.all().only(
         "pk", "name", "artifact_dir", "deleted_at", "method"
     ):
-        root = model_services.artifact_root(model)
+        root = model_files.artifact_root(model)
         if model.deleted_at is None:
             live_dirs.add(root.resolve())
         elif root.exists() and root.resolve().is_relative_to(models_root.resolve()):
@@ -303,7 +302,7 @@ def _collect_models(done: Collected, dry_run: bool) -> None:
                 done.add("models (orphaned)", folder, dry_run)
 
     live_exports = {
-        model_services.exports_dir(m).name
+        model_files.exports_dir(m).name
         for m in FineTunedModel.objects.filter(deleted_at=None).only("pk", "name")
     }
     for folder in _children(paths.exports_root()):

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.files import File as DjangoFile
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -34,7 +33,7 @@ from accounts.models import Organization
 from common import artifacts, transient
 from common.redact import redact
 from datasets.models import File
-from datasets.services import file_create
+from datasets.processing import results_file_create
 from engine import checkpoints as ckpt
 from jobs import checkpoints, events, forecast, liveness, paths
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
@@ -717,16 +716,11 @@ def _finish_succeeded(job: FineTuneJob, attempt: int, result: Any) -> None:
             if not liveness.hold(job.pk, attempt):
                 return  # cancelled in the last instant, or another attempt owns the job
             with open(result.results_csv, "rb") as results_csv:  # streamed, not read whole
-                results = file_create(
+                results = results_file_create(
                     organization=job.organization,
-                    uploaded_by=None,
+                    content=results_csv,
                     filename="compiled_results.csv",
-                    purpose=File.Purpose.FINE_TUNE_RESULTS,
-                    content=DjangoFile(results_csv),
                 )
-            File.objects.filter(pk=results.pk).update(
-                status=File.Status.PROCESSED, format=File.Format.RESULTS
-            )
             liveness.owned(job.pk, attempt).update(
                 status=FineTuneJob.Status.SUCCEEDED,
                 fine_tuned_model=None if job.is_forecast_run else name,

@@ -17,7 +17,7 @@ from django.utils import timezone
 from common import artifacts
 from common.redact import redact
 from common.transient import Renewer
-from models_app import services
+from models_app import files
 from models_app.models import FineTunedModel, ModelExport
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,10 @@ def model_export_merged(*, model_id: int) -> None:
     )
     if model is None:
         return
-    folder = services.exports_dir(model)
+    folder = files.exports_dir(model)
     now = timezone.now()
     row, _ = ModelExport.objects.get_or_create(model=model, defaults={"updated_at": now})
-    if services.merged_zip_exists(model) is not None:
+    if files.merged_zip_exists(model) is not None:
         ModelExport.objects.filter(pk=row.pk).update(status=ModelExport.Status.READY)
         return
     if not ModelExport.objects.filter(_claimable(now), pk=row.pk).update(
@@ -94,12 +94,12 @@ def model_export_merged(*, model_id: int) -> None:
     )
     try:
         with renewer:
-            adapter = services.adapter_dir(model)
+            adapter = files.adapter_dir(model)
             if adapter is None:
                 raise FileNotFoundError(f"no adapter for {model.name}")
             with tempfile.TemporaryDirectory(dir=folder) as work:
                 merged = Path(work) / "merged"
-                engine.merge.merge_adapter(services.base_model_dir(model.base), adapter, merged)
+                engine.merge.merge_adapter(files.base_model_dir(model.base), adapter, merged)
                 _zip_dir(merged, folder / "merged.zip")
             # A remote store: the web host (any host) downloads it from there.
             artifacts.publish_file(folder / "merged.zip")
@@ -116,7 +116,7 @@ def model_export_merged(*, model_id: int) -> None:
         if not FineTunedModel.objects.filter(pk=model_id, deleted_at=None).exists():
             # Deleted while exporting: leave nothing behind.
             shutil.rmtree(folder, ignore_errors=True)
-            artifacts.delete_tree(services.exports_key(model))
+            artifacts.delete_tree(files.exports_key(model))
 
 
 def exports_sweep() -> list[int]:

@@ -18,7 +18,7 @@ from accounts.http import AuthedHtmxRequest
 from accounts.models import Membership
 from accounts.views import org_required, owner_required
 from config.api import ApiError
-from models_app import selectors, services
+from models_app import files, selectors, services
 from models_app.models import FineTunedModel, UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def model_detail(request: AuthedHtmxRequest, name: str) -> HttpResponse:
         "usage": selectors.usage_by_day(organization=request.organization, model_name=model.name),
         "is_owner": _is_owner(request),
         "export": services.export_state(model),
-        "has_files": (services.adapter_dir(model) or services.weights_dir(model)) is not None,
+        "has_files": (files.adapter_dir(model) or files.weights_dir(model)) is not None,
         "sample_count": SAMPLE_COUNT,
     }
     return render(request, "models_app/detail.html", context)
@@ -200,7 +200,7 @@ def _export_fragment(request: AuthedHtmxRequest, model: FineTunedModel) -> HttpR
 @require_GET
 def merged_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
     model = selectors.model_get_for_org(organization=request.organization, name=name)
-    stream = services.merged_zip_open(model)  # this host's disk or the store, streamed
+    stream = files.merged_zip_open(model)  # this host's disk or the store, streamed
     if stream is None:
         raise Http404("The merged model is not ready.")
     filename = f"{model.name.replace(':', '_')}-merged.zip"

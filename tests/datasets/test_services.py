@@ -18,7 +18,7 @@ from django.db import IntegrityError
 from django.db.models import ProtectedError
 
 from config.api import ApiError
-from datasets import prepare, processing, selectors, services, tasks
+from datasets import prepare, processing, selectors, services, staging, tasks
 from datasets.models import File
 from jobs.models import FineTuneJob
 from models_app.models import BaseModel
@@ -516,7 +516,7 @@ def test_apply_fixes_writes_both_halves_of_a_split_or_neither(
 
 
 def stage(persona: Persona, data: bytes, *, age_hours: float) -> Path:
-    path = services.staging_save(organization=persona.org, upload=ContentFile(data, "x.csv"))
+    path = staging.staging_save(organization=persona.org, upload=ContentFile(data, "x.csv"))
     local = Path(default_storage.path(path))
     when = time.time() - age_hours * 3600
     os.utime(local, (when, when))
@@ -530,7 +530,7 @@ def test_the_sweep_deletes_stale_staged_uploads_and_keeps_fresh_ones(
     fresh = stage(owner, b"a,b\n3,4\n", age_hours=1)
     other_stale = stage(outsider, b"a,b\n5,6\n", age_hours=48)
 
-    removed = services.staging_sweep(max_age_seconds=24 * 3600)
+    removed = staging.staging_sweep(max_age_seconds=24 * 3600)
 
     assert removed == 2
     assert not stale.exists()
@@ -541,7 +541,7 @@ def test_the_sweep_deletes_stale_staged_uploads_and_keeps_fresh_ones(
 
 
 def test_the_sweep_with_nothing_staged_does_nothing(media_dir: Path) -> None:
-    assert services.staging_sweep(max_age_seconds=60) == 0
+    assert staging.staging_sweep(max_age_seconds=60) == 0
 
 
 def test_the_beat_task_sweeps_with_the_configured_age(owner: Persona, settings: Any) -> None:

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from datasets import prepare, processing, services
+from datasets import prepare, processing, staging
 from datasets.models import File
 from jobs.models import FineTuneJob
 from tests.conftest import Persona, streamed
@@ -267,7 +267,7 @@ def test_an_upload_swept_before_its_mapping_says_it_expired(browser_client: Clie
         reverse("datasets:upload"),
         {"file": SimpleUploadedFile("t.csv", _csv([["prompt", "completion"], ["a", "b"]]))},
     )["Location"]
-    assert services.staging_sweep(max_age_seconds=-1) == 1  # everything is stale
+    assert staging.staging_sweep(max_age_seconds=-1) == 1  # everything is stale
 
     response = browser_client.get(url, follow=True)
 

@@ -15,7 +15,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from accounts.models import Membership
-from models_app import processing, services
+from models_app import files, processing, services
 from models_app.models import BaseModel, FineTunedModel, UsageRecord
 from tests.conftest import Persona
 from tests.playground.support import TINY_ALIAS, TINY_BASE, MakeFineTune, TinyDirs, ft_name
@@ -94,7 +94,7 @@ def test_delete_marks_the_row_then_removes_files_and_export_after_commit(
     owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
 ) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
-    export = services.exports_dir(model)
+    export = files.exports_dir(model)
     export.mkdir(parents=True, exist_ok=True)
     (export / "merged.zip").write_bytes(b"zip")
 
@@ -255,7 +255,7 @@ def test_merged_export_matches_the_served_fine_tune(
     processing.model_export_merged(model_id=model.pk)  # a duplicate delivery does nothing
 
     assert services.export_state(model)["status"] == "ready"
-    zipfile.ZipFile(services.exports_dir(model) / "merged.zip").extractall(tmp_path)
+    zipfile.ZipFile(files.exports_dir(model) / "merged.zip").extractall(tmp_path)
     merged, tokenizer = load_model_and_tokenizer(tmp_path)
     request = GenerateRequest(prompt="Hello, how are", max_tokens=6, temperature=0)
     served = completion_create(

@@ -12,7 +12,7 @@ from unittest import mock
 from django.core.management import call_command
 from django.test import Client
 
-from models_app import services
+from models_app import files, services
 from models_app.models import BaseModel, FineTunedModel, UsageRecord
 from tests.conftest import Persona, streamed
 from tests.playground.support import TINY_BASE, MakeFineTune, TinyDirs, ft_name
@@ -145,7 +145,7 @@ def test_export_button_queues_the_task_and_polls_until_ready(
         django_capture_on_commit_callbacks(execute=True),
     ):
         pending = client.post(f"/models/{model.name}/export/", headers={"HX-Request": "true"})
-    folder = services.exports_dir(model)
+    folder = files.exports_dir(model)
     folder.mkdir(parents=True)  # as the export worker does
     (folder / "merged.zip").write_bytes(b"PK")
     ready = client.get(f"/models/{model.name}/export/status/", headers={"HX-Request": "true"})

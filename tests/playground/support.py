@@ -18,8 +18,8 @@ import torch
 from django.conf import settings
 
 from accounts.models import Organization
+from models_app.files import exports_dir
 from models_app.models import BaseModel, FineTunedModel
-from models_app.services import exports_dir
 from playground.backends import reset_backends
 
 TINY_BASE = "tiny-base"

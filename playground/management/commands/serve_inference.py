@@ -13,8 +13,8 @@ from django.db import close_old_connections
 from engine.batching import BatchSettings
 from engine.models import PACKAGE_PREFIX
 from engine.spec import TrainingError
+from models_app.files import resolve_source
 from models_app.selectors import base_model_find
-from models_app.services import resolve_source
 from playground.engine_backend import DTYPES, EngineBackend, load_for_inference
 from playground.server import EngineServer, serve
 
