@@ -99,10 +99,16 @@ def _claim(job: FineTuneJob, worker: str) -> str:
     return DONE if claimed else "skipped"
 
 
-def job_run(*, job_id: int, worker: str | None = None) -> str:
-    """Run one attempt of a queued job; `worker` names this worker (the job page shows it)."""
-    from jobs import services  # services -> tasks -> runner: import at call time
+def job_run(
+    *,
+    job_id: int,
+    worker: str | None = None,
+    left_queue: Callable[[FineTuneJob], None] | None = None,
+) -> str:
+    """Run one attempt of a queued job; `worker` names this worker (the job page shows it).
 
+    `left_queue` is called with the job once it has left the queue for good, started or failed
+    (the task layer sends a scaling forecast's runs then); not on a resumed attempt."""
     job = (
         FineTuneJob.objects.select_related(
             "organization",
@@ -124,15 +130,16 @@ def job_run(*, job_id: int, worker: str | None = None) -> str:
         return WAIT_FOR_FILES
     if state != "ok":
         _fail_queued(job, state)
-        services.forecast_runs_dispatch(job)
+        if left_queue is not None:
+            left_queue(job)
         forecast.forecast_record(job=job)
         return DONE
     outcome = _claim(job, worker or liveness.worker_name())
     if outcome != DONE:
         return DEFERRED if outcome == DEFERRED else DONE
     job.refresh_from_db()
-    if job.attempts == 1:  # a resumed job's runs were sent when it first started
-        services.forecast_runs_dispatch(job)
+    if job.attempts == 1 and left_queue is not None:  # a resumed job's were sent already
+        left_queue(job)
     _announce_queue_moved()
     wandb_run = JobRun(job)  # logs only if the job or its organization asked for W&B
     try:

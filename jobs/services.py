@@ -464,7 +464,7 @@ def _forecast_hyperparameters(
 def _forecast_children_create(parent: FineTuneJob, hyperparameters: dict[str, Any]) -> None:
     """The ¼ and ½ runs of `parent`'s forecast, queued right after it.
 
-    Their task messages are sent when the parent leaves the queue (`forecast_runs_dispatch`):
+    Their task messages are sent when the parent leaves the queue (`jobs.tasks.send_forecast_runs`):
     sent together with the parent's, a broker that doesn't keep the order of messages sent in
     the same millisecond (the filesystem one) could start a run before the job it measures.
 
@@ -512,14 +512,6 @@ def _forecast_children_create(parent: FineTuneJob, hyperparameters: dict[str, An
     events.emit(
         parent, "engine", message=f"Scaling forecast: runs on part of the data queued next: {runs}"
     )
-
-
-def forecast_runs_dispatch(parent: FineTuneJob) -> None:
-    """Send the task messages of a forecast's queued runs (once their parent left the queue)."""
-    if not parent.scaling_forecast:
-        return
-    for child in parent.children.filter(status=FineTuneJob.Status.QUEUED).order_by("created_at"):
-        transaction.on_commit(partial(tasks.run_training_job.delay, child.pk))
 
 
 def _cancel_one(job: FineTuneJob) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 import engine
-from jobs import forecast, runner, services
+from jobs import forecast, runner, services, tasks
 from jobs.forecast import (
     FLAT_SENTENCE,
     Point,
@@ -241,7 +241,7 @@ def test_create_queues_two_runs_after_the_parent_with_the_same_settings(
         mock.patch("jobs.tasks.run_training_job.delay") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        services.forecast_runs_dispatch(job)
+        tasks.send_forecast_runs(job)
     assert [call.args[0] for call in delay.call_args_list] == [c.pk for c in children]
     # Resolved once from all 1000 examples: batch 2 (0.2%), lr multiplier 0.05.
     fixed = {"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 0.05}
