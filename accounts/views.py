@@ -15,11 +15,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts import invitations, selectors, services, webhooks
+from accounts import invitations, selectors, services, usage, webhooks
 from accounts.http import AuthedHtmxRequest, LoggedInRequest
 from accounts.middleware import SESSION_KEY
 from accounts.webhook_events import EVENT_TYPES
-from config.api import ApiError
+from config.api import ApiError, error_response, is_api_path
+from datasets.readers import csv_bytes
+from datasets.selectors import file_list_for_org
+from jobs.selectors import job_list_for_org
+from models_app.selectors import model_list_for_org
 
 # Any response: pages render, downloads stream (FileResponse, StreamingHttpResponse).
 View = Callable[..., HttpResponseBase]
@@ -55,10 +59,6 @@ def _error_text(exc: ValidationError) -> str:
 @org_required
 @require_GET
 def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
-    from datasets.selectors import file_list_for_org
-    from jobs.selectors import job_list_for_org
-    from models_app.selectors import model_list_for_org
-
     org = request.organization
     context = {
         "recent_jobs": job_list_for_org(organization=org)[:5],
@@ -180,8 +180,6 @@ def member_update(request: AuthedHtmxRequest, membership_id: int) -> HttpRespons
 @org_required
 @require_GET
 def usage_page(request: AuthedHtmxRequest) -> HttpResponse:
-    from accounts import usage
-
     org = request.organization
     served = usage.served_rows(organization=org)
     trained = usage.trained_rows(organization=org)
@@ -204,9 +202,6 @@ def usage_page(request: AuthedHtmxRequest) -> HttpResponse:
 @org_required
 @require_GET
 def usage_csv(request: AuthedHtmxRequest) -> HttpResponse:
-    from accounts import usage
-    from datasets.readers import csv_bytes
-
     org = request.organization
     served = usage.served_rows(organization=org)
     trained = usage.trained_rows(organization=org)
@@ -289,8 +284,6 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 
 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    from config.api import error_response, is_api_path
-
     message = str(exception) if isinstance(exception, PermissionDenied) and str(exception) else ""
     if is_api_path(request):
         return error_response(

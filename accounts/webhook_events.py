@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 
+from accounts import tasks
 from accounts.models import WebhookDelivery, WebhookEndpoint
 from common.ids import random_id
 
@@ -53,6 +54,4 @@ def event_send(*, organization_id: int, event_type: str, data: dict[str, Any]) -
 
 
 def _enqueue(delivery_id: int) -> None:
-    from accounts import tasks  # tasks → delivery → models: imported when first needed
-
     tasks.deliver_webhook.delay(delivery_id)

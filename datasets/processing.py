@@ -24,6 +24,7 @@ from datasets import prepare, readers
 from datasets.models import File
 from datasets.tokens import TokenCounter
 from datasets.validation import DEFAULT_MAX_LINE_BYTES, Report, analyse_stream
+from models_app.selectors import base_model_find
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def _counter_or_none() -> TokenCounter | None:
 
 def default_context_length(counter: TokenCounter | None) -> int:
     """The default base model's context length: the registry's value, else the model's own."""
-    from models_app.selectors import base_model_find
-
     base = base_model_find(name=settings.TUNERY_DEFAULT_BASE_MODEL)
     if base is not None and base.context_length:
         return base.context_length

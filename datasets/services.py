@@ -28,6 +28,7 @@ from datasets import prepare, processing, readers, tasks
 from datasets.models import File, blob_path
 from datasets.validation import BINARY_SIGNATURES
 from jobs.models import FineTuneJob
+from jobs.paths import file_cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +249,6 @@ def file_delete(*, file: File) -> None:
 
 
 def _delete_cached_copy(public_id: str) -> None:
-    from jobs.paths import file_cache_path
-
     try:
         file_cache_path(public_id).unlink(missing_ok=True)
     except OSError:

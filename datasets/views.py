@@ -38,6 +38,7 @@ from datasets.forms import MappingForm, UploadForm
 from datasets.labels import known_labels
 from datasets.models import File
 from engine import chat_format
+from jobs.models import FineTuneJob
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def file_list(request: AuthedHtmxRequest) -> HttpResponse:
 
 
 def _jobs_of_results(files: list[File]) -> dict[int, Any]:
-    from jobs.models import FineTuneJob
-
     jobs = FineTuneJob.objects.filter(result_file__in=files).only("public_id", "result_file_id")
     return {job.result_file_id: job for job in jobs if job.result_file_id is not None}
 

@@ -32,6 +32,7 @@ from typing import Any
 from django.conf import settings
 
 from common import artifacts
+from common.store import COMPLETE, get_tree
 from jobs import paths
 from jobs.models import Checkpoint, FineTuneJob
 
@@ -94,8 +95,6 @@ def _fetch_stored_resume(job: FineTuneJob) -> Path | None:
     """The newest complete resume checkpoint in a remote store, downloaded to the place under
     DATA_DIR the attempt that wrote it had it (so it is found as a local one): how a job
     resumes on another host than the one that died."""
-    from common.store import COMPLETE, get_tree
-
     newest: tuple[int, str] | None = None
     for key in artifacts.store().list(f"jobs/{job.public_id}"):
         parts = key.split("/")  # jobs/<job>/attempt-K/resume/step-N/.complete
@@ -132,8 +131,6 @@ def resume_point(job: FineTuneJob) -> Path | None:
 
 
 def _newest_stored_step(job: FineTuneJob) -> int | None:
-    from common.store import COMPLETE
-
     steps = [
         int(parts[4].removeprefix("step-"))
         for parts in (k.split("/") for k in artifacts.store().list(f"jobs/{job.public_id}"))

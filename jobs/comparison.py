@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from jobs import checkpoints
 from jobs.models import Checkpoint, CheckpointComparison, FineTuneJob
+from jobs.runner import job_spec, local_copy
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,7 @@ def comparison_run(*, job_id: int) -> None:
 
 
 def _score(job: FineTuneJob) -> list[dict[str, object]]:
-    from engine.evaluate import evaluate_models
-    from jobs.runner import _local_copy, _spec
+    from engine.evaluate import evaluate_models  # torch: only in the worker that scores
 
     usable = [
         c
@@ -51,8 +51,8 @@ def _score(job: FineTuneJob) -> list[dict[str, object]]:
     ]
     if not usable:
         raise ValueError("No checkpoint of this job has model files left to score.")
-    spec = _spec(job, job_dir_placeholder(job), resume_from=None)
-    spec.validation_path = _local_copy(job.validation_file) if job.validation_file else None
+    spec = job_spec(job, job_dir_placeholder(job), resume_from=None)
+    spec.validation_path = local_copy(job.validation_file) if job.validation_file else None
     scores = evaluate_models(spec, [checkpoints.model_dir_of(c) for c in usable])
     return [
         {

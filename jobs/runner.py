@@ -177,7 +177,7 @@ def _announce_queue_moved() -> None:
     )
 
 
-def _local_copy(file: File) -> str:
+def local_copy(file: File) -> str:
     """Storage may be S3: train from a local copy, cached by the file's immutable id (in the
     store's bounded cache when the store is remote)."""
     if artifacts.is_remote():
@@ -194,15 +194,15 @@ def _local_copy(file: File) -> str:
     return str(path)
 
 
-def _spec(job: FineTuneJob, work: Path, *, resume_from: Path | None) -> engine.TrainSpec:
+def job_spec(job: FineTuneJob, work: Path, *, resume_from: Path | None) -> engine.TrainSpec:
     base = job.base_model
     hp = job.hyperparameters
     lr = base.base_lr_full if job.method == FineTuneJob.Method.FULL else base.base_lr_lora
     cls = job.classification or {}
     return engine.TrainSpec(
         model_source=base.source,
-        train_path=_local_copy(job.training_file),
-        validation_path=_local_copy(job.validation_file) if job.validation_file else None,
+        train_path=local_copy(job.training_file),
+        validation_path=local_copy(job.validation_file) if job.validation_file else None,
         output_dir=str(work),
         method="full" if job.method == FineTuneJob.Method.FULL else "lora",
         objective="dpo" if job.method_type == FineTuneJob.MethodType.DPO else "supervised",
@@ -592,7 +592,7 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
     heartbeat = liveness.Heartbeat(job, attempt)
     heartbeat.start()
     try:
-        spec = _spec(job, work, resume_from=resume_from)
+        spec = job_spec(job, work, resume_from=resume_from)
         n_examples = job.training_file.example_count
         n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
             n_examples, spec.n_epochs, spec.batch_size, spec.learning_rate_multiplier

@@ -30,8 +30,9 @@ from common import artifacts
 from common.ids import random_id
 from common.pagination import cursor_page
 from config.api import ApiError
+from jobs.checkpoints import model_dir_of
 from jobs.models import Checkpoint
-from models_app import selectors
+from models_app import selectors, tasks
 from models_app.files import (  # where the files are: shared with the worker side
     adapter_dir,
     artifact_root,
@@ -48,6 +49,7 @@ from models_app.models import (
     ModelPermission,
     UsageRecord,
 )
+from playground.backends import get_backend
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +131,6 @@ def model_resolve(organization: Organization, name: str) -> Resolved:
 
 
 def _checkpoint_resolve(checkpoint: Checkpoint, name: str) -> Resolved:
-    from jobs.checkpoints import model_dir_of
-
     files = Path(model_dir_of(checkpoint))
     base = checkpoint.job.base_model
     if checkpoint.job.method == FineTunedModel.Method.FULL:
@@ -295,8 +295,6 @@ def _models_root() -> Path:
 
 
 def _remove_files(model: FineTunedModel, adapter: Path | None) -> None:
-    from playground.backends import get_backend
-
     if adapter is not None:
         # Free the adapter in this process's pool (or the remote server) right away.
         get_backend().unload_adapter(name=model.name, adapter_dir=adapter)
@@ -467,8 +465,6 @@ def model_export_start(*, model: FineTunedModel) -> bool:
             updated_at=now,
         ):  # fmt: skip
             return False
-    from models_app import tasks
-
     transaction.on_commit(lambda: tasks.export_merged_model.delay(model.pk))
     return True
 

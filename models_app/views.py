@@ -18,6 +18,7 @@ from accounts.http import AuthedHtmxRequest
 from accounts.models import Membership
 from accounts.views import org_required, owner_required
 from config.api import ApiError
+from jobs import metric_format
 from models_app import files, selectors, services
 from models_app.models import FineTunedModel, UsageRecord
 
@@ -63,8 +64,6 @@ def model_detail(request: AuthedHtmxRequest, name: str) -> HttpResponse:
 
 
 def _metrics_context(model: FineTunedModel) -> dict[str, Any]:
-    from jobs import metric_format
-
     job = model.job
     metrics = (job.final_metrics or selectors.job_final_metrics(job=job)) if job else {}
     return {

@@ -204,7 +204,7 @@ def main() -> None:
             resumed = JobEvent.objects.filter(
                 job=job, message__contains="resumed from step"
             ).first()
-            spec = runner._spec(job, data_dir / f"straight-{trial}", resume_from=None)
+            spec = runner.job_spec(job, data_dir / f"straight-{trial}", resume_from=None)
             spec.checkpoints_dir = str(data_dir / f"straight-{trial}-checkpoints")
             spec.num_threads = 1
             straight = Path(engine.train(spec).results_csv).read_text()

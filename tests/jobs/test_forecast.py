@@ -279,11 +279,11 @@ def test_child_run_spec_trains_on_its_share_and_measures_the_whole_validation_fi
         job = create(owner, files)
     child = job.children.get(data_fraction=0.25)
 
-    spec = runner._spec(child, tmp_path, resume_from=None)
+    spec = runner.job_spec(child, tmp_path, resume_from=None)
 
     assert spec.data_fraction == 0.25 and spec.final_full_validation
     assert spec.batch_size == 2 and spec.seed == job.seed
-    assert runner._spec(job, tmp_path, resume_from=None).final_full_validation
+    assert runner.job_spec(job, tmp_path, resume_from=None).final_full_validation
 
 
 def test_cancelling_the_parent_cancels_its_unfinished_runs(

@@ -131,7 +131,7 @@ def assert_same_results(resumed: str, straight: str) -> float:
 
 def uninterrupted_results(job: FineTuneJob, tmp_path: Path) -> str:
     """The same job trained in one go, in this process, on one thread."""
-    spec = runner._spec(job, tmp_path / "straight", resume_from=None)
+    spec = runner.job_spec(job, tmp_path / "straight", resume_from=None)
     spec.checkpoints_dir = str(tmp_path / "straight-checkpoints")
     spec.num_threads = 1
     return Path(engine.train(spec).results_csv).read_text()
