@@ -18,7 +18,10 @@ export TOKENIZERS_PARALLELISM := false
 # config/supervisord.conf reads these (`make run TUNERY_PORT=8080 TUNERY_WEB_PROCESSES=2`).
 export TUNERY_PORT ?= 8000
 export TUNERY_INFERENCE_PORT ?= 8001
-export TUNERY_WEB_PROCESSES ?= 1
+# One web process per core, at most 4: a single process runs Django's sync views one at a time
+# (docs/benchmarks/serving.md: 50 pollers of a changing job page, p50 1,087 ms with 1 process and
+# 102 ms with 2 on 2 cores).
+export TUNERY_WEB_PROCESSES ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 export TUNERY_RUN_DIR ?= $(DATA_DIR)
 
 .PHONY: venv vllm assets run test lint check-deploy bootstrap clean
