@@ -265,6 +265,18 @@ def _truncated(example: Example, max_length: int) -> Example:
     )
 
 
+def _selected_rows(
+    path: str | Path, limit: int | None, fraction: float, seed: int
+) -> list[dict[str, Any]]:
+    """The file's rows, the first `limit` of them, then a seeded `fraction` (`subset_rows`)."""
+    rows = read_jsonl(path)
+    if limit is not None:
+        rows = rows[:limit]
+    if fraction < 1:
+        rows = subset_rows(rows, fraction, seed)
+    return rows
+
+
 def load_pairs(
     path: str | Path,
     tokenizing: Tokenizing,
@@ -277,11 +289,7 @@ def load_pairs(
     """Read and tokenize a preference file (DPO), applying the too-long policy to each output's
     sequence: "drop" leaves out a pair either of whose sequences is too long; "truncate" cuts
     both (a pair whose outputs are cut away entirely is dropped: nothing to compare)."""
-    rows = read_jsonl(path)
-    if limit is not None:
-        rows = rows[:limit]
-    if fraction < 1:
-        rows = subset_rows(rows, fraction, seed)
+    rows = _selected_rows(path, limit, fraction, seed)
     stats = DataStats()
     pairs: list[Pair] = []
     name = Path(path).name
@@ -323,11 +331,7 @@ def load_examples(
     leaves the example out. Either way the count is in the returned stats. `fraction` < 1 keeps
     only a seeded subset of the rows (see `subset_rows`).
     """
-    rows = read_jsonl(path)
-    if limit is not None:
-        rows = rows[:limit]
-    if fraction < 1:
-        rows = subset_rows(rows, fraction, seed)
+    rows = _selected_rows(path, limit, fraction, seed)
     stats = DataStats()
     examples: list[Example] = []
     name = Path(path).name
