@@ -232,6 +232,22 @@ def tiny_base(db: None, tiny_model_path: str, inference: str) -> Any:
     return base
 
 
+def validated_upload(owner: Persona, name: str, content: bytes) -> str:
+    """Store a training file for `owner` and validate it here, as the worker would; its id."""
+    from datasets import services as file_services
+    from datasets.processing import file_validate
+
+    file = file_services.file_create(
+        organization=owner.org,
+        uploaded_by=owner.user,
+        filename=name,
+        purpose="fine-tune",
+        content=content,
+    )
+    file_validate(file_id=file.pk)
+    return file.public_id
+
+
 def sms_subset(tmp_path: Any, n: int, *, name: str = "sms.jsonl", split: str = "train") -> Any:
     """The first n rows of the real SMS spam data (UCI, CC BY 4.0), as a JSONL file."""
     lines = (SHARED_DATA / "sms_spam" / f"{split}.jsonl").read_text().splitlines()[:n]

@@ -8,27 +8,17 @@ from typing import Any
 
 import pytest
 
-from datasets import services as file_services
-from datasets.processing import file_validate
 from jobs import services
 from jobs.models import FineTuneJob
 from jobs.services import JobRequest
-from tests.conftest import Persona, login, sms_subset
+from tests.conftest import Persona, login, sms_subset, validated_upload
 from tests.workers import celery_worker, purge_broker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def upload(owner: Persona, path: Path) -> str:
-    file = file_services.file_create(
-        organization=owner.org,
-        uploaded_by=owner.user,
-        filename=path.name,
-        purpose="fine-tune",
-        content=path.read_bytes(),
-    )
-    file_validate(file_id=file.pk)
-    return file.public_id
+    return validated_upload(owner, path.name, path.read_bytes())
 
 
 def test_pause_resume_checkpoints_and_compare(

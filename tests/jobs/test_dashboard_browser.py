@@ -15,14 +15,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from datasets import services as file_services
-from datasets.processing import file_validate
 from jobs import services
 from jobs.models import FineTuneJob
 from jobs.services import JobRequest
 from models_app.models import FineTunedModel
 from models_app.services import model_delete
-from tests.conftest import Persona, login, sms_subset
+from tests.conftest import Persona, login, sms_subset, validated_upload
 from tests.ui.support import assert_accessible, load_figures, screenshot_dir, shoot
 from tests.workers import celery_worker, purge_broker
 
@@ -30,15 +28,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(trans
 
 
 def upload(owner: Persona, path: Path) -> str:
-    file = file_services.file_create(
-        organization=owner.org,
-        uploaded_by=owner.user,
-        filename=path.name,
-        purpose="fine-tune",
-        content=path.read_bytes(),
-    )
-    file_validate(file_id=file.pk)
-    return file.public_id
+    return validated_upload(owner, path.name, path.read_bytes())
 
 
 CHART_STATE = """id => {

@@ -12,26 +12,16 @@ from typing import Any
 
 import pytest
 
-from datasets import services as file_services
-from datasets.processing import file_validate
 from jobs import runner
 from jobs.models import FineTuneJob
 from models_app.models import FineTunedModel
-from tests.conftest import Persona
+from tests.conftest import Persona, validated_upload
 from tests.engine.conftest import word_rows
 from tests.workers import celery_worker, purge_broker, wait_for
 
 
 def upload(owner: Persona, name: str, rows: list[dict[str, Any]]) -> str:
-    file = file_services.file_create(
-        organization=owner.org,
-        uploaded_by=owner.user,
-        filename=name,
-        purpose="fine-tune",
-        content="".join(json.dumps(r) + "\n" for r in rows).encode(),
-    )
-    file_validate(file_id=file.pk)
-    return file.public_id
+    return validated_upload(owner, name, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,9 @@ from unittest import mock
 
 import pytest
 
-from datasets import services as file_services
-from datasets.processing import file_validate
 from jobs.models import FineTuneJob
 from models_app.models import FineTunedModel
-from tests.conftest import Persona, sms_subset
+from tests.conftest import Persona, sms_subset, validated_upload
 from tests.factories import FileFactory
 from tests.workers import celery_worker, purge_broker, wait_for
 
@@ -23,15 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def upload(owner: Persona, path: Path) -> str:
-    file = file_services.file_create(
-        organization=owner.org,
-        uploaded_by=owner.user,
-        filename=path.name,
-        purpose="fine-tune",
-        content=path.read_bytes(),
-    )
-    file_validate(file_id=file.pk)
-    return file.public_id
+    return validated_upload(owner, path.name, path.read_bytes())
 
 
 def test_forecast_trains_three_runs_and_stores_the_forecast(

@@ -24,7 +24,7 @@ from django.db import connection
 import engine
 from jobs import liveness, paths, runner, tasks
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
-from tests.conftest import Persona, sms_subset
+from tests.conftest import Persona, sms_subset, validated_upload
 from tests.workers import celery_worker, purge_broker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -66,27 +66,18 @@ def reaper(settings: Any) -> Any:
 
 
 def make_job(owner: Persona, tmp_path: Path, examples: int) -> FineTuneJob:
-    from datasets import services as file_services
-    from datasets.processing import file_validate
     from jobs import services
     from jobs.services import JobRequest
 
-    data = sms_subset(tmp_path, examples)
-    file = file_services.file_create(
-        organization=owner.org,
-        uploaded_by=owner.user,
-        filename="sms.jsonl",
-        purpose="fine-tune",
-        content=data.read_bytes(),
-    )
-    file_validate(file_id=file.pk)
+    data = sms_subset(tmp_path, examples).read_bytes()
+    training_file = validated_upload(owner, "sms.jsonl", data)
     return services.job_create(
         organization=owner.org,
         created_by=owner.user,
         req=JobRequest(
             api="current",
             model="tiny-llama",
-            training_file=file.public_id,
+            training_file=training_file,
             n_epochs=1,
             batch_size=1,
             seed=3,
