@@ -241,10 +241,18 @@ def test_a_zombie_worker_that_wakes_after_its_job_was_requeued_writes_nothing(
 
 
 def test_a_job_rides_out_its_database_connections_being_killed(
-    owner: Persona, tiny_base: Any, tmp_path: Path, settings: Any, caplog: Any
+    owner: Persona,
+    tiny_base: Any,
+    tmp_path: Path,
+    settings: Any,
+    caplog: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """pg_terminate_backend on every connection of the worker (training thread and heartbeat
-    thread) mid-training: the job retries, reconnects and succeeds; the heartbeat goes on."""
+    thread) mid-training: the job retries, reconnects and succeeds; the heartbeat goes on.
+
+    The kill happens inside step 5's metrics callback, so it lands mid-training on a machine
+    of any speed (a killer polling for step 5 from outside could fire after the last step)."""
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (pg_terminate_backend)")
     settings.TUNERY_HEARTBEAT_SECONDS = 0.2
@@ -253,10 +261,9 @@ def test_a_job_rides_out_its_database_connections_being_killed(
     job = make_job(owner, tmp_path, examples=40)
     outcome: dict[str, Any] = {}
 
-    def fault() -> None:
+    def kill_from_elsewhere() -> None:
         # From a connection of its own: the one pg_terminate_backend spares.
         try:
-            wait_for(lambda: FineTuneJob.objects.get(pk=job.pk).step >= 5, 120, 0.05)
             with connections["default"].cursor() as cursor:
                 cursor.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -268,13 +275,26 @@ def test_a_job_rides_out_its_database_connections_being_killed(
         finally:
             connections.close_all()
 
-    killer = threading.Thread(target=fault)
-    killer.start()
-    with caplog.at_level("INFO", logger="common.transient"):
-        assert runner.job_run(job_id=job.pk) == runner.DONE
-    killer.join()
+    on_metrics = runner.JobHooks.on_metrics
 
-    job.refresh_from_db()
+    def on_metrics_killing_at_step_5(hooks: runner.JobHooks, row: dict[str, float]) -> None:
+        if int(row.get("step", 0)) == 5 and "killed" not in outcome:
+            killer = threading.Thread(target=kill_from_elsewhere)
+            killer.start()
+            killer.join()
+            # Let the heartbeat thread meet its dead connection and recover before training
+            # goes on (it beats every 0.2 s; the rest of training may take less).
+            wait_for(lambda: f"heartbeat-{job.pk}: recovered after" in caplog.text, 30, 0.05)
+        on_metrics(hooks, row)
+
+    monkeypatch.setattr(runner.JobHooks, "on_metrics", on_metrics_killing_at_step_5)
+    try:
+        with caplog.at_level("INFO", logger="common.transient"):
+            assert runner.job_run(job_id=job.pk) == runner.DONE
+        job.refresh_from_db()
+    finally:
+        connections.close_all()  # whatever happened, later tests start on live connections
+
     assert "error" not in outcome, outcome
     assert outcome["killed"] >= 2  # the training thread's and the heartbeat's
     assert job.status == "succeeded", job.error
