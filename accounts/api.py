@@ -10,14 +10,14 @@ from rest_framework.views import APIView
 from accounts import webhooks
 from accounts.http import AuthedApiRequest, api_org
 from accounts.webhook_events import EVENT_TYPES
+from common.errors import ServiceError
 from common.pagination import cursor_page, parse_limit
-from config.api import ApiError
 
 
 def _body(request: AuthedApiRequest) -> dict[str, Any]:
     data = request.data
     if not isinstance(data, dict):
-        raise ApiError("The request body must be a JSON object.")
+        raise ServiceError("The request body must be a JSON object.")
     return dict(data.items())
 
 

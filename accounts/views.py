@@ -19,7 +19,8 @@ from accounts import invitations, selectors, services, usage, webhooks
 from accounts.http import AuthedHtmxRequest, LoggedInRequest
 from accounts.middleware import SESSION_KEY
 from accounts.webhook_events import EVENT_TYPES
-from config.api import ApiError, error_response, is_api_path
+from common.errors import ServiceError
+from config.api import error_response, is_api_path
 from datasets.readers import csv_bytes
 from datasets.selectors import file_list_for_org
 from jobs.selectors import job_list_for_org
@@ -336,7 +337,7 @@ def webhook_create(request: AuthedHtmxRequest) -> HttpResponse:
             url=request.POST.get("url", "").strip(),
             event_types=request.POST.getlist("event_types"),
         )
-    except ApiError as exc:
+    except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("accounts:settings")
     return _show_secret_once(request, endpoint)
@@ -386,6 +387,6 @@ def webhook_action(request: AuthedHtmxRequest, endpoint_id: str) -> HttpResponse
             webhooks.endpoint_delete(endpoint=endpoint)
             messages.success(request, f"Deleted the webhook endpoint {endpoint.name}.")
             return redirect("accounts:settings")
-    except ApiError as exc:
+    except ServiceError as exc:
         messages.error(request, exc.message)
     return redirect("accounts:webhook", endpoint.public_id)

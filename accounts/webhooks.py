@@ -1,7 +1,7 @@
 """Webhook endpoints: OpenAI's `/v1/webhook_endpoints` resource and the settings page's section.
 
 Reads are scoped to the organization (another org's endpoint is "not found"); every write
-validates first and raises ApiError naming its param, before anything is written.
+validates first and raises ServiceError naming its param, before anything is written.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from django.utils import timezone
 from accounts import delivery
 from accounts.models import Organization, WebhookDelivery, WebhookEndpoint
 from accounts.webhook_events import EVENT_TYPES, event_payload
+from common.errors import ServiceError
 from common.ids import random_id
-from config.api import ApiError
 
 NAME_MAX = 200
 URL_MAX = 2000
@@ -47,7 +47,7 @@ def endpoint_find_for_org(
 def endpoint_get_for_org(*, organization: Organization, endpoint_id: str) -> WebhookEndpoint:
     endpoint = endpoint_find_for_org(organization=organization, endpoint_id=endpoint_id)
     if endpoint is None:
-        raise ApiError(
+        raise ServiceError(
             f"No such webhook endpoint: {endpoint_id}", status=404, param="webhook_endpoint_id"
         )
     return endpoint
@@ -81,22 +81,22 @@ def endpoint_json(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> di
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ApiError("name must be a non-empty string.", param="name")
+        raise ServiceError("name must be a non-empty string.", param="name")
     if len(value) > NAME_MAX:
-        raise ApiError(f"name must be at most {NAME_MAX} characters.", param="name")
+        raise ServiceError(f"name must be at most {NAME_MAX} characters.", param="name")
     return value.strip()
 
 
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ApiError("url must be an http(s) URL.", param="url")
+        raise ServiceError("url must be an http(s) URL.", param="url")
     if len(value) > URL_MAX:
-        raise ApiError(f"url must be at most {URL_MAX} characters.", param="url")
+        raise ServiceError(f"url must be at most {URL_MAX} characters.", param="url")
     try:
         # Checked now for a clear 400; checked again, and pinned, at every delivery.
         delivery.resolve_target(value)
     except delivery.Refused as exc:
-        raise ApiError(
+        raise ServiceError(
             f"Webhook deliveries to {value} are not allowed: {exc}.", param="url"
         ) from None
     return value
@@ -104,10 +104,10 @@ def _url(value: Any) -> str:
 
 def _event_types(value: Any) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise ApiError("event_types must be a non-empty list.", param="event_types")
+        raise ServiceError("event_types must be a non-empty list.", param="event_types")
     for i, event_type in enumerate(value):
         if event_type not in EVENT_TYPES:
-            raise ApiError(
+            raise ServiceError(
                 f"Unsupported event type {event_type!r}; Tunery sends {', '.join(EVENT_TYPES)}.",
                 param=f"event_types.{i}",
             )
@@ -154,7 +154,7 @@ def endpoint_update(
 def endpoint_rotate_secret(*, endpoint: WebhookEndpoint, keep_old: Any = False) -> WebhookEndpoint:
     """A new secret; with `keep_old`, deliveries are signed with both for 24 hours."""
     if not isinstance(keep_old, bool):
-        raise ApiError(
+        raise ServiceError(
             "keep_old_secret_active_for_24_hours must be a boolean.",
             param="keep_old_secret_active_for_24_hours",
         )
@@ -180,7 +180,9 @@ def endpoint_test(*, endpoint: WebhookEndpoint, event_type: Any) -> dict[str, An
     by TUNERY_WEBHOOK_TIMEOUT_SECONDS: the one network call a web request makes, because the
     answer must carry its result."""
     if event_type not in EVENT_TYPES:
-        raise ApiError(f"event_type must be one of {', '.join(EVENT_TYPES)}.", param="event_type")
+        raise ServiceError(
+            f"event_type must be one of {', '.join(EVENT_TYPES)}.", param="event_type"
+        )
     event_id, body = event_payload(event_type, {"id": random_id("ftjob-", 24)})
     with transaction.atomic():
         log = WebhookDelivery.objects.create(
@@ -196,12 +198,12 @@ def endpoint_test(*, endpoint: WebhookEndpoint, event_type: Any) -> dict[str, An
         code = delivery.send(endpoint, event_id, body)
     except delivery.Refused as exc:
         _test_failed(log, f"Refused: {exc}")
-        raise ApiError(
+        raise ServiceError(
             f"Webhook deliveries to {endpoint.url} are not allowed: {exc}.", param="url"
         ) from None
     except (OSError, http.client.HTTPException) as exc:
         _test_failed(log, f"{type(exc).__name__}: {exc}")
-        raise ApiError(
+        raise ServiceError(
             f"Could not reach {endpoint.url}: {type(exc).__name__}: {exc}", param="url"
         ) from None
     ok = 200 <= code < 300

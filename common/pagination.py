@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from config.api import ApiError
+from common.errors import ServiceError
 
 
 def parse_limit(raw: str | None, *, default: int, maximum: int = 10_000) -> int:
@@ -19,9 +19,9 @@ def parse_limit(raw: str | None, *, default: int, maximum: int = 10_000) -> int:
     try:
         limit = int(raw)
     except ValueError:
-        raise ApiError("limit must be an integer.", param="limit") from None
+        raise ServiceError("limit must be an integer.", param="limit") from None
     if not 1 <= limit <= maximum:
-        raise ApiError(f"limit must be between 1 and {maximum}.", param="limit")
+        raise ServiceError(f"limit must be between 1 and {maximum}.", param="limit")
     return limit
 
 
@@ -35,7 +35,7 @@ def cursor_page(
         try:
             start = items.index(after) + 1
         except ValueError:
-            raise ApiError(f"No such object: {after}", param="after") from None
+            raise ServiceError(f"No such object: {after}", param="after") from None
         qs = qs[start:]
     page = list(qs[: limit + 1])
     return page[:limit], len(page) > limit

@@ -2,7 +2,8 @@
 
     {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
 
-Services raise Django's ValidationError({"param": "message"}) or `ApiError`; DRF's own
+Services raise Django's ValidationError({"param": "message"}) or `common.errors.ServiceError`
+(mapped here, the one place that turns a domain refusal into HTTP); DRF's own
 exceptions (auth, 404, 405, parse errors, throttling) are translated here too, and the
 project-wide handler404/handler500 answer JSON for any path under /v1.
 """
@@ -26,37 +27,10 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from common.errors import INVALID_REQUEST, ServiceError
 from common.redact import redact
 
 logger = logging.getLogger(__name__)
-
-INVALID_REQUEST = "invalid_request_error"
-
-
-class ApiError(exceptions.APIException):
-    """An error with OpenAI's fields, raised anywhere below a /v1 view."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        param: str | None = None,
-        code: str | None = None,
-        type: str = INVALID_REQUEST,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type
-        self.headers = headers or {}
-
-
-def not_found(kind: str, object_id: str, *, param: str = "id") -> ApiError:
-    return ApiError(f"No such {kind} object: {object_id}", status=404, param=param)
 
 
 def error_body(
@@ -96,7 +70,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         param, message = _first_validation_error(detail)
         return Response(error_body(message, param=param), status=400)
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ServiceError):
         body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
         return Response(body, status=exc.status_code, headers=exc.headers)
     if isinstance(exc, Http404):
@@ -162,7 +136,9 @@ def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
 
 
 class ApiExceptionMiddleware:
-    """Unexpected exceptions under /v1 become OpenAI's 500 envelope, with DEBUG on or off."""
+    """Exceptions no view handled: under /v1 OpenAI's envelope (a ServiceError with its status,
+    anything else a 500, with DEBUG on or off); on browser pages a ServiceError is the error page
+    with its status and message, never a 500."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -171,10 +147,45 @@ class ApiExceptionMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not is_api_path(request) or isinstance(exception, Http404):
+        if isinstance(exception, Http404):
+            return None
+        if isinstance(exception, ServiceError):
+            return service_error_response(request, exception)
+        if not is_api_path(request):
             return None
         logger.exception("Unhandled error in %s %s", request.method, request.path)
         return handler500(request)
+
+
+ERROR_HEADINGS = {
+    403: "Not allowed",
+    404: "Not found",
+    409: "Not now",
+    413: "Too large",
+    429: "Busy",
+    503: "Unavailable",
+}
+
+
+def service_error_response(request: HttpRequest, exc: ServiceError) -> HttpResponse:
+    """A domain refusal raised outside DRF: OpenAI's envelope under /v1, else the error page."""
+    if is_api_path(request):
+        response: HttpResponse = error_response(
+            exc.message, status=exc.status_code, type=exc.type, param=exc.param, code=exc.code
+        )
+    else:
+        referer = request.META.get("HTTP_REFERER", "")
+        same_site = referer.startswith(request.build_absolute_uri("/"))
+        context = {
+            "status": exc.status_code,
+            "heading": ERROR_HEADINGS.get(exc.status_code, "That did not work"),
+            "message": redact(exc.message),
+            "back": referer if same_site else None,
+        }
+        response = render(request, "error.html", context, status=exc.status_code)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
 
 
 class AlwaysJsonNegotiation(BaseContentNegotiation):

@@ -11,7 +11,7 @@ from typing import Any
 from rest_framework.parsers import JSONParser
 
 from common import safejson
-from config.api import ApiError
+from common.errors import ServiceError
 
 PARSE_HINT = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
@@ -29,4 +29,4 @@ class BoundedJsonParser(JSONParser):
         try:
             return safejson.loads(data)
         except safejson.JsonProblem as problem:
-            raise ApiError(f"{PARSE_HINT} {problem.message}", param=problem.param) from None
+            raise ServiceError(f"{PARSE_HINT} {problem.message}", param=problem.param) from None

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from common.admin import OrgScopedAdmin
-from config.api import ApiError
+from common.errors import ServiceError
 from datasets import services
 from datasets.models import File
 
@@ -30,7 +30,7 @@ class FileAdmin(OrgScopedAdmin[File]):
         # Through the service, so the blob goes too and files in use by a running job stay.
         try:
             services.file_delete(file=obj)
-        except ApiError as exc:
+        except ServiceError as exc:
             self.message_user(request, exc.message, messages.ERROR)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:

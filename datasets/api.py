@@ -13,8 +13,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
+from common.errors import ServiceError, not_found
 from common.pagination import cursor_page, parse_limit
-from config.api import ApiError, not_found
 from config.parsers import BoundedJsonParser
 from datasets import selectors, services, uploads
 from datasets.models import File
@@ -52,7 +52,7 @@ class FileListCreateApi(APIView):
         params = request.query_params
         order = params.get("order") or "desc"
         if order not in ("asc", "desc"):
-            raise ApiError("order must be 'asc' or 'desc'.", param="order")
+            raise ServiceError("order must be 'asc' or 'desc'.", param="order")
         limit = parse_limit(params.get("limit"), default=10_000)
         files = selectors.file_list_for_org(organization=api_org(request))
         if purpose := params.get("purpose"):
@@ -79,7 +79,7 @@ class FileListCreateApi(APIView):
             # A non-file body over DATA_UPLOAD_MAX_MEMORY_SIZE, e.g. the file sent as a field.
             raise services.too_large() from None
         except SuspiciousOperation as exc:  # too many fields or files
-            raise ApiError(f"The upload was refused: {exc}", param="file") from None
+            raise ServiceError(f"The upload was refused: {exc}", param="file") from None
         parts = request.data
         # A multipart body parses to a QueryDict: the one kind of body that can repeat a part.
         names = ("file", "purpose") if isinstance(parts, QueryDict) else ()
@@ -88,7 +88,7 @@ class FileListCreateApi(APIView):
             given = parts.getlist(name)
             if len(given) > 1:
                 # Storing the last part silently would train on a file the client didn't mean.
-                raise ApiError(f"Send exactly one `{name}` part, not {len(given)}.", param=name)
+                raise ServiceError(f"Send exactly one `{name}` part, not {len(given)}.", param=name)
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
         file = services.file_upload(

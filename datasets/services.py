@@ -22,8 +22,8 @@ from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from accounts.models import Organization
+from common.errors import ServiceError
 from common.redact import redact
-from config.api import ApiError
 from datasets import prepare, processing, readers, tasks
 from datasets.models import File, blob_path
 from datasets.validation import BINARY_SIGNATURES
@@ -43,10 +43,10 @@ SPREADSHEET_EXTENSIONS = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "XLSX", ".xls":
 SPREADSHEET_EXTENSIONS |= {".xlsm": "XLSM", ".ods": "ODS"}
 
 
-def too_large(size: int | None = None) -> ApiError:
+def too_large(size: int | None = None) -> ServiceError:
     limit = settings.MAX_UPLOAD_BYTES
     got = f" (got {size:,} bytes)" if size is not None else ""
-    return ApiError(
+    return ServiceError(
         f"The file is too large{got}: the maximum upload size is {limit:,} bytes "
         f"({limit / 2**20:.0f} MiB).",
         status=413,
@@ -65,7 +65,7 @@ def clean_filename(raw: str) -> str:
     name = posixpath.basename(name)
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
     if name in ("", ".", ".."):
-        raise ApiError(
+        raise ServiceError(
             "The file has no usable filename (it is empty after removing the path and control "
             "characters).",
             param="file",
@@ -94,7 +94,7 @@ def _check_training_upload(name: str, content: DjangoFile[bytes]) -> None:
     """Refuse, before storing anything, training files that can't be JSONL at all."""
     ext = posixpath.splitext(name)[1].lower()
     if ext in SPREADSHEET_EXTENSIONS:
-        raise ApiError(
+        raise ServiceError(
             f"{SPREADSHEET_EXTENSIONS[ext]} files can't be used for fine-tuning directly: upload "
             "JSONL (one JSON object per line). The upload page converts spreadsheets, and so "
             "does `python manage.py prepare_data -f FILE`.",
@@ -104,7 +104,7 @@ def _check_training_upload(name: str, content: DjangoFile[bytes]) -> None:
     head = _head(content)
     for signature, kind in BINARY_SIGNATURES.items():
         if head.startswith(signature):
-            raise ApiError(
+            raise ServiceError(
                 f"The file is {kind}, not JSONL. Fine-tuning needs a JSONL file: one JSON "
                 "object per line.",
                 param="file",
@@ -123,7 +123,7 @@ def file_upload(
     """A client's upload (the Files API): `file_create` for the purposes a user may upload."""
     if purpose not in UPLOAD_PURPOSES:
         written = purpose in PURPOSES
-        raise ApiError(
+        raise ServiceError(
             f"'{purpose[:100]}' is not a supported purpose for uploads"
             + (" (Tunery writes those files itself)" if written else "")
             + ". Upload training data with purpose "
@@ -151,11 +151,11 @@ def file_create(
 ) -> File:
     """Store an upload and create its File; training files are then validated by a worker.
 
-    Raises ApiError: 400 for a bad purpose, name or format (param `purpose` / `file`), 413 over
+    Raises ServiceError: 400 for a bad purpose, name or format (param `purpose` / `file`), 413 over
     settings.MAX_UPLOAD_BYTES. On any failure nothing is left behind: no row and no blob.
     """
     if purpose not in PURPOSES:
-        raise ApiError(
+        raise ServiceError(
             f"'{purpose}' is not a supported purpose. Tunery accepts "
             + " and ".join(f"'{p}'" for p in PURPOSES)
             + ".",
@@ -167,7 +167,7 @@ def file_create(
     if size is not None and size > settings.MAX_UPLOAD_BYTES:
         raise too_large(size)
     if not size:
-        raise ApiError("The file is empty.", param="file")
+        raise ServiceError("The file is empty.", param="file")
     if purpose == File.Purpose.FINE_TUNE:
         _check_training_upload(name, upload)
 
@@ -223,7 +223,7 @@ def file_delete(*, file: File) -> None:
     """
     running = unfinished_jobs_using(file)
     if running:
-        raise ApiError(
+        raise ServiceError(
             f"File {file.public_id} is in use by fine-tune job {', '.join(running)}, which has "
             "not finished. Cancel the job or wait for it to finish, then delete the file.",
             param="id",
@@ -279,11 +279,11 @@ def _delete_blob(storage: Storage, name: str | None) -> None:
 
 
 def file_open(*, file: File) -> IO[bytes]:
-    """The stored bytes, for download. ApiError 404 if the blob has gone missing."""
+    """The stored bytes, for download. ServiceError 404 if the blob has gone missing."""
     try:
         return file.blob.open("rb")
     except FileNotFoundError:
-        raise ApiError(
+        raise ServiceError(
             f"The content of {file.public_id} is no longer available.", status=404, param="id"
         ) from None
 
@@ -333,14 +333,14 @@ def file_apply_fixes(*, file: File, accepted: Iterable[str], uploaded_by: User |
 
     `accepted` holds remediation ids (and `prepare.SPLIT` for the train/validation split). The
     result is one new file derived from `file`, or a train/validation pair (both or neither);
-    `file` itself never changes. Raises ApiError 400 when the file can't be fixed here (not
+    `file` itself never changes. Raises ServiceError 400 when the file can't be fixed here (not
     training data, too large, unreadable, stopped on an error) or `accepted` names a fix the
     analysis doesn't offer (the file was analysed again since the page was shown).
     """
     if file.purpose != File.Purpose.FINE_TUNE or not _analysable(file):
-        raise ApiError("Only validated training files can be fixed.", param="id")
+        raise ServiceError("Only validated training files can be fixed.", param="id")
     if file.bytes > processing.ANALYZE_MAX_BYTES:
-        raise ApiError(
+        raise ServiceError(
             f"{file.filename} is too large to fix here (over "
             f"{processing.ANALYZE_MAX_BYTES // 2**20} MiB); download it and run "
             "`python manage.py prepare_data -f FILE` on it.",
@@ -350,23 +350,25 @@ def file_apply_fixes(*, file: File, accepted: Iterable[str], uploaded_by: User |
         analysis = processing.load_analysis(file)
     except (readers.ReadError, OSError) as exc:
         reason = redact(str(getattr(exc, "message", exc)))
-        raise ApiError(f"Could not read the file: {reason}", param="id") from None
+        raise ServiceError(f"Could not read the file: {reason}", param="id") from None
     wanted = set(accepted)
     offered = {r.id for r in analysis.recommended}
     if analysis.offers_split:
         offered.add(prepare.SPLIT)
     if not wanted <= offered:
-        raise ApiError(
+        raise ServiceError(
             "The file changed since the page was shown; review the fixes.", param="accept"
         )
     try:
         rows, outputs = prepare.apply(analysis, wanted)
     except ValueError as exc:
-        raise ApiError(f"These problems can't be fixed automatically: {exc}", param="id") from None
+        raise ServiceError(
+            f"These problems can't be fixed automatically: {exc}", param="id"
+        ) from None
     if not outputs.changed and not outputs.split:
         return Fixed([], [], False, "")
     if not rows:
-        raise ApiError("The fixes would leave no examples, so nothing was written.", param="id")
+        raise ServiceError("The fixes would leave no examples, so nothing was written.", param="id")
 
     stem = PurePath(file.filename).stem or "dataset"
     if outputs.split:

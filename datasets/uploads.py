@@ -20,7 +20,7 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 class UploadSizeLimit(FileUploadHandler):
-    """First in the handler chain: raises ApiError 413 (`services.too_large`) as soon as the
+    """First in the handler chain: raises ServiceError 413 (`services.too_large`) as soon as the
     files of the body pass MAX_UPLOAD_BYTES, before the chunk that would pass it reaches the
     handler that writes the temporary file."""
 
@@ -42,7 +42,7 @@ def limit_upload(request: HttpRequest) -> None:
     """Refuse from the Content-Length what is too big anyway, and enforce the limit while
     streaming the rest. Call before anything reads request.POST or request.FILES.
 
-    Raises ApiError 413.
+    Raises ServiceError 413.
     """
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)

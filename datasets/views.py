@@ -31,8 +31,9 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
+from common.errors import ServiceError
+from common.forms import error_message
 from common.redact import redact
-from config.api import ApiError
 from datasets import advice, prepare, readers, selectors, services, staging, uploads
 from datasets.forms import MappingForm, UploadForm
 from datasets.labels import known_labels
@@ -57,14 +58,6 @@ def _file_or_404(request: AuthedHtmxRequest, file_id: str) -> File:
     if file is None:
         raise Http404("No such dataset.")
     return file
-
-
-def _message(exc: Exception) -> str:
-    if isinstance(exc, ApiError):
-        return exc.message
-    if isinstance(exc, ValidationError):
-        return "; ".join(exc.messages)
-    return str(exc)
 
 
 def token_total(stats: dict[str, Any]) -> int | None:
@@ -119,12 +112,12 @@ def file_upload(request: AuthedHtmxRequest) -> HttpResponse:
     if request.method == "POST":
         try:
             uploads.limit_upload(request)
-        except ApiError as exc:
+        except ServiceError as exc:
             return _too_large(request, exc)
     return _file_upload(request)
 
 
-def _too_large(request: AuthedHtmxRequest, exc: ApiError) -> HttpResponse:
+def _too_large(request: AuthedHtmxRequest, exc: ServiceError) -> HttpResponse:
     form = UploadForm()
     form.errors["file"] = form.error_class([exc.message])
     return render(request, UPLOAD, {"form": form}, status=413)
@@ -134,7 +127,7 @@ def _too_large(request: AuthedHtmxRequest, exc: ApiError) -> HttpResponse:
 def _file_upload(request: AuthedHtmxRequest) -> HttpResponse:
     try:
         form = UploadForm(request.POST or None, request.FILES or None)
-    except ApiError as exc:  # UploadSizeLimit stopped the body mid-stream
+    except ServiceError as exc:  # UploadSizeLimit stopped the body mid-stream
         return _too_large(request, exc)
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
@@ -147,8 +140,8 @@ def _file_upload(request: AuthedHtmxRequest) -> HttpResponse:
                     purpose=File.Purpose.FINE_TUNE,
                     content=upload,
                 )
-            except (ApiError, ValidationError) as exc:
-                form.add_error("file", _message(exc))
+            except (ServiceError, ValidationError) as exc:
+                form.add_error("file", error_message(exc))
             else:
                 messages.success(request, f"Uploaded {file.filename}; validating it now.")
                 return redirect(file)
@@ -241,8 +234,8 @@ def file_map(request: AuthedHtmxRequest, token: str) -> HttpResponse:
                 purpose=File.Purpose.FINE_TUNE,
                 content=ContentFile(prepare.jsonl_bytes(rows), name=name),
             )
-        except (ApiError, ValidationError) as exc:
-            form.add_error(None, _message(exc))
+        except (ServiceError, ValidationError) as exc:
+            form.add_error(None, error_message(exc))
         else:
             _discard(request, token)
             messages.success(
@@ -664,8 +657,8 @@ def file_fix(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
         fixed = services.file_apply_fixes(
             file=file, accepted=request.POST.getlist("accept"), uploaded_by=request.user
         )
-    except (ApiError, ValidationError) as exc:
-        messages.error(request, _message(exc))
+    except (ServiceError, ValidationError) as exc:
+        messages.error(request, error_message(exc))
         return redirect(file)
     if not fixed.files:
         messages.info(request, "Nothing to change: no fix was selected and none is necessary.")
@@ -686,7 +679,7 @@ def file_download(request: AuthedHtmxRequest, file_id: str) -> HttpResponseBase:
     file = _file_or_404(request, file_id)
     try:
         stream = services.file_open(file=file)
-    except ApiError as exc:
+    except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(file)
     return FileResponse(stream, as_attachment=True, filename=file.filename)
@@ -703,7 +696,7 @@ def file_export_csv(request: AuthedHtmxRequest, file_id: str) -> HttpResponseBas
 
     try:
         stream = services.file_open(file=file)
-    except ApiError as exc:
+    except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(file)
 
@@ -733,8 +726,8 @@ def file_delete(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
     name = file.filename
     try:
         services.file_delete(file=file)
-    except (ApiError, ValidationError) as exc:
-        messages.error(request, f"{name} was not deleted: {_message(exc)}")
+    except (ServiceError, ValidationError) as exc:
+        messages.error(request, f"{name} was not deleted: {error_message(exc)}")
         return redirect(file)
     messages.success(request, f"Deleted {name}.")
     return redirect("datasets:list")

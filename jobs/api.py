@@ -12,8 +12,8 @@ from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
 from common.conditional import etag_of, is_fresh, tag
+from common.errors import ServiceError
 from common.pagination import cursor_page, parse_limit
-from config.api import ApiError
 from jobs import controls, selectors, services, streams
 from jobs.models import FineTuneJob
 from jobs.serializers import (
@@ -43,14 +43,14 @@ LEGACY_FIELDS = (
 def body_of(request: AuthedApiRequest) -> dict[str, Any]:
     data = request.data
     if not isinstance(data, dict):
-        raise ApiError("The request body must be a JSON object.", param=None)
+        raise ServiceError("The request body must be a JSON object.", param=None)
     return dict(data.items())
 
 
 def job_or_404(request: AuthedApiRequest, job_id: str) -> FineTuneJob:
     job = selectors.job_find_for_org(organization=api_org(request), job_id=job_id)
     if job is None:
-        raise ApiError(f"No such fine-tune job: {job_id}", status=404, param="id")
+        raise ServiceError(f"No such fine-tune job: {job_id}", status=404, param="id")
     return job
 
 
@@ -58,7 +58,7 @@ def cancel_or_400(request: AuthedApiRequest, job_id: str) -> FineTuneJob:
     """Cancel; a finished job is a 400 (not 409, which the current SDK would retry)."""
     job = job_or_404(request, job_id)
     if not services.job_cancel(job=job):
-        raise ApiError(f"Cannot cancel a job that is already {job.status}.", param="id")
+        raise ServiceError(f"Cannot cancel a job that is already {job.status}.", param="id")
     return job
 
 
@@ -66,7 +66,7 @@ def _tunery_extensions(body: dict[str, Any]) -> dict[str, Any]:
     method = body.get("training_method", FineTuneJob.Method.LORA)
     forecast = body.get("scaling_forecast", False)
     if not isinstance(forecast, bool):
-        raise ApiError("scaling_forecast must be a boolean.", param="scaling_forecast")
+        raise ServiceError("scaling_forecast must be a boolean.", param="scaling_forecast")
     # Checked in services.job_create (the form shares it); absent means "auto".
     early_stopping = body.get("early_stopping", "auto")
     return {"method": method, "scaling_forecast": forecast, "early_stopping": early_stopping}
@@ -159,7 +159,7 @@ def _object(value: Any, param: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ApiError(f"{param} must be an object.", param=param)
+        raise ServiceError(f"{param} must be an object.", param=param)
     return value
 
 
@@ -178,31 +178,31 @@ def _current_method(body: dict[str, Any]) -> dict[str, Any]:
     if method is not None:
         kind = method.get("type", "supervised")
         if not isinstance(kind, str):
-            raise ApiError(
+            raise ServiceError(
                 f"method.type must be 'supervised' or 'dpo', got {type(kind).__name__}.",
                 param="method.type",
             )
         if kind in NOT_YET:
-            raise ApiError(
+            raise ServiceError(
                 f"{NOT_YET[kind]} (method.type {kind!r}) is not supported yet; use "
                 "'supervised' or 'dpo'.",
                 param="method.type",
             )
         if kind not in METHOD_HYPERPARAMETERS:
-            raise ApiError(
+            raise ServiceError(
                 f"method.type must be 'supervised' or 'dpo', got {kind[:40]!r}.",
                 param="method.type",
             )
         unknown = sorted(set(method) - {"type", kind})
         if unknown:
-            raise ApiError(
+            raise ServiceError(
                 f"Unknown or unsupported parameter {unknown[0]!r} in method of type {kind!r}.",
                 param=f"method.{unknown[0]}",
             )
         settings = _object(method.get(kind), f"method.{kind}") or {}
         unknown = sorted(set(settings) - {"hyperparameters"})
         if unknown:
-            raise ApiError(
+            raise ServiceError(
                 f"Unknown parameter {unknown[0]!r} in method.{kind}.",
                 param=f"method.{kind}.{unknown[0]}",
             )
@@ -212,7 +212,7 @@ def _current_method(body: dict[str, Any]) -> dict[str, Any]:
     allowed = METHOD_HYPERPARAMETERS[kind] if where != "hyperparameters" else HYPERPARAMETERS
     unknown = sorted(set(hyper) - set(allowed))
     if unknown:
-        raise ApiError(f"Unknown hyperparameter {unknown[0]!r}.", param=f"{where}.{unknown[0]}")
+        raise ServiceError(f"Unknown hyperparameter {unknown[0]!r}.", param=f"{where}.{unknown[0]}")
     values = {k: hyper.get(k) for k in HYPERPARAMETERS}
     return {**values, "method_type": kind, "beta": hyper.get("beta")}
 
@@ -233,7 +233,7 @@ def _metadata_filters(request: AuthedApiRequest) -> dict[str, str] | None | Elli
             continue
         if name == "metadata":
             if value != "null":
-                raise ApiError(
+                raise ServiceError(
                     "Filter on metadata with metadata[key]=value, or metadata=null for jobs "
                     "without metadata.",
                     param="metadata",
@@ -242,7 +242,7 @@ def _metadata_filters(request: AuthedApiRequest) -> dict[str, str] | None | Elli
             continue
         match = METADATA_FILTER.fullmatch(name)
         if match is None:
-            raise ApiError(
+            raise ServiceError(
                 f"Malformed metadata filter {name!r}: use metadata[key]=value with a key of "
                 "1 to 64 characters and no brackets.",
                 param="metadata",
@@ -251,7 +251,7 @@ def _metadata_filters(request: AuthedApiRequest) -> dict[str, str] | None | Elli
         services.check_metadata_key(key)
         filters[key] = value
     if without and filters:
-        raise ApiError("metadata=null can't be combined with metadata[key].", param="metadata")
+        raise ServiceError("metadata=null can't be combined with metadata[key].", param="metadata")
     return None if without else (filters or ...)
 
 

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from config.api import ApiError
+from common.errors import ServiceError
 from jobs import events, tasks
 from jobs.models import Checkpoint, CheckpointComparison, FineTuneJob
 from jobs.selectors import queue_position
@@ -26,8 +26,8 @@ from jobs.selectors import queue_position
 Status = FineTuneJob.Status
 
 
-def _refused(job: FineTuneJob, action: str, allowed: str) -> ApiError:
-    return ApiError(
+def _refused(job: FineTuneJob, action: str, allowed: str) -> ServiceError:
+    return ServiceError(
         f"Cannot {action} a job that is {job.status}; only {allowed} jobs can be {action}d.",
         param="fine_tuning_job_id",
     )
@@ -69,7 +69,7 @@ def job_resume(*, job: FineTuneJob) -> FineTuneJob:
     job.refresh_from_db()
     if not changed:
         if job.status == Status.PAUSING:
-            raise ApiError(
+            raise ServiceError(
                 "The job is still pausing (saving its checkpoint); resume it once it is paused.",
                 param="fine_tuning_job_id",
             )
@@ -83,13 +83,15 @@ def comparison_start(*, job: FineTuneJob) -> CheckpointComparison:
     400 without a validation file or exposed checkpoints, or while a comparison is running.
     """
     if job.validation_file is None:
-        raise ApiError(
+        raise ServiceError(
             "Comparing checkpoints scores them on the validation set: this job has no "
             "validation_file.",
             param="validation_file",
         )
     if not Checkpoint.objects.filter(job=job, exposed=True).exists():
-        raise ApiError("This job has no checkpoints to compare yet.", param="fine_tuning_job_id")
+        raise ServiceError(
+            "This job has no checkpoints to compare yet.", param="fine_tuning_job_id"
+        )
     with transaction.atomic():
         comparison, created = CheckpointComparison.objects.get_or_create(
             job=job, defaults={"requested_at": timezone.now()}
@@ -109,7 +111,7 @@ def comparison_start(*, job: FineTuneJob) -> CheckpointComparison:
                 finished_at=None,
             )
             if not restarted:
-                raise ApiError(
+                raise ServiceError(
                     "A comparison of these checkpoints is already running.",
                     param="fine_tuning_job_id",
                 )

@@ -16,8 +16,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Organization
+from common.errors import ServiceError
 from common.ids import random_id
-from config.api import ApiError
 from datasets.labels import known_labels
 from datasets.models import File
 from datasets.selectors import file_find_for_org
@@ -66,8 +66,8 @@ class JobRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _bad(param: str, message: str) -> ApiError:
-    return ApiError(message, status=400, param=param)
+def _bad(param: str, message: str) -> ServiceError:
+    return ServiceError(message, status=400, param=param)
 
 
 def _int_in(value: Any, param: str, lo: int, hi: int) -> int | None:
@@ -116,7 +116,7 @@ def _resolve_model(organization: Organization, name: str | None) -> tuple[BaseMo
         return parent.base, parent
     base = base_model_find(name=name)
     if base is None:
-        raise ApiError(
+        raise ServiceError(
             f"The model `{name}` does not exist or you do not have access to it.",
             status=404,
             param="model",
@@ -130,7 +130,7 @@ def _resolve_file(organization: Organization, file_id: Any, param: str, base: Ba
         raise _bad(param, f"{param} must be a file ID.")
     file = file_find_for_org(organization=organization, file_id=file_id)
     if file is None:
-        raise ApiError(f"No such File object: {file_id}", status=400, param=param)
+        raise ServiceError(f"No such File object: {file_id}", status=400, param=param)
     if file.purpose != File.Purpose.FINE_TUNE:
         raise _bad(param, f"File {file_id} has purpose {file.purpose!r}, not 'fine-tune'.")
     if file.status == File.Status.ERROR or file.error_count:
@@ -311,7 +311,7 @@ def job_create(
 ) -> FineTuneJob:
     """Validate everything, then write the job and its first events and enqueue it.
 
-    Every failure is an ApiError naming its param, raised before any row is written.
+    Every failure is an ServiceError naming its param, raised before any row is written.
     """
     base, parent = _resolve_model(organization, req.model)
     training = _resolve_file(organization, req.training_file, "training_file", base)
@@ -540,8 +540,8 @@ def job_cancel(*, job: FineTuneJob) -> bool:
     return cancelled
 
 
-def form_errors_from(exc: ApiError | ValidationError) -> dict[str, str]:
-    """An ApiError from job_create as {param: message}, for the browser form."""
-    if isinstance(exc, ApiError):
+def form_errors_from(exc: ServiceError | ValidationError) -> dict[str, str]:
+    """An ServiceError from job_create as {param: message}, for the browser form."""
+    if isinstance(exc, ServiceError):
         return {exc.param or "__all__": exc.message}
     return {k: "; ".join(v) for k, v in exc.message_dict.items()}

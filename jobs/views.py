@@ -24,7 +24,8 @@ from django.views.decorators.vary import vary_on_headers
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
 from common.conditional import etag_of, is_fresh, tag
-from config.api import ApiError
+from common.errors import ServiceError
+from common.forms import form_error
 from jobs import charts, controls, forecast, metric_format, preflight, selectors, services
 from jobs.forms import JobCreateForm, humanize
 from jobs.models import FineTuneJob
@@ -85,12 +86,15 @@ def job_create(request: AuthedHtmxRequest) -> HttpResponse:
             job = services.job_create(
                 organization=org, created_by=request.user, req=form.to_request()
             )
-        except ApiError as exc:
+        except ServiceError as exc:
             # `method.dpo.hyperparameters.beta` is the form's `beta`, `method.type` its
             # `method_type`.
-            param = (exc.param or "").replace("method.type", "method_type").split(".")[-1]
-            field = param if param in form.fields else None
-            form.add_error(field, humanize(exc.message, form))
+            form_error(
+                form,
+                exc,
+                aliases={"method.type": "method_type"},
+                words=lambda message: humanize(message, form),
+            )
         else:
             return redirect(job)
     # The pre-flight line is rendered with the page (also after an error), not fetched after.
@@ -230,7 +234,7 @@ def _control(request: AuthedHtmxRequest, job_id: str, action: Any) -> HttpRespon
     job = _job_or_404(request, job_id)
     try:
         action(job=job)
-    except ApiError as exc:  # the status changed meanwhile: say so on the page
+    except ServiceError as exc:  # the status changed meanwhile: say so on the page
         messages.error(request, exc.message)
     return redirect(job)
 
@@ -244,7 +248,7 @@ def job_compare(request: AuthedHtmxRequest, job_id: str) -> HttpResponse:
     if request.method == "POST":
         try:
             controls.comparison_start(job=job)
-        except ApiError as exc:
+        except ServiceError as exc:
             messages.error(request, exc.message)
         return redirect("jobs:compare", job.public_id)
     comparison = selectors.comparison_for_job(job=job)
@@ -306,7 +310,7 @@ def checkpoint_download(
     handle = tempfile.TemporaryFile(suffix=".zip")  # noqa: SIM115 (FileResponse closes it)
     try:
         checkpoint_zip(checkpoint=checkpoint, into=handle)
-    except ApiError:
+    except ServiceError:
         handle.close()
         raise Http404("This checkpoint's files were removed by retention.") from None
     handle.seek(0)

@@ -11,8 +11,8 @@ from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
 from accounts.selectors import role_for_key
+from common.errors import ServiceError
 from common.pagination import parse_limit
-from config.api import ApiError
 from models_app import selectors, services
 from models_app.serializers import base_model_json, fine_tuned_model_json
 
@@ -67,7 +67,7 @@ class ModelDetailApi(APIView):
 def _body(request: AuthedApiRequest) -> dict[str, Any]:
     data = request.data
     if not isinstance(data, dict):
-        raise ApiError("The request body must be a JSON object.")
+        raise ServiceError("The request body must be a JSON object.")
     return dict(data.items())
 
 

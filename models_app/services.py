@@ -27,9 +27,9 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Organization
 from common import artifacts
+from common.errors import ServiceError
 from common.ids import random_id
 from common.pagination import cursor_page
-from config.api import ApiError
 from jobs.checkpoints import model_dir_of
 from jobs.models import Checkpoint
 from models_app import selectors, tasks
@@ -54,7 +54,7 @@ from playground.backends import get_backend
 logger = logging.getLogger(__name__)
 
 
-class ModelNotFound(ApiError):
+class ModelNotFound(ServiceError):
     """OpenAI's 404 for an unknown model (or another org's: never leak existence)."""
 
     def __init__(self, name: str) -> None:
@@ -499,7 +499,7 @@ def _shareable(organization: Organization, name: str) -> selectors.Usable:
     never another org's (404, as if it did not exist)."""
     usable = selectors.usable_model_find(organization=organization, name=name)
     if usable is None or usable.shared_with(organization):
-        raise ApiError(
+        raise ServiceError(
             f"The model `{name}` does not exist or you do not have access to it.",
             status=404,
             param="fine_tuned_model_checkpoint",
@@ -528,20 +528,20 @@ def permission_create(
         or not project_ids
         or not all(isinstance(p, str) and p for p in project_ids)
     ):
-        raise ApiError(
+        raise ServiceError(
             "project_ids must be a non-empty list of organization ids.", param="project_ids"
         )
     if len(project_ids) > 100:
-        raise ApiError("project_ids may hold at most 100 ids.", param="project_ids")
+        raise ServiceError("project_ids may hold at most 100 ids.", param="project_ids")
     grantees = {o.public_id: o for o in Organization.objects.filter(public_id__in=project_ids)}
     for i, project_id in enumerate(project_ids):
         if project_id not in grantees:
-            raise ApiError(
+            raise ServiceError(
                 f"No such organization: {project_id} (project_ids are organization ids here).",
                 param=f"project_ids.{i}",
             )
         if project_id == organization.public_id:
-            raise ApiError(
+            raise ServiceError(
                 "A model is always usable by its own organization.", param=f"project_ids.{i}"
             )
     granted = []
@@ -575,7 +575,7 @@ def permission_list(
     _require_owner(by_role)
     _shareable(organization, name)
     if order not in (None, "", "ascending", "descending"):
-        raise ApiError("order must be 'ascending' or 'descending'.", param="order")
+        raise ServiceError("order must be 'ascending' or 'descending'.", param="order")
     grants = selectors.permission_list_for_model(organization=organization, model_name=name)
     if project_id:
         grants = grants.filter(grantee__public_id=project_id)
@@ -596,7 +596,7 @@ def permission_delete(
         .delete()
     )
     if not deleted:
-        raise ApiError(
+        raise ServiceError(
             f"No such checkpoint permission: {permission_id}", status=404, param="permission_id"
         )
     return {"object": "checkpoint.permission", "id": permission_id, "deleted": True}

@@ -17,7 +17,7 @@ from django.views.decorators.vary import vary_on_headers
 from accounts.http import AuthedHtmxRequest
 from accounts.models import Membership
 from accounts.views import org_required, owner_required
-from config.api import ApiError
+from common.errors import ServiceError
 from jobs import metric_format
 from models_app import files, selectors, services
 from models_app.models import FineTunedModel, UsageRecord
@@ -135,7 +135,7 @@ def model_samples(request: AuthedHtmxRequest, name: str) -> HttpResponse:
                 assert isinstance(result, dict)
                 text, shown = result["choices"][0]["text"], prompt["prompt"]
             samples.append({"prompt": shown, "completion": text, "error": None})
-        except ApiError as exc:
+        except ServiceError as exc:
             samples.append({"prompt": str(prompt), "completion": "", "error": exc.message})
     return render(request, "models_app/detail.html#samples", {"samples": samples, "model": model})
 
@@ -160,7 +160,7 @@ def adapter_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
     handle = tempfile.TemporaryFile(suffix=".zip")  # noqa: SIM115 (FileResponse closes it)
     try:
         services.adapter_zip(model=model, into=handle)
-    except ApiError:
+    except ServiceError:
         handle.close()
         raise Http404("This model has no files.") from None
     handle.seek(0)

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest, api_org
-from config.api import ApiError
+from common.errors import ServiceError
 from playground import services
 from playground.inference import SseStream
 from playground.ratelimit import ApiKeyRateThrottle
@@ -23,7 +23,7 @@ def _caller(request: AuthedApiRequest) -> services.Caller:
 def _body(request: AuthedApiRequest) -> dict[str, Any]:
     data = request.data
     if not isinstance(data, dict):
-        raise ApiError("The request body must be a JSON object.")
+        raise ServiceError("The request body must be a JSON object.")
     return data
 
 

@@ -29,7 +29,7 @@ import requests
 from django.conf import settings
 
 from common import artifacts
-from config.api import ApiError
+from common.errors import ServiceError
 from engine.generation import (
     Choice,
     GenerateRequest,
@@ -136,7 +136,7 @@ class HttpBackend:
             response = self.session.post(url, json=body, stream=stream, timeout=self.timeout)
         except requests.RequestException as exc:
             logger.warning("inference server %s unreachable: %s", url, exc)
-            raise ApiError(
+            raise ServiceError(
                 "The inference server is unavailable. Please try again later.",
                 status=503,
                 type="server_error",
@@ -146,7 +146,7 @@ class HttpBackend:
         return response
 
     @staticmethod
-    def _error(response: requests.Response) -> ApiError:
+    def _error(response: requests.Response) -> ServiceError:
         # A full queue's 429 keeps its Retry-After, so the client's retry waits as told.
         headers = {}
         if response.status_code == 429 and "Retry-After" in response.headers:
@@ -159,7 +159,7 @@ class HttpBackend:
             kind = error.get("type")
             if kind not in ("invalid_request_error", "rate_limit_error", "server_error"):
                 kind = "server_error" if response.status_code >= 500 else "invalid_request_error"
-            return ApiError(
+            return ServiceError(
                 str(error.get("message") or "inference server error"),
                 status=response.status_code,
                 param=error.get("param"),
@@ -169,7 +169,7 @@ class HttpBackend:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             status = response.status_code if response.status_code < 500 else 502
-            return ApiError(
+            return ServiceError(
                 f"inference server error: {response.text[:200]}", status=status, type="server_error"
             )
 
@@ -202,7 +202,7 @@ class HttpBackend:
         }
         try:
             self._post("/load_lora_adapter", body)
-        except ApiError as exc:
+        except ServiceError as exc:
             # vLLM answers 400 when the adapter is already loaded (e.g. after our restart).
             if "already" not in exc.message:
                 raise
@@ -215,7 +215,7 @@ class HttpBackend:
         body = {**body, "model": self._model(target)}
         try:
             return self._post(path, body, stream=stream)
-        except ApiError as exc:
+        except ServiceError as exc:
             if exc.status_code != 404 or target.adapter_dir is None:
                 raise
             # The server restarted and forgot the adapter: load it again, once.
@@ -234,7 +234,7 @@ class HttpBackend:
                 chunk = json.loads(payload)
                 if "error" in chunk:
                     error = chunk["error"]
-                    raise ApiError(
+                    raise ServiceError(
                         error.get("message", "inference server error"),
                         param=error.get("param"),
                         code=error.get("code"),
@@ -352,7 +352,7 @@ class HttpBackend:
             self._loaded.discard((name, str(adapter_dir)))
         try:
             self._post("/unload_lora_adapter", {"lora_name": name})
-        except ApiError as exc:
+        except ServiceError as exc:
             # Not loaded there (404) is fine; an unreachable server forgets it on restart.
             logger.info("unloading %s on the inference server: %s", name, exc.message)
 

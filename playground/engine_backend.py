@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from config.api import ApiError
+from common.errors import ServiceError
 from engine.batching import BatchSettings, Cancelled, QueueFull, Ticket
 from engine.generation import (
     GenerateRequest,
@@ -86,7 +86,7 @@ class EngineBackend:
         try:
             return self.pool.submit(self._key(target), target.adapter_dir, request, stream=stream)
         except QueueFull as exc:
-            raise ApiError(
+            raise ServiceError(
                 "The inference service is at capacity. Please retry after a short wait.",
                 status=429,
                 type="rate_limit_error",

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from config.api import ApiError
+from common.errors import ServiceError
 from engine.generation import (
     GenerateRequest,
     GenerateResult,
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 UsageHook = Callable[[Usage], None]
 
 
-def as_api_error(exc: InvalidRequestError) -> ApiError:
-    return ApiError(str(exc), param=exc.param)
+def as_api_error(exc: InvalidRequestError) -> ServiceError:
+    return ServiceError(str(exc), param=exc.param)
 
 
 class SseStream:
@@ -60,7 +60,7 @@ class SseStream:
             for chunk in chunks:
                 yield protocol.sse(chunk)
         except Exception as exc:
-            if not isinstance(exc, ApiError | InvalidRequestError):
+            if not isinstance(exc, ServiceError | InvalidRequestError):
                 logger.exception("stream failed")
             yield protocol.sse(protocol.error_chunk(exc))
         else:
@@ -81,7 +81,7 @@ class SseStream:
 
 
 def _prime(deltas: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
-    """Compute the first delta now (raising parameter errors as ApiError), then the rest."""
+    """Compute the first delta now (raising parameter errors as ServiceError), then the rest."""
     try:
         first = next(deltas)
     except StopIteration:

@@ -2,7 +2,7 @@
 
 Shared by the /v1 API (through `playground.services`) and by the engine server
 (`manage.py serve_inference`), so both speak exactly the same dialect (reference §6).
-Parsing raises `ApiError` naming the offending param; range checks are the engine's own
+Parsing raises `ServiceError` naming the offending param; range checks are the engine's own
 (`GenerateRequest.__post_init__`), so the API and the engine cannot disagree on limits.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from django.conf import settings
 
+from common.errors import ServiceError
 from common.ids import random_id
 from common.redact import redact
-from config.api import ApiError
 from engine import chat_format
 from engine.generation import (
     MAX_LOGPROBS,
@@ -74,9 +74,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _type_error(value: Any, kind: str, param: str) -> ApiError:
+def _type_error(value: Any, kind: str, param: str) -> ServiceError:
     # OpenAI's own wording for schema errors.
-    return ApiError(f"{value!r} is not of type '{kind}' - '{param}'", param=param)
+    return ServiceError(f"{value!r} is not of type '{kind}' - '{param}'", param=param)
 
 
 def _number(body: Mapping[str, Any], param: str, default: float) -> float:
@@ -111,7 +111,7 @@ def _boolean(body: Mapping[str, Any], param: str) -> bool:
 def _model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not model:
-        raise ApiError("you must provide a model parameter", param="model")
+        raise ServiceError("you must provide a model parameter", param="model")
     if not isinstance(model, str):
         raise _type_error(model, "string", "model")
     return model
@@ -125,7 +125,7 @@ def _stop(body: Mapping[str, Any]) -> list[str]:
         return [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return stop
-    raise ApiError("stop must be a string or an array of up to 4 strings", param="stop")
+    raise ServiceError("stop must be a string or an array of up to 4 strings", param="stop")
 
 
 def _logit_bias(body: Mapping[str, Any]) -> dict[int, float]:
@@ -139,9 +139,13 @@ def _logit_bias(body: Mapping[str, Any]) -> dict[int, float]:
         try:
             token_id = int(key)
         except (TypeError, ValueError):
-            raise ApiError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+            raise ServiceError(
+                f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+            )
         if not _is_number(value):
-            raise ApiError(f"logit_bias values must be numbers, got {value!r}", param="logit_bias")
+            raise ServiceError(
+                f"logit_bias values must be numbers, got {value!r}", param="logit_bias"
+            )
         parsed[token_id] = float(value)
     return parsed
 
@@ -151,7 +155,7 @@ def _include_usage(body: Mapping[str, Any], stream: bool) -> bool:
     if options is None:
         return False
     if not stream:
-        raise ApiError(
+        raise ServiceError(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
         )
@@ -178,7 +182,7 @@ def _prompts(value: Any) -> list[tuple[str | None, list[int] | None]]:
             for v in value
         ):
             return [(None, list(v)) for v in value]
-    raise ApiError(
+    raise ServiceError(
         "prompt must be a string, an array of strings, an array of tokens or an array of "
         "token arrays",
         param="prompt",
@@ -188,7 +192,7 @@ def _prompts(value: Any) -> list[tuple[str | None, list[int] | None]]:
 def _bounded_max_tokens(value: int | None) -> int | None:
     limit = settings.TUNERY_INFERENCE_MAX_TOKENS
     if value is not None and value > limit:
-        raise ApiError(
+        raise ServiceError(
             f"max_tokens is {value}; this server allows at most {limit}.", param="max_tokens"
         )
     return value
@@ -199,7 +203,7 @@ def engine_request(**kwargs: Any) -> GenerateRequest:
     try:
         return GenerateRequest(**kwargs)
     except InvalidRequestError as exc:
-        raise ApiError(str(exc), param=exc.param) from None
+        raise ServiceError(str(exc), param=exc.param) from None
 
 
 def _sampling(body: Mapping[str, Any], *, max_tokens: int | None) -> dict[str, Any]:
@@ -235,10 +239,10 @@ def parse_completion(body: Mapping[str, Any], *, model: str | None = None) -> Co
         suffix=suffix,
     )
     if stream and params["best_of"] is not None and params["best_of"] > params["n"]:
-        raise ApiError("best_of cannot be used with stream unless it equals n", param="best_of")
+        raise ServiceError("best_of cannot be used with stream unless it equals n", param="best_of")
     prompts = _prompts(body.get("prompt"))
     if len(prompts) * max(params["n"] or 1, params["best_of"] or 1) > MAX_CHOICES:
-        raise ApiError(f"at most {MAX_CHOICES} choices per request (prompts x n)", param="n")
+        raise ServiceError(f"at most {MAX_CHOICES} choices per request (prompts x n)", param="n")
     requests = [engine_request(prompt=t, prompt_tokens=ids, **params) for t, ids in prompts]
     return CompletionCall(model, requests, stream, _include_usage(body, stream))
 
@@ -249,18 +253,18 @@ def _messages(
     """The request's messages, checked by the training schema (what a fine-tune was trained
     on is what it can be asked), with text parts joined; otherwise as sent."""
     if not isinstance(value, list) or not value:
-        raise ApiError("messages must be a non-empty array of messages", param="messages")
+        raise ServiceError("messages must be a non-empty array of messages", param="messages")
     limit = settings.TUNERY_INFERENCE_MAX_MESSAGES
     if len(value) > limit:
         # Each message is rendered and tokenized before anything runs: bound the work.
-        raise ApiError(
+        raise ServiceError(
             f"messages has {len(value)} messages; this server accepts at most {limit}.",
             param="messages",
         )
     try:
         chat_format.normalise_request(value, tools, parallel_tool_calls=parallel)
     except chat_format.ChatFormatError as exc:
-        raise ApiError(exc.error.message, param=exc.error.param or "messages") from None
+        raise ServiceError(exc.error.message, param=exc.error.param or "messages") from None
     return [
         {**m, "content": chat_format.content_text(m["content"])}
         if isinstance(m.get("content"), list)
@@ -286,7 +290,7 @@ def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]] | None, bool, 
     choice = body.get("tool_choice", body.get("function_call"))
     param = "tool_choice" if "tool_choice" in body else "function_call"
     if choice not in (None, "auto", "none"):
-        raise ApiError(
+        raise ServiceError(
             f"{param} {json.dumps(choice)} is not supported: this server cannot force a tool "
             'call; use "auto" or "none"',
             param=param,
@@ -301,7 +305,7 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
     stream = _boolean(body, "stream")
     response_format = body.get("response_format")
     if response_format not in (None, {"type": "text"}):
-        raise ApiError(
+        raise ServiceError(
             "only response_format {'type': 'text'} is supported", param="response_format"
         )
     # max_completion_tokens is the current name; max_tokens the deprecated one.
@@ -312,16 +316,16 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
     logprobs = _boolean(body, "logprobs")
     top_logprobs = _integer(body, "top_logprobs", 0) or 0
     if top_logprobs and not logprobs:
-        raise ApiError("top_logprobs requires logprobs to be true", param="top_logprobs")
+        raise ServiceError("top_logprobs requires logprobs to be true", param="top_logprobs")
     if not 0 <= top_logprobs <= MAX_LOGPROBS:
-        raise ApiError(
+        raise ServiceError(
             f"top_logprobs must be between 0 and {MAX_LOGPROBS} on this server",
             param="top_logprobs",
         )
     default = min(CHAT_DEFAULT_MAX_TOKENS, settings.TUNERY_INFERENCE_MAX_TOKENS)
     params = _sampling(body, max_tokens=default if max_tokens is None else max_tokens)
     if params["n"] and params["n"] > MAX_CHOICES:
-        raise ApiError(f"n must be at most {MAX_CHOICES}", param="n")
+        raise ServiceError(f"n must be at most {MAX_CHOICES}", param="n")
     request = engine_request(
         prompt="", logprobs=top_logprobs if logprobs else None, add_special_tokens=False, **params
     )
@@ -614,7 +618,7 @@ def now() -> int:
 
 def error_chunk(exc: Exception) -> dict[str, Any]:
     """A mid-stream failure: clients raise a data chunk with an "error" key (reference §9.4)."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ServiceError):
         return {
             "error": {
                 "message": redact(exc.message),

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from common import artifacts
-from config.api import ApiError, error_body
+from common.errors import ServiceError
+from config.api import error_body
 from playground import protocol
 from playground.backends import Target
 from playground.engine_backend import ClientGone, EngineBackend
@@ -78,7 +79,7 @@ class EngineServer:
             base_name = base_name or self.default_base
             base = self.base_dir(base_name) if base_name else None
             if base is None:
-                raise ApiError(
+                raise ServiceError(
                     f"The base model of `{model}` is not served here.",
                     status=404,
                     param="model",
@@ -87,7 +88,7 @@ class EngineServer:
             return Target(model, base_name or "", base_dir=base, adapter_dir=adapter)
         base = self.base_dir(model)
         if base is None:
-            raise ApiError(
+            raise ServiceError(
                 f"The model `{model}` does not exist.",
                 status=404,
                 param="model",
@@ -98,19 +99,19 @@ class EngineServer:
     def load_lora(self, body: dict[str, Any]) -> str:
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name:
-            raise ApiError("lora_name is required", param="lora_name")
+            raise ServiceError("lora_name is required", param="lora_name")
         if isinstance(path, str) and path.startswith(artifacts.PORTABLE):
             # `store:<key>`: the adapter is in the artifact store (this host shares no disk
             # with the one that trained it); served from this host's cache.
             try:
                 path = str(artifacts.resolve_portable(path))
             except (FileNotFoundError, ValueError):
-                raise ApiError(f"No LoRA adapter at {path!r}", param="lora_path") from None
+                raise ServiceError(f"No LoRA adapter at {path!r}", param="lora_path") from None
         if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
-            raise ApiError(f"No LoRA adapter at {path!r}", param="lora_path")
+            raise ServiceError(f"No LoRA adapter at {path!r}", param="lora_path")
         base = body.get("base_model")
         if base is not None and self.base_dir(str(base)) is None:
-            raise ApiError(f"Unknown base model {base!r}", status=404, param="base_model")
+            raise ServiceError(f"Unknown base model {base!r}", status=404, param="base_model")
         with self._lock:
             known = self._loras.get(name)
             self._loras[name] = (Path(path), str(base) if base else None)
@@ -125,7 +126,7 @@ class EngineServer:
         with self._lock:
             known = self._loras.pop(str(name), None)
         if known is None:
-            raise ApiError(
+            raise ServiceError(
                 f"The lora adapter '{name}' cannot be found.", status=404, param="lora_name"
             )
         self.backend.unload_adapter(name=str(name), adapter_dir=known[0])
@@ -166,7 +167,7 @@ class EngineServer:
             return self.load_lora(body)
         if method == "POST" and path == "/v1/unload_lora_adapter":
             return self.unload_lora(body)
-        raise ApiError(f"Invalid URL ({method} {path})", status=404, code="not_found")
+        raise ServiceError(f"Invalid URL ({method} {path})", status=404, code="not_found")
 
 
 def make_handler(server_state: EngineServer) -> type[BaseHTTPRequestHandler]:
@@ -190,9 +191,9 @@ def make_handler(server_state: EngineServer) -> type[BaseHTTPRequestHandler]:
             try:
                 data = json.loads(raw)
             except ValueError:
-                raise ApiError("The request body is not valid JSON.") from None
+                raise ServiceError("The request body is not valid JSON.") from None
             if not isinstance(data, dict):
-                raise ApiError("The request body must be a JSON object.")
+                raise ServiceError("The request body must be a JSON object.")
             return data
 
         def _client_gone(self) -> bool:
@@ -213,7 +214,7 @@ def make_handler(server_state: EngineServer) -> type[BaseHTTPRequestHandler]:
                 logger.info("client went away; its request was cancelled")
                 self.close_connection = True
                 return
-            except ApiError as exc:
+            except ServiceError as exc:
                 body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
                 self._send_json(body, exc.status_code, exc.headers)
                 return

@@ -16,7 +16,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
-from config.api import ApiError, error_body
+from common.errors import ServiceError
+from config.api import error_body
 from models_app import selectors
 from playground import services
 from playground.api import sse_response
@@ -94,7 +95,7 @@ def stream(request: AuthedHtmxRequest) -> HttpResponseBase:
             result = services.chat_completion_create(caller=caller, body=body)
         else:
             result = services.completion_create(caller=caller, body=body)
-    except ApiError as exc:
+    except ServiceError as exc:
         body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
         return JsonResponse(body, status=exc.status_code)
     assert not isinstance(result, dict)  # stream=True always streams

@@ -14,8 +14,9 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from common.errors import ServiceError
 from common.redact import redact
-from config.api import ApiError, error_body
+from config.api import error_body
 from datasets import processing, services
 from jobs import events, runner
 from jobs import services as job_services
@@ -126,7 +127,7 @@ def test_dataset_read_errors_show_no_path(owner: Persona) -> None:
     os.remove(file.blob.path)  # the blob went missing: FileNotFoundError names its path
 
     findings = processing.findings_of(file)
-    with pytest.raises(ApiError) as fixing:
+    with pytest.raises(ServiceError) as fixing:
         services.file_apply_fixes(file=file, accepted=[], uploaded_by=owner.user)
 
     assert "Could not analyse" in findings["unavailable"]
@@ -138,7 +139,7 @@ def test_every_v1_error_and_stream_error_is_redacted() -> None:
     text = f"could not read {settings.DATA_DIR}/models/1/x"
 
     body = error_body(text)
-    chunk = error_chunk(ApiError(text))
+    chunk = error_chunk(ServiceError(text))
 
     assert body["error"]["message"] == "could not read <data>/models/1/x"
     assert chunk["error"]["message"] == "could not read <data>/models/1/x"

@@ -17,7 +17,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import IntegrityError
 from django.db.models import ProtectedError
 
-from config.api import ApiError
+from common.errors import ServiceError
 from datasets import prepare, processing, selectors, services, staging, tasks
 from datasets.models import File
 from jobs.models import FineTuneJob
@@ -132,7 +132,7 @@ def test_filenames_are_reduced_to_a_safe_display_name(
 
 @pytest.mark.parametrize("raw", ["", "..", "dir/", "\x00\x01"])
 def test_a_filename_with_nothing_left_is_refused(owner: Persona, raw: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         create(owner, filename=raw)
 
     assert (caught.value.status_code, caught.value.param) == (400, "file")
@@ -141,7 +141,7 @@ def test_a_filename_with_nothing_left_is_refused(owner: Persona, raw: str) -> No
 
 @pytest.mark.parametrize("purpose", ["assistants", "fine_tune", "", "batch"])
 def test_unknown_purposes_are_refused(owner: Persona, purpose: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         create(owner, purpose=purpose)
 
     assert (caught.value.status_code, caught.value.param) == (400, "purpose")
@@ -153,7 +153,7 @@ def test_oversize_content_is_413_and_stores_nothing(
 ) -> None:
     settings.MAX_UPLOAD_BYTES = 10
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         create(owner)
 
     assert (caught.value.status_code, caught.value.param) == (413, "file")
@@ -200,7 +200,7 @@ def test_a_failed_blob_write_leaves_nothing_behind(owner: Persona, media_dir: Pa
 def test_spreadsheets_and_archives_are_refused_for_training(
     owner: Persona, filename: str, content: bytes, needle: str
 ) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         create(owner, filename=filename, content=content)
 
     assert (caught.value.status_code, caught.value.param) == (400, "file")
@@ -240,7 +240,7 @@ def test_file_delete_is_refused_while_an_unfinished_job_uses_the_file(
     file = create(owner)
     job = make_job(file, status)
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         services.file_delete(file=file)
 
     assert caught.value.status_code == 400
@@ -319,7 +319,7 @@ def test_a_deleted_file_cant_be_used_for_a_new_job(owner: Persona) -> None:
     make_job(file, FineTuneJob.Status.SUCCEEDED)
     services.file_delete(file=file)
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         job_create(
             organization=owner.org,
             created_by=owner.user,
@@ -480,7 +480,7 @@ def test_apply_fixes_refuses_with_a_400_naming_the_param(
         assert file.blob.name  # stored: it has a name
         file.blob.storage.delete(file.blob.name)
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         services.file_apply_fixes(file=file, accepted=accepted, uploaded_by=owner.user)
 
     assert (caught.value.status_code, caught.value.param) == (400, param)
@@ -498,12 +498,12 @@ def test_apply_fixes_writes_both_halves_of_a_split_or_neither(
     def second_fails(**kwargs: Any) -> File:
         calls.append(kwargs["filename"])
         if len(calls) == 2:
-            raise ApiError("storage full", param="file")
+            raise ServiceError("storage full", param="file")
         return real_create(**kwargs)
 
     with (
         mock.patch("datasets.services.file_create", side_effect=second_fails),
-        pytest.raises(ApiError),
+        pytest.raises(ServiceError),
     ):
         services.file_apply_fixes(file=file, accepted=[prepare.SPLIT], uploaded_by=owner.user)
 

@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from config.api import ApiError
+from common.errors import ServiceError
 from jobs import selectors, services
 from jobs.models import FineTuneJob, JobEvent
 from jobs.services import JobRequest
@@ -85,7 +85,7 @@ def test_each_bad_request_names_its_param_and_leaves_no_row(
 ) -> None:
     fields = {"training_file": training.public_id, **fields}
 
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(ServiceError) as raised:
         create(owner, **fields)
 
     assert raised.value.param == param
@@ -95,7 +95,7 @@ def test_each_bad_request_names_its_param_and_leaves_no_row(
 
 
 def test_unknown_model_is_model_not_found(owner: Persona, training: Any) -> None:
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(ServiceError) as raised:
         create(owner, model="gpt-9", training_file=training.public_id)
     assert raised.value.status_code == 404 and raised.value.code == "model_not_found"
 
@@ -103,7 +103,7 @@ def test_unknown_model_is_model_not_found(owner: Persona, training: Any) -> None
 def test_another_orgs_file_is_not_found(owner: Persona, outsider: Persona) -> None:
     theirs = FileFactory.create(organization=outsider.org)
 
-    with pytest.raises(ApiError, match="No such File object") as raised:
+    with pytest.raises(ServiceError, match="No such File object") as raised:
         create(owner, training_file=theirs.public_id)
     assert raised.value.param == "training_file"
 
@@ -119,14 +119,14 @@ def test_unusable_files_are_refused(
     owner: Persona, file_fields: dict[str, Any], message: str
 ) -> None:
     bad = FileFactory.create(organization=owner.org, **file_fields)
-    with pytest.raises(ApiError, match=message):
+    with pytest.raises(ServiceError, match=message):
         create(owner, training_file=bad.public_id)
     assert not FineTuneJob.objects.exists()
 
 
 def test_classification_needs_a_class_setting(owner: Persona, training: Any) -> None:
     valid = FileFactory.create(organization=owner.org)
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(ServiceError) as raised:
         create(
             owner,
             training_file=training.public_id,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from config.api import ApiError
+from common.errors import ServiceError
 from engine.generation import Choice, GenerateResult, Logprobs, StreamDelta, Usage
 from playground import protocol
 
@@ -16,8 +16,8 @@ WEATHER = {
 }
 
 
-def parse_error(body: dict[str, Any], chat: bool = False) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def parse_error(body: dict[str, Any], chat: bool = False) -> ServiceError:
+    with pytest.raises(ServiceError) as info:
         (protocol.parse_chat if chat else protocol.parse_completion)(body)
     return info.value
 
