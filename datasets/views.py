@@ -39,7 +39,7 @@ from datasets.forms import MappingForm, UploadForm
 from datasets.labels import known_labels
 from datasets.models import File
 from engine import chat_format
-from jobs.models import FineTuneJob
+from jobs.selectors import jobs_of_results_files
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def file_list(request: AuthedHtmxRequest) -> HttpResponse:
     else:
         files = files.exclude(purpose=File.Purpose.FINE_TUNE_RESULTS)
     shown = list(files[:500])
-    jobs = _jobs_of_results(shown) if results else {}
+    jobs = jobs_of_results_files(file_ids=[f.pk for f in shown]) if results else {}
     for file in shown:
         # Template-only attributes, computed once here rather than per row in the template.
         file.token_total = token_total(file.stats)  # type: ignore[attr-defined]  # for the template
@@ -94,11 +94,6 @@ def file_list(request: AuthedHtmxRequest) -> HttpResponse:
     template = f"{LIST}#file-table" if request.htmx else LIST
     context = {"files": shown, "polling": polling, "results": results}
     return render(request, template, context)
-
-
-def _jobs_of_results(files: list[File]) -> dict[int, Any]:
-    jobs = FineTuneJob.objects.filter(result_file__in=files).only("public_id", "result_file_id")
-    return {job.result_file_id: job for job in jobs if job.result_file_id is not None}
 
 
 # --- upload and the mapping step -------------------------------------------------------------
@@ -352,7 +347,7 @@ def _detail_context(request: AuthedHtmxRequest, file: File) -> dict[str, Any]:
         "is_training_data": file.purpose == File.Purpose.FINE_TUNE,
         # A results file (compiled_results.csv) names the job it came from.
         "results_of": (
-            _jobs_of_results([file]).get(file.pk)
+            jobs_of_results_files(file_ids=[file.pk]).get(file.pk)
             if file.purpose == File.Purpose.FINE_TUNE_RESULTS
             else None
         ),

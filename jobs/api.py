@@ -129,7 +129,7 @@ class LegacyJobEventsApi(APIView):
         etag = etag_of("legacy", job.pk, selectors.job_events_version(job=job))
         if is_fresh(request, etag):
             return tag(Response(status=304), etag)
-        events = job.events.filter(type="message")
+        events = selectors.job_messages(job=job)
         return tag(
             Response(
                 {
@@ -317,7 +317,9 @@ class JobEventsApi(APIView):
         etag = etag_of("current", job.pk, after, limit, selectors.job_events_version(job=job))
         if is_fresh(request, etag):
             return tag(Response(status=304), etag)
-        page, has_more = cursor_page(job.events.order_by("-id"), after=after, limit=limit)
+        page, has_more = cursor_page(
+            selectors.job_events_newest_first(job=job), after=after, limit=limit
+        )
         data = [current_event_json(e) for e in page]
         return tag(Response({"object": "list", "data": data, "has_more": has_more}), etag)
 

@@ -161,6 +161,24 @@ def job_events_version(*, job: FineTuneJob) -> tuple[int | None, int]:
     return row["last"], row["n"]
 
 
+def job_messages(*, job: FineTuneJob) -> QuerySet[JobEvent]:
+    """The job's message events, oldest first (the legacy events list and the job page)."""
+    return job.events.filter(type=JobEvent.Type.MESSAGE).order_by("id")
+
+
+def job_events_newest_first(*, job: FineTuneJob) -> QuerySet[JobEvent]:
+    """Every event of the job, messages and metrics, as the current API pages them."""
+    return job.events.order_by("-id")
+
+
+def jobs_of_results_files(*, file_ids: list[int]) -> dict[int, FineTuneJob]:
+    """The job that wrote each results file, by the file's id (for links beside the file)."""
+    jobs = FineTuneJob.objects.filter(result_file_id__in=file_ids).only(
+        "public_id", "result_file_id"
+    )
+    return {job.result_file_id: job for job in jobs if job.result_file_id is not None}
+
+
 def job_page_version(*, job: FineTuneJob) -> tuple[Any, ...]:
     """Everything the job page's live partial shows besides the job row itself: its events,
     checkpoints, a forecast's runs and the queue position."""

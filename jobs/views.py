@@ -163,7 +163,7 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
     page = forecast.forecast_page(job)
     context = {
         "job": job,
-        "events": job.events.filter(type="message").order_by("id"),
+        "events": selectors.job_messages(job=job),
         "charts_version": charts.charts_version(job),
         "queue_position": selectors.queue_position(job) if job.status == "queued" else None,
         # A forecast parent keeps polling after it finishes, until its ¼ and ½ runs have too;
