@@ -47,8 +47,10 @@ def body_of(request: AuthedApiRequest) -> dict[str, Any]:
     return dict(data.items())
 
 
-def job_or_404(request: AuthedApiRequest, job_id: str) -> FineTuneJob:
-    job = selectors.job_find_for_org(organization=api_org(request), job_id=job_id)
+def job_or_404(request: AuthedApiRequest, job_id: str, *, row_only: bool = False) -> FineTuneJob:
+    """The org's job; `row_only`: without its related rows (for the polled events lists)."""
+    find = selectors.job_row_for_org if row_only else selectors.job_find_for_org
+    job = find(organization=api_org(request), job_id=job_id)
     if job is None:
         raise ServiceError(f"No such fine-tune job: {job_id}", status=404, param="id")
     return job
@@ -123,7 +125,7 @@ class LegacyJobCancelApi(APIView):
 
 class LegacyJobEventsApi(APIView):
     def get(self, request: AuthedApiRequest, job_id: str) -> HttpResponseBase:
-        job = job_or_404(request, job_id)
+        job = job_or_404(request, job_id, row_only=True)
         if request.query_params.get("stream", "").lower() == "true":
             return streams.legacy_event_stream(job.pk)
         etag = etag_of("legacy", job.pk, selectors.job_events_version(job=job))
@@ -310,7 +312,7 @@ class JobResumeApi(APIView):
 
 class JobEventsApi(APIView):
     def get(self, request: AuthedApiRequest, job_id: str) -> HttpResponseBase:
-        job = job_or_404(request, job_id)
+        job = job_or_404(request, job_id, row_only=True)
         after = request.query_params.get("after")
         limit = parse_limit(request.query_params.get("limit"), default=20)
         # Pollers ask for the newest page again and again: unchanged, it is a bodiless 304.

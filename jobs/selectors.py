@@ -12,15 +12,14 @@ from jobs.models import Checkpoint, CheckpointComparison, FineTuneJob, JobEvent
 
 
 def job_list_for_org(*, organization: Organization) -> QuerySet[FineTuneJob]:
-    # Everything the serializers and list pages read per job, in the one query.
-    return FineTuneJob.objects.filter(organization=organization).select_related(
-        "organization",
-        "created_by",
-        "base_model",
-        "training_file",
-        "validation_file",
-        "result_file",
-        "parent_job",
+    # Everything the serializers and list pages read per job, in a constant number of queries:
+    # the rows every job has joined, the optional ones (mostly absent) prefetched. Joining all
+    # seven made PostgreSQL plan for 6-7 ms on every lookup (measured with EXPLAIN ANALYZE:
+    # execution 0.3 ms); the outer joins are what made planning grow.
+    return (
+        FineTuneJob.objects.filter(organization=organization)
+        .select_related("organization", "created_by", "base_model", "training_file")
+        .prefetch_related("validation_file", "result_file", "parent_job")
     )
 
 
@@ -58,6 +57,14 @@ def queue_position(job: FineTuneJob) -> int:
 
 def job_find_for_org(*, organization: Organization, job_id: str) -> FineTuneJob | None:
     return job_list_for_org(organization=organization).filter(public_id=job_id).first()
+
+
+def job_row_for_org(*, organization: Organization, job_id: str) -> FineTuneJob | None:
+    """The job's own row and nothing joined: what polled endpoints need to answer a 304 (its
+    events, the job page's version). A poll asks dozens of times a second per running job, and
+    the seven joins of job_find_for_org cost more to build than the query costs to run."""
+    rows = FineTuneJob.objects.filter(organization=organization, public_id=job_id)[:1]
+    return next(iter(rows), None)
 
 
 # Training speed to assume before this installation has finished any job (tokens/s):

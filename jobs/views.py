@@ -125,14 +125,17 @@ def job_preflight(request: AuthedHtmxRequest) -> HttpResponse:
 @require_GET
 @vary_on_headers("HX-Request")
 def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponseBase:
-    job = _job_or_404(request, job_id)
     if request.htmx:
-        # The live partial is polled every 2 s by every open job page: unchanged, a 304.
-        etag = _live_etag(request, job)
+        # The live partial is polled every 2 s by every open job page: unchanged, a 304,
+        # decided from the job's own row (its related rows are fetched only to render).
+        row = selectors.job_row_for_org(organization=request.organization, job_id=job_id)
+        if row is None:
+            raise Http404("No such job.")
+        etag = _live_etag(request, row)
         if is_fresh(request, etag):
             return tag(HttpResponseNotModified(), etag)
-        return tag(_job_detail(request, job), etag)
-    return _job_detail(request, job)
+        return tag(_job_detail(request, _job_or_404(request, job_id)), etag)
+    return _job_detail(request, _job_or_404(request, job_id))
 
 
 def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob) -> str:
