@@ -174,7 +174,7 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
     doomed = list(
         finished.filter(exposed=False)
         .select_related("job")
-        .only("pk", "path", "step_number", "job__public_id")
+        .only("pk", "public_id", "path", "step_number", "job__public_id")
     )
     if rules.checkpoint_days is not None:
         cutoff = now - timedelta(days=rules.checkpoint_days)
@@ -189,7 +189,9 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
             .distinct()
         )
         doomed += list(
-            expired.select_related("job").only("pk", "path", "step_number", "job__public_id")
+            expired.select_related("job").only(
+                "pk", "public_id", "path", "step_number", "job__public_id"
+            )
         )
     remote = artifacts.is_remote()
     for row in doomed:
@@ -205,7 +207,9 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
     # names a checkpoint nobody can use: stop listing it. With a remote store, "gone" means
     # gone from the store (this host may never have had the files).
     gone = {row.pk for row in doomed}
-    for row in finished.select_related("job").only("pk", "path", "step_number", "job__public_id"):
+    for row in finished.select_related("job").only(
+        "pk", "public_id", "path", "step_number", "job__public_id"
+    ):
         missing = not checkpoints.has_files(row) if remote else not Path(row.path).exists()
         if row.pk not in gone and row.path and missing:
             category = "checkpoint rows (missing files)"
