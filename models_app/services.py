@@ -405,7 +405,9 @@ def _exportable(kind: str, subject: Subject) -> str | None:
                 return "Only LoRA fine-tunes need merging."
             return None
         if kind == Export.Kind.MODEL_FILES:
-            return None if (adapter_dir(subject) or weights_dir(subject)) else "no files"
+            if adapter_dir(subject) or weights_dir(subject):
+                return None
+            return "The model's files are missing."
     elif isinstance(subject, Checkpoint):
         if kind == Export.Kind.CHECKPOINT:
             return None
