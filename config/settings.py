@@ -385,7 +385,7 @@ TUNERY_HUNG_STARTUP_SECONDS = env_int("TUNERY_HUNG_STARTUP_SECONDS", 3600, minim
 TUNERY_DB_RETRY_SECONDS = env_int("TUNERY_DB_RETRY_SECONDS", 300)
 # A job whose files are still validating after this long fails with a clear error.
 TUNERY_JOB_FILE_WAIT_SECONDS = env_int("TUNERY_JOB_FILE_WAIT_SECONDS", 3600, minimum=1)
-# Validation and merged exports hold a lease, renewed while they run; the sweeper
+# Validation and exports (downloads) hold a lease, renewed while they run; the sweeper
 # (every TUNERY_SWEEP_SECONDS) restarts one whose lease expired (its worker died), up to
 # TUNERY_WORK_MAX_TRIES tries, then marks it failed.
 TUNERY_LEASE_SECONDS = env_int("TUNERY_LEASE_SECONDS", 300, minimum=3)

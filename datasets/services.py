@@ -29,6 +29,8 @@ from datasets.models import File, blob_path
 from datasets.validation import BINARY_SIGNATURES
 from jobs.models import FineTuneJob
 from jobs.paths import file_cache_path
+from models_app.files import exports_remove
+from models_app.models import Export
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +233,7 @@ def file_delete(*, file: File) -> None:
     blob_name = file.blob.name
     storage = file.blob.storage
     with transaction.atomic():
+        Export.objects.filter(file=file).delete()
         if FineTuneJob.objects.filter(_jobs_using(file)).exists():
             _soft_delete(file)
         else:
@@ -246,6 +249,8 @@ def file_delete(*, file: File) -> None:
     # And the workers' local copy: no job may use the file any more (jobs.retention sweeps a
     # copy on another host's disk).
     transaction.on_commit(partial(_delete_cached_copy, file.public_id))
+    # And its CSV export, if one was prepared (the row went above).
+    transaction.on_commit(partial(exports_remove, file))
 
 
 def _delete_cached_copy(public_id: str) -> None:

@@ -13,6 +13,8 @@ urlpatterns = [
     path("<str:file_id>/", views.file_detail, name="detail"),
     path("<str:file_id>/fix/", views.file_fix, name="fix"),
     path("<str:file_id>/download/", views.file_download, name="download"),
+    path("<str:file_id>/export/", views.file_export_csv_prepare, name="export_csv_prepare"),
+    path("<str:file_id>/export/status/", views.file_export_csv_status, name="export_csv_status"),
     path("<str:file_id>/export.csv", views.file_export_csv, name="export_csv"),
     path("<str:file_id>/delete/", views.file_delete, name="delete"),
 ]

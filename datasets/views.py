@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
 
@@ -18,12 +17,12 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.html import escape
-from django.utils.http import content_disposition_header, urlencode
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -31,6 +30,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
+from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from common.forms import error_message
 from common.redact import redact
@@ -40,6 +40,8 @@ from datasets.labels import known_labels
 from datasets.models import File
 from engine import chat_format
 from jobs.selectors import jobs_of_results_files
+from models_app import services as model_services
+from models_app.models import Export
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +300,12 @@ def _default_conversion(
 @vary_on_headers("HX-Request")
 def file_detail(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
     file = _file_or_404(request, file_id)
-    template = f"{DETAIL}#file-body" if request.htmx else DETAIL
-    return render(request, template, _detail_context(request, file))
+    if request.htmx:  # the polled body: the CSV export is beside it, polled on its own
+        return render(request, f"{DETAIL}#file-body", _detail_context(request, file))
+    context = _detail_context(request, file)
+    if file.format == File.Format.PROMPT_COMPLETION:
+        context["csv_export"] = _csv_box(file)
+    return render(request, DETAIL, context)
 
 
 def _detail_context(request: AuthedHtmxRequest, file: File) -> dict[str, Any]:
@@ -680,38 +686,58 @@ def file_download(request: AuthedHtmxRequest, file_id: str) -> HttpResponseBase:
     return FileResponse(stream, as_attachment=True, filename=file.filename)
 
 
+def _csv_box(file: File, error: str | None = None) -> ExportBox:
+    return ExportBox(
+        dom_id="csv-export",
+        testid="csv",
+        state=model_services.export_state(kind=Export.Kind.CSV, subject=file),
+        start_url=reverse("datasets:export_csv_prepare", args=[file.public_id]),
+        status_url=reverse("datasets:export_csv_status", args=[file.public_id]),
+        download_url=reverse("datasets:export_csv", args=[file.public_id]),
+        prepare="Prepare CSV",
+        preparing="Preparing the CSV…",
+        ready="Download CSV",
+        error=error,
+    )
+
+
+@org_required
+@require_POST
+def file_export_csv_prepare(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    """Queue the CSV export of a prompt/completion file: a worker reads the whole file (up to
+    64 MiB), never the web request."""
+    file = _file_or_404(request, file_id)
+    error = None
+    try:
+        model_services.export_start(kind=Export.Kind.CSV, subject=file)
+    except ServiceError as exc:
+        error = exc.message
+        messages.error(request, error)
+    if request.htmx:
+        return render_box(request, _csv_box(file, error))
+    return redirect(file)
+
+
+@org_required
+@require_GET
+@vary_on_headers("HX-Request")
+def file_export_csv_status(request: AuthedHtmxRequest, file_id: str) -> HttpResponse:
+    return render_box(request, _csv_box(_file_or_404(request, file_id)))
+
+
 @org_required
 @require_GET
 def file_export_csv(request: AuthedHtmxRequest, file_id: str) -> HttpResponseBase:
-    """A prompt/completion file as CSV, with formula-looking cells neutralised."""
+    """The CSV a worker built (formula-looking cells neutralised), streamed; until it is built,
+    back to the file's page, which offers to prepare it."""
     file = _file_or_404(request, file_id)
-    if file.format != File.Format.PROMPT_COMPLETION:
-        messages.error(request, "Only prompt/completion files can be exported as CSV.")
-        return redirect(file)
-
     try:
-        stream = services.file_open(file=file)
+        handle = model_services.export_open(kind=Export.Kind.CSV, subject=file)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(file)
-
-    def lines() -> Iterator[bytes]:
-        with stream:
-            yield readers.csv_bytes(["prompt", "completion"], [])
-            batch: list[list[str]] = []
-            for _, value in readers.iter_jsonl(stream):
-                if isinstance(value, dict):
-                    batch.append([readers.cell_text(value.get(k)) for k in readers.FIELDS])
-                if len(batch) == 1000:
-                    yield readers.csv_bytes(None, batch)
-                    batch = []
-            if batch:
-                yield readers.csv_bytes(None, batch)
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
     name = f"{PurePath(file.filename).stem or 'dataset'}.csv"
-    response["Content-Disposition"] = content_disposition_header(True, name)
-    return response
+    return stream(handle, name, "text/csv; charset=utf-8")
 
 
 @org_required

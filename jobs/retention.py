@@ -14,7 +14,8 @@ What it collects, under DATA_DIR:
 - `cache/files/<file>`: copies of deleted files at once; copies no unfinished job needs when
   idle for `file_cache_idle_days`, or least recently used first while the cache is over
   `file_cache_max_bytes`;
-- `models/` and `exports/`: files of deleted models, and directories no model refers to.
+- `models/` and `exports/`: files of deleted models, and directories no model refers to; the
+  exports (zips, CSVs) of deleted checkpoints and files.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from datasets.models import File
 from jobs import checkpoints, paths
 from jobs.models import Checkpoint, FineTuneJob, RetentionPolicy
 from models_app import files as model_files
-from models_app.models import FineTunedModel
+from models_app.models import Export, FineTunedModel
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
     doomed = list(
         finished.filter(exposed=False)
         .select_related("job")
-        .only("pk", "path", "step_number", "job__public_id")
+        .only("pk", "public_id", "path", "step_number", "job__public_id")
     )
     if rules.checkpoint_days is not None:
         cutoff = now - timedelta(days=rules.checkpoint_days)
@@ -188,12 +189,15 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
             .distinct()
         )
         doomed += list(
-            expired.select_related("job").only("pk", "path", "step_number", "job__public_id")
+            expired.select_related("job").only(
+                "pk", "public_id", "path", "step_number", "job__public_id"
+            )
         )
     remote = artifacts.is_remote()
     for row in doomed:
         if not dry_run:
             Checkpoint.objects.filter(pk=row.pk).delete()  # unlisted before removed
+            model_files.exports_remove(row)  # its zip, if one was prepared
             if remote:  # its objects too: this host's disk is not where it lives
                 artifacts.delete_tree(checkpoints.stored_key(row))
         folder = Path(row.path)
@@ -203,7 +207,9 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
     # names a checkpoint nobody can use: stop listing it. With a remote store, "gone" means
     # gone from the store (this host may never have had the files).
     gone = {row.pk for row in doomed}
-    for row in finished.select_related("job").only("pk", "path", "step_number", "job__public_id"):
+    for row in finished.select_related("job").only(
+        "pk", "public_id", "path", "step_number", "job__public_id"
+    ):
         missing = not checkpoints.has_files(row) if remote else not Path(row.path).exists()
         if row.pk not in gone and row.path and missing:
             category = "checkpoint rows (missing files)"
@@ -211,6 +217,7 @@ def _collect_checkpoints(rules: RetentionPolicy, done: Collected, dry_run: bool)
             done.items[category] = done.items.get(category, 0) + 1
             if not dry_run:
                 Checkpoint.objects.filter(pk=row.pk).delete()
+                model_files.exports_remove(row)
 
 
 def _is_checkpoint_dir(folder: Path) -> bool:
@@ -301,13 +308,25 @@ def _collect_models(done: Collected, dry_run: bool) -> None:
             if folder.resolve() not in live_dirs and _old(folder, ORPHAN_GRACE_SECONDS):
                 done.add("models (orphaned)", folder, dry_run)
 
+    # Exports of live models, checkpoints and files (a deleted checkpoint's or file's rows
+    # went with it; a file kept for its jobs is marked deleted).
     live_exports = {
         model_files.exports_dir(m).name
         for m in FineTunedModel.objects.filter(deleted_at=None).only("pk", "name")
     }
+    live_exports.update(
+        Export.objects.filter(checkpoint__isnull=False).values_list(
+            "checkpoint__public_id", flat=True
+        )
+    )
+    live_exports.update(
+        Export.objects.filter(file__isnull=False, file__deleted_at=None).values_list(
+            "file__public_id", flat=True
+        )
+    )
     for folder in _children(paths.exports_root()):
         if folder.name not in live_exports:
-            done.add("exports (deleted models)", folder, dry_run)
+            done.add("exports (deleted subjects)", folder, dry_run)
 
 
 # --- the disk report ----------------------------------------------------------------------------
@@ -347,7 +366,7 @@ def disk_usage() -> list[Usage]:
             [f for org in _children(paths.models_root()) for f in _children(org)],
             data,
         ),
-        _usage("merged exports", list(_children(paths.exports_root())), data),
+        _usage("exports (merged models, zips, CSVs)", list(_children(paths.exports_root())), data),
         _usage("base model cache", [Path(settings.TUNERY_MODEL_CACHE_DIR)], data),
         _usage("W&B offline runs", [Path(settings.TUNERY_WANDB_DIR)], data),
     ]

@@ -17,6 +17,16 @@ urlpatterns = [
     path("<str:job_id>/resume/", views.job_resume, name="resume"),
     path("<str:job_id>/checkpoints/compare/", views.job_compare, name="compare"),
     path(
+        "<str:job_id>/checkpoints/<str:checkpoint_id>/prepare/",
+        views.checkpoint_prepare,
+        name="checkpoint_prepare",
+    ),
+    path(
+        "<str:job_id>/checkpoints/<str:checkpoint_id>/status/",
+        views.checkpoint_status,
+        name="checkpoint_status",
+    ),
+    path(
         "<str:job_id>/checkpoints/<str:checkpoint_id>/download.zip",
         views.checkpoint_download,
         name="checkpoint_download",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from django.contrib import messages
@@ -17,6 +16,7 @@ from django.http import (
 )
 from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
@@ -24,13 +24,15 @@ from django.views.decorators.vary import vary_on_headers
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
 from common.conditional import etag_of, is_fresh, tag
+from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from common.forms import form_error
 from jobs import charts, controls, forecast, metric_format, preflight, selectors, services
 from jobs.forms import JobCreateForm, humanize
-from jobs.models import FineTuneJob
+from jobs.models import Checkpoint, FineTuneJob
+from models_app import services as model_services
+from models_app.models import Export
 from models_app.selectors import job_final_metrics, model_find_for_org
-from models_app.services import checkpoint_zip
 
 DETAIL = "jobs/detail.html"
 LIST = "jobs/list.html"
@@ -173,7 +175,8 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
         # a paused job changes only when someone resumes it, which reloads the page.
         "polling": (not job.is_finished and job.status != FineTuneJob.Status.PAUSED)
         or page["forecast_unfinished"],
-        "checkpoints": selectors.checkpoint_list_for_job(job=job),
+        # Each with its download's state (a worker zips it when asked for).
+        "checkpoints": [(c, checkpoint_box(c)) for c in selectors.checkpoint_list_for_job(job=job)],
         "forecast_figure": (
             charts.forecast_figure(page["forecast"])
             if page["forecast"] and page["forecast"].get("status") == "succeeded"
@@ -299,26 +302,63 @@ COMPARE_COLUMNS = [
 ]
 
 
+def _checkpoint_or_404(request: AuthedHtmxRequest, job_id: str, checkpoint_id: str) -> Checkpoint:
+    job = _job_or_404(request, job_id)
+    checkpoint = selectors.checkpoint_list_for_job(job=job).filter(public_id=checkpoint_id).first()
+    if checkpoint is None:
+        raise Http404("No such checkpoint.")
+    return checkpoint
+
+
+def checkpoint_box(checkpoint: Checkpoint, error: str | None = None) -> ExportBox:
+    args = [checkpoint.job.public_id, checkpoint.public_id]
+    return ExportBox(
+        dom_id=f"export-{checkpoint.public_id}",
+        testid="checkpoint",
+        state=model_services.export_state(kind=Export.Kind.CHECKPOINT, subject=checkpoint),
+        start_url=reverse("jobs:checkpoint_prepare", args=args),
+        status_url=reverse("jobs:checkpoint_status", args=args),
+        download_url=reverse("jobs:checkpoint_download", args=args),
+        prepare="Prepare download",
+        preparing="Zipping…",
+        ready="Download",
+        format="zip",
+        error=error,
+    )
+
+
+@org_required
+@require_POST
+def checkpoint_prepare(request: AuthedHtmxRequest, job_id: str, checkpoint_id: str) -> HttpResponse:
+    """Queue the zip of an exposed checkpoint's adapter (or weights) on a worker."""
+    checkpoint = _checkpoint_or_404(request, job_id, checkpoint_id)
+    error = None
+    try:
+        model_services.export_start(kind=Export.Kind.CHECKPOINT, subject=checkpoint)
+    except ServiceError as exc:
+        error = exc.message
+        messages.error(request, error)
+    if request.htmx:
+        return render_box(request, checkpoint_box(checkpoint, error))
+    return redirect(checkpoint.job)
+
+
+@org_required
+@require_GET
+@vary_on_headers("HX-Request")
+def checkpoint_status(request: AuthedHtmxRequest, job_id: str, checkpoint_id: str) -> HttpResponse:
+    return render_box(request, checkpoint_box(_checkpoint_or_404(request, job_id, checkpoint_id)))
+
+
 @org_required
 @require_GET
 def checkpoint_download(
     request: AuthedHtmxRequest, job_id: str, checkpoint_id: str
 ) -> FileResponse:
-    """An exposed checkpoint's adapter (or weights) as a zip, like a model's download."""
-    job = _job_or_404(request, job_id)
-    checkpoint = selectors.checkpoint_list_for_job(job=job).filter(public_id=checkpoint_id).first()
-    if checkpoint is None:
-        raise Http404("No such checkpoint.")
-    # An anonymous temp file: gone when the response closes it, never left on disk.
-    handle = tempfile.TemporaryFile(suffix=".zip")  # noqa: SIM115 (FileResponse closes it)
-    try:
-        checkpoint_zip(checkpoint=checkpoint, into=handle)
-    except ServiceError:
-        handle.close()
-        raise Http404("This checkpoint's files were removed by retention.") from None
-    handle.seek(0)
-    filename = f"{checkpoint.name.replace(':', '_')}.zip"
-    return FileResponse(handle, as_attachment=True, filename=filename)
+    """An exposed checkpoint's zip, as a worker built it; 404 until then."""
+    checkpoint = _checkpoint_or_404(request, job_id, checkpoint_id)
+    handle = model_services.export_open(kind=Export.Kind.CHECKPOINT, subject=checkpoint)
+    return stream(handle, f"{checkpoint.name.replace(':', '_')}.zip")
 
 
 @org_required

@@ -1,5 +1,5 @@
-"""Where a model's files are: the base's weights, a fine-tune's adapter or weights, its merged
-export. A leaf module (models, settings, the artifact store): the web side (services, views)
+"""Where a model's files are: the base's weights, a fine-tune's adapter or weights, and where
+the exports built for download are (models, checkpoints, CSVs of datasets). A leaf module (models, settings, the artifact store): the web side (services, views)
 and the worker side (processing, retention) both find files through it, so neither imports
 the other.
 """
@@ -7,6 +7,7 @@ the other.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import IO
@@ -14,7 +15,9 @@ from typing import IO
 from django.conf import settings
 
 from common import artifacts
-from models_app.models import BaseModel, FineTunedModel
+from datasets.models import File
+from jobs.models import Checkpoint
+from models_app.models import BaseModel, Export, FineTunedModel
 
 
 @lru_cache(maxsize=64)
@@ -79,26 +82,67 @@ def exports_dir(model: FineTunedModel) -> Path:
     return Path(settings.DATA_DIR) / exports_key(model)
 
 
-def merged_zip_exists(model: FineTunedModel) -> int | None:
-    """The merged export's size in bytes, or None while there is none (on this host's disk,
-    or in a remote store: exported on another host)."""
-    zipped = exports_dir(model) / "merged.zip"
-    if zipped.is_file():
-        return zipped.stat().st_size
+# What each kind of export is called in its folder.
+EXPORT_NAMES = {
+    Export.Kind.MERGED: "merged.zip",
+    Export.Kind.MODEL_FILES: "files.zip",
+    Export.Kind.CHECKPOINT: "checkpoint.zip",
+    Export.Kind.CSV: "export.csv",
+}
+
+Subject = FineTunedModel | Checkpoint | File
+
+
+def export_subject(export: Export) -> Subject:
+    subject = export.model or export.checkpoint or export.file
+    assert subject is not None  # the row's check constraint: exactly one
+    return subject
+
+
+def export_folder_key(subject: Subject) -> str:
+    """The folder of a subject's exports: a model's (shared with its merged export, which
+    predates the others), or its public id, random and never reused."""
+    if isinstance(subject, FineTunedModel):
+        return exports_key(subject)
+    return f"exports/{subject.public_id}"
+
+
+def export_key(kind: str, subject: Subject) -> str:
+    return f"{export_folder_key(subject)}/{EXPORT_NAMES[Export.Kind(kind)]}"
+
+
+def export_path(kind: str, subject: Subject) -> Path:
+    return Path(settings.DATA_DIR) / export_key(kind, subject)
+
+
+def export_size(kind: str, subject: Subject) -> int | None:
+    """A built export's size in bytes, or None while there is none (on this host's disk, or in
+    a remote store: built on another host). Written by an atomic rename (or upload): a
+    whole file or none."""
+    built = export_path(kind, subject)
+    if built.is_file():
+        return built.stat().st_size
     if artifacts.is_remote():
-        key = f"{exports_key(model)}/merged.zip"
+        key = export_key(kind, subject)
         if artifacts.store().exists(key):
             return artifacts.store().size(key)
     return None
 
 
-def merged_zip_open(model: FineTunedModel) -> IO[bytes] | None:
-    """The merged export as a stream (from the store, never read whole), or None."""
-    zipped = exports_dir(model) / "merged.zip"
-    if zipped.is_file():
-        return zipped.open("rb")
+def export_open(kind: str, subject: Subject) -> IO[bytes] | None:
+    """A built export as a stream (from the store, never read whole), or None."""
+    built = export_path(kind, subject)
+    if built.is_file():
+        return built.open("rb")
     if artifacts.is_remote():
-        key = f"{exports_key(model)}/merged.zip"
+        key = export_key(kind, subject)
         if artifacts.store().exists(key):
             return artifacts.store().open(key)
     return None
+
+
+def exports_remove(subject: Subject) -> None:
+    """Remove every export of a subject: on this host, and its objects in a remote store."""
+    folder = export_folder_key(subject)
+    shutil.rmtree(Path(settings.DATA_DIR) / folder, ignore_errors=True)
+    artifacts.delete_tree(folder)

@@ -63,13 +63,24 @@ class FineTunedModel(models.Model):
         return self.name
 
 
-class ModelExport(models.Model):
-    """A merged-model export of a LoRA fine-tune (models_app.processing.model_export_merged).
+class Export(models.Model):
+    """A file built for download by a worker (models_app.processing.export_build), never in a
+    web request: a merged model, a model's adapter or weights as a zip, a checkpoint's zip, or
+    a prompt/completion dataset as CSV.
 
-    The zip itself is exports/<id>/merged.zip; this row says whether one is queued or running,
+    Its subject is exactly one of `model`, `checkpoint` and `file`; the built file lives under
+    exports/ (models_app.files.export_key). This row says whether one is queued or running,
     under which lease (renewed while the worker runs: an expired lease means the worker died,
-    and the sweeper or the user may start it again), and why it failed.
+    and the sweeper or the user may start it again), and why it failed. The subjects never
+    change once made, so a built file is reused until its subject is deleted (the row goes with
+    it) or the file is removed.
     """
+
+    class Kind(models.TextChoices):
+        MERGED = "merged"  # a LoRA fine-tune merged into its base
+        MODEL_FILES = "model_files"  # a fine-tune's adapter (LoRA) or weights (full)
+        CHECKPOINT = "checkpoint"  # an exposed checkpoint's adapter or weights
+        CSV = "csv"  # a prompt/completion file as CSV
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -77,15 +88,49 @@ class ModelExport(models.Model):
         READY = "ready"
         FAILED = "failed"
 
-    model = models.OneToOneField(FineTunedModel, models.CASCADE, related_name="export")
+    kind = models.CharField(max_length=12, choices=Kind, default=Kind.MERGED)
+    model = models.ForeignKey(
+        FineTunedModel, models.CASCADE, null=True, blank=True, related_name="exports"
+    )
+    checkpoint = models.ForeignKey(
+        "jobs.Checkpoint", models.CASCADE, null=True, blank=True, related_name="exports"
+    )
+    file = models.ForeignKey(
+        "datasets.File", models.CASCADE, null=True, blank=True, related_name="exports"
+    )
     status = models.CharField(max_length=8, choices=Status, default=Status.PENDING)
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     lease_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField()
 
+    class Meta:
+        constraints = [
+            # One export of each kind per subject: two clicks never make two.
+            models.UniqueConstraint(
+                fields=["kind", "model"], condition=Q(model__isnull=False), name="one_model_export"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "checkpoint"],
+                condition=Q(checkpoint__isnull=False),
+                name="one_checkpoint_export",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "file"], condition=Q(file__isnull=False), name="one_file_export"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(model__isnull=False, checkpoint=None, file=None)
+                    | Q(model=None, checkpoint__isnull=False, file=None)
+                    | Q(model=None, checkpoint=None, file__isnull=False)
+                ),
+                name="export_has_one_subject",
+            ),
+        ]
+
     def __str__(self) -> str:
-        return f"export of {self.model_id}: {self.status}"
+        subject = self.model_id or self.checkpoint_id or self.file_id
+        return f"{self.kind} export of {subject}: {self.status}"
 
 
 class UsageRecord(models.Model):

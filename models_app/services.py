@@ -11,12 +11,11 @@ import importlib.util
 import json
 import logging
 import shutil
-import zipfile
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -30,22 +29,25 @@ from common import artifacts
 from common.errors import ServiceError
 from common.ids import random_id
 from common.pagination import cursor_page
+from datasets.models import File
 from jobs.checkpoints import model_dir_of
 from jobs.models import Checkpoint
 from models_app import selectors, tasks
 from models_app.files import (  # where the files are: shared with the worker side
+    Subject,
     adapter_dir,
     artifact_root,
     base_model_dir,
+    export_size,
     exports_dir,
     exports_key,
-    merged_zip_exists,
     weights_dir,
 )
+from models_app.files import export_open as open_built_export
 from models_app.models import (
     BaseModel,
+    Export,
     FineTunedModel,
-    ModelExport,
     ModelPermission,
     UsageRecord,
 )
@@ -392,81 +394,99 @@ def usage_record(
         UsageRecord.objects.filter(**lookup).update(**increments)
 
 
-# --- downloads and the merged export --------------------------------------------------------
+# --- downloads, built by a worker --------------------------------------------------------
 
 
-def adapter_zip(*, model: FineTunedModel, into: Path | BinaryIO) -> None:
-    """Zip the adapter's safetensors and JSON configs (or a full fine-tune's weights)."""
-    source = adapter_dir(model) or weights_dir(model)
-    if source is None:
-        raise ModelNotFound(model.name)
-    directory_zip(source=source, into=into)
+# Whether a subject can be exported as a kind; the reason shown otherwise.
+def _exportable(kind: str, subject: Subject) -> str | None:
+    if isinstance(subject, FineTunedModel):
+        if kind == Export.Kind.MERGED:
+            if subject.method != FineTunedModel.Method.LORA:
+                return "Only LoRA fine-tunes need merging."
+            return None
+        if kind == Export.Kind.MODEL_FILES:
+            if adapter_dir(subject) or weights_dir(subject):
+                return None
+            return "The model's files are missing."
+    elif isinstance(subject, Checkpoint):
+        if kind == Export.Kind.CHECKPOINT:
+            return None
+    elif kind == Export.Kind.CSV:
+        if subject.format != File.Format.PROMPT_COMPLETION:
+            return "Only prompt/completion files can be exported as CSV."
+        return None
+    return f"No {kind} export for this."
 
 
-def checkpoint_zip(*, checkpoint: Checkpoint, into: Path | BinaryIO) -> None:
-    """Export a checkpoint like a model: its adapter (LoRA) or weights, no optimizer state."""
-    resolved = _checkpoint_resolve(checkpoint, checkpoint.name)
-    directory_zip(source=resolved.adapter_dir or resolved.base_dir, into=into)
+def _subject_field(subject: Subject) -> str:
+    if isinstance(subject, FineTunedModel):
+        return "model"
+    return "checkpoint" if isinstance(subject, Checkpoint) else "file"
 
 
-def directory_zip(*, source: Path, into: Path | BinaryIO) -> None:
-    wanted = {".safetensors", ".json", ".jinja", ".model", ".txt"}
-    with zipfile.ZipFile(into, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(source.iterdir()):
-            if path.is_file() and path.suffix in wanted:
-                # Weights barely deflate, and deflating a full fine-tune's hundreds of MB would
-                # be seconds of CPU in a web request: they are stored, the small files deflated.
-                stored = path.suffix == ".safetensors"
-                archive.write(
-                    path,
-                    arcname=path.name,
-                    compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
-                )
+def _export_row(kind: str, subject: Subject) -> Export | None:
+    return Export.objects.filter(kind=kind, **{_subject_field(subject): subject}).first()
 
 
-def export_state(model: FineTunedModel) -> dict[str, Any]:
-    """{"status": none | pending | running | ready | failed, "error": str | None}.
+def export_state(*, kind: str, subject: Subject) -> dict[str, Any]:
+    """{"status": none | pending | running | ready | failed, "error": str | None, "bytes"}.
 
-    A running export whose lease expired lost its worker: it shows as failed (and may be
-    started again) until the sweeper sends it again.
+    A built file is ready whatever its row says (it was published by an atomic rename or an
+    upload). A running export whose lease expired lost its worker: it shows as failed (and may
+    be started again) until the sweeper sends it again.
     """
-    size = merged_zip_exists(model)
-    if size is not None:  # published by an atomic rename (or upload): a whole zip or none
+    size = export_size(kind, subject)
+    if size is not None:
         return {"status": "ready", "error": None, "bytes": size}
-    row = ModelExport.objects.filter(model=model).first()
-    if row is None or row.status == ModelExport.Status.READY:  # READY but the zip was removed
+    row = _export_row(kind, subject)
+    if row is None or row.status == Export.Status.READY:  # READY but the file was removed
         return {"status": "none", "error": None}
-    if row.status == ModelExport.Status.FAILED:
+    if row.status == Export.Status.FAILED:
         return {"status": "failed", "error": row.error[:500]}
-    if row.status == ModelExport.Status.RUNNING and export_lease_expired(row):
-        return {"status": "failed", "error": "The worker exporting it was lost; export again."}
+    if row.status == Export.Status.RUNNING and export_lease_expired(row):
+        return {"status": "failed", "error": "The worker preparing it was lost; try again."}
     return {"status": row.status, "error": None}
 
 
-def export_lease_expired(row: ModelExport) -> bool:
+def export_lease_expired(row: Export) -> bool:
     return row.lease_until is not None and row.lease_until < timezone.now()
 
 
-def model_export_start(*, model: FineTunedModel) -> bool:
-    """Queue the merged-model export; False if one is already queued, running or done."""
-    if model.method != FineTunedModel.Method.LORA:
-        raise ValidationError({"model": "Only LoRA fine-tunes need merging."})
-    if export_state(model)["status"] in ("pending", "running", "ready"):
+def export_start(*, kind: str, subject: Subject) -> bool:
+    """Queue the build of a download on the default worker; False if one is already queued,
+    running or done (two clicks queue it once). ServiceError if the subject has none."""
+    reason = _exportable(kind, subject)
+    if reason is not None:
+        raise ServiceError(reason, param="kind")
+    if export_state(kind=kind, subject=subject)["status"] in ("pending", "running", "ready"):
         return False
     now = timezone.now()
-    row, created = ModelExport.objects.get_or_create(model=model, defaults={"updated_at": now})
+    try:
+        with transaction.atomic():
+            row, created = Export.objects.get_or_create(
+                kind=kind, **{_subject_field(subject): subject}, defaults={"updated_at": now}
+            )
+    except IntegrityError:  # a concurrent click created it: that one queued the build
+        return False
     if not created:
         # Only from failed, done-and-removed, or running with an expired lease (a dead worker).
-        restartable = Q(status__in=[ModelExport.Status.FAILED, ModelExport.Status.READY]) | Q(
-            status=ModelExport.Status.RUNNING, lease_until__lt=now
+        restartable = Q(status__in=[Export.Status.FAILED, Export.Status.READY]) | Q(
+            status=Export.Status.RUNNING, lease_until__lt=now
         )
-        if not ModelExport.objects.filter(restartable, pk=row.pk).update(
-            status=ModelExport.Status.PENDING, error="", attempts=0, lease_until=None,
-            updated_at=now,
-        ):  # fmt: skip
+        if not Export.objects.filter(restartable, pk=row.pk).update(
+            status=Export.Status.PENDING, error="", attempts=0, lease_until=None, updated_at=now
+        ):
             return False
-    transaction.on_commit(lambda: tasks.export_merged_model.delay(model.pk))
+    transaction.on_commit(lambda: tasks.build_export.delay(row.pk))
     return True
+
+
+def export_open(*, kind: str, subject: Subject) -> IO[bytes]:
+    """A built export as a stream (this host's disk or the store); 404 until it is built."""
+    stream = open_built_export(kind, subject)
+    if stream is None:
+        raise ServiceError("This download is not ready: prepare it first.", status=404)
+    return stream
 
 
 # --- sharing (OpenAI's checkpoint permissions) ----------------------------------------------

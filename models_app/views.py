@@ -1,26 +1,27 @@
-"""Browser pages for the model registry: list, detail, delete, downloads and the merged export."""
+"""Browser pages for the model registry: list, detail, delete, and the downloads (the merged model,
+the adapter or weights), each built by a worker on request and then streamed."""
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from typing import Any
 
 from django.contrib import messages
-from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.models import Membership
 from accounts.views import org_required, owner_required
+from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from jobs import metric_format
 from models_app import files, selectors, services
-from models_app.models import FineTunedModel, UsageRecord
+from models_app.models import Export, FineTunedModel, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def model_detail(request: AuthedHtmxRequest, name: str) -> HttpResponse:
         **_metrics_context(model),
         "usage": selectors.usage_by_day(organization=request.organization, model_name=model.name),
         "is_owner": _is_owner(request),
-        "export": services.export_state(model),
+        "merged_export": _export_box(request, model, Export.Kind.MERGED),
+        "files_export": _export_box(request, model, Export.Kind.MODEL_FILES),
         "has_files": (files.adapter_dir(model) or files.weights_dir(model)) is not None,
         "sample_count": SAMPLE_COUNT,
     }
@@ -152,55 +154,69 @@ def model_delete(request: AuthedHtmxRequest, name: str) -> HttpResponse:
     return redirect("models_app:list")
 
 
-@org_required
-@require_GET
-def adapter_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
-    model = selectors.model_get_for_org(organization=request.organization, name=name)
-    # An anonymous temp file: gone when the response closes it, never left on disk.
-    handle = tempfile.TemporaryFile(suffix=".zip")  # noqa: SIM115 (FileResponse closes it)
-    try:
-        services.adapter_zip(model=model, into=handle)
-    except ServiceError:
-        handle.close()
-        raise Http404("This model has no files.") from None
-    handle.seek(0)
-    kind = "adapter" if model.method == FineTunedModel.Method.LORA else "weights"
-    filename = f"{model.name.replace(':', '_')}-{kind}.zip"
-    return FileResponse(handle, as_attachment=True, filename=filename)
+def _export_box(
+    request: AuthedHtmxRequest, model: FineTunedModel, kind: str, error: str | None = None
+) -> ExportBox:
+    lora = model.method == FineTunedModel.Method.LORA
+    if kind == Export.Kind.MERGED:
+        urls = ("models_app:export", "models_app:export_status", "models_app:merged_download")
+        words = ("Export a merged model", "Merging the adapter into the base…", "Merged model")
+        dom_id, testid = "export-status", "merged"
+    else:
+        urls = ("models_app:adapter_prepare", "models_app:adapter_status",
+                "models_app:adapter_download")  # fmt: skip
+        what = "adapter" if lora else "weights"
+        ready = "Adapter: safetensors + config" if lora else "Weights"
+        words = (f"Prepare the {what} download", f"Zipping the {what}…", ready)
+        dom_id, testid = "adapter-export", "adapter"
+    start, status, download = (reverse(u, args=[model.name]) for u in urls)
+    return ExportBox(
+        dom_id=dom_id,
+        testid=testid,
+        state=services.export_state(kind=kind, subject=model),
+        start_url=start,
+        status_url=status,
+        download_url=download,
+        prepare=words[0],
+        preparing=words[1],
+        ready=words[2],
+        format="zip",
+        error=error,
+    )
 
 
 @org_required
 @require_POST
-def export_start(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+def export_start(request: AuthedHtmxRequest, name: str, kind: str) -> HttpResponse:
+    """Queue the build of a model's download (merged, or its adapter/weights) on a worker."""
     model = selectors.model_get_for_org(organization=request.organization, name=name)
+    error = None
     try:
-        services.model_export_start(model=model)
-    except ValidationError as exc:
-        messages.error(request, "; ".join(exc.messages))
+        services.export_start(kind=kind, subject=model)
+    except ServiceError as exc:
+        error = exc.message
+        messages.error(request, error)
     if request.htmx:
-        return _export_fragment(request, model)
+        return render_box(request, _export_box(request, model, kind, error))
     return redirect("models_app:detail", name=model.name)
 
 
 @org_required
 @require_GET
 @vary_on_headers("HX-Request")
-def export_status(request: AuthedHtmxRequest, name: str) -> HttpResponse:
+def export_status(request: AuthedHtmxRequest, name: str, kind: str) -> HttpResponse:
     model = selectors.model_get_for_org(organization=request.organization, name=name)
-    return _export_fragment(request, model)
-
-
-def _export_fragment(request: AuthedHtmxRequest, model: FineTunedModel) -> HttpResponse:
-    context = {"model": model, "export": services.export_state(model)}
-    return render(request, "models_app/detail.html#export-status", context)
+    return render_box(request, _export_box(request, model, kind))
 
 
 @org_required
 @require_GET
-def merged_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
+def export_download(request: AuthedHtmxRequest, name: str, kind: str) -> FileResponse:
+    """The built file, streamed; 404 until a worker has built it."""
     model = selectors.model_get_for_org(organization=request.organization, name=name)
-    stream = files.merged_zip_open(model)  # this host's disk or the store, streamed
-    if stream is None:
-        raise Http404("The merged model is not ready.")
-    filename = f"{model.name.replace(':', '_')}-merged.zip"
-    return FileResponse(stream, as_attachment=True, filename=filename)
+    handle = services.export_open(kind=kind, subject=model)
+    if kind == Export.Kind.MERGED:
+        suffix = "merged"
+    else:
+        suffix = "adapter" if model.method == FineTunedModel.Method.LORA else "weights"
+    return stream(handle, f"{model.name.replace(':', '_')}-{suffix}.zip")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +122,34 @@ def test_upload_map_review_fix_and_see_statistics(
     assert page.input_value("#id_classification_positive_class") == " negative"
     options = page.locator("#id_classification_positive_class option").all_inner_texts()
     assert any(o.startswith('" negative"') for o in options)  # quoted: the space shows
+
+
+def test_csv_export_is_prepared_by_a_worker_then_downloaded(
+    page: Any, live_server: Any, owner: Persona
+) -> None:
+    """Prepare CSV → "Preparing…" → (the worker's build) → the link, with no page reload."""
+    from models_app import processing as model_processing
+    from models_app.models import Export
+    from tests.factories import FileFactory
+
+    rows = [{"prompt": "=1+1", "completion": " two"}, {"prompt": "Hi", "completion": " there"}]
+    data = "".join(f"{json.dumps(r)}\n" for r in rows).encode()
+    file = FileFactory.create(organization=owner.org, bytes=len(data), blob__data=data, stats={})
+    processing.file_analyse(file_id=file.pk)
+    login(page, live_server, owner.user.username)
+    page.goto(f"{live_server.url}{file.get_absolute_url()}")
+    page.evaluate("window.sameDocument = true")
+
+    page.get_by_test_id("csv-prepare").click()
+    page.get_by_test_id("csv-preparing").wait_for()
+    (row,) = Export.objects.filter(file=file)
+    model_processing.export_build(export_id=row.pk)  # what the default worker does
+    link = page.get_by_test_id("csv-download")
+    link.wait_for(timeout=10_000)  # the fragment polls every 2 s
+    with page.expect_download() as download:
+        link.click()
+
+    assert page.evaluate("window.sameDocument") is True  # swapped in place, never reloaded
+    path = download.value.path()
+    assert download.value.suggested_filename.endswith(".csv")
+    assert Path(path).read_bytes() == b"prompt,completion\r\n'=1+1, two\r\nHi, there\r\n"

@@ -19,6 +19,7 @@ from datasets import services, validation
 from datasets.models import File
 from tests.conftest import Persona, streamed
 from tests.datasets.conftest import validate
+from tests.datasets.test_views import prepared_csv
 
 GOOD = [json.dumps({"prompt": f"Q{i} ->", "completion": f" A{i}\n"}) for i in range(4)]
 DEEP = "[" * 100_000
@@ -70,7 +71,7 @@ def test_the_pages_of_a_hostile_file_never_500(owner: Persona, browser: Client) 
     file = validate(stored(owner, HOSTILE))
 
     page = browser.get(file.get_absolute_url())
-    export = browser.get(reverse("datasets:export_csv", args=[file.public_id]))
+    export = prepared_csv(browser, file)
     csv_text = streamed(export).decode()
     fixed = browser.post(reverse("datasets:fix", args=[file.public_id]))
 

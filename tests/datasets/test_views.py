@@ -5,20 +5,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http.response import HttpResponseBase
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from datasets import prepare, processing, staging
 from datasets.models import File
 from jobs.models import FineTuneJob
+from models_app import files as model_files
+from models_app import processing as model_processing
+from models_app.models import Export
 from tests.conftest import Persona, streamed
 from tests.factories import BaseModelFactory, FileFactory
+from tests.workers import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -66,6 +73,8 @@ UNPREPARED = [{"prompt": f"Question {i}", "completion": f"answer number {i}"} fo
         ("get", "datasets:detail"),
         ("get", "datasets:download"),
         ("get", "datasets:export_csv"),
+        ("post", "datasets:export_csv_prepare"),
+        ("get", "datasets:export_csv_status"),
         ("post", "datasets:fix"),
         ("post", "datasets:delete"),
     ],
@@ -76,10 +85,12 @@ def test_another_organizations_file_is_404(
     file = _file(owner, UNPREPARED)
     client.force_login(outsider.user)
 
-    response = getattr(client, method)(reverse(name, args=[file.public_id]))
+    with mock.patch("models_app.tasks.build_export.delay") as delay:
+        response = getattr(client, method)(reverse(name, args=[file.public_id]))
 
     assert response.status_code == 404
     assert File.objects.filter(pk=file.pk).exists()
+    delay.assert_not_called()
 
 
 def test_pages_need_a_login(client: Client) -> None:
@@ -523,13 +534,130 @@ def test_download_returns_the_stored_bytes(browser_client: Client, owner: Person
     assert 'filename="train.jsonl"' in response["Content-Disposition"]
 
 
+def prepared_csv(client: Client, file: File) -> HttpResponseBase:
+    """The CSV export as a user gets it: "Prepare CSV", the worker's build (run here), the
+    download."""
+    client.post(reverse("datasets:export_csv_prepare", args=[file.public_id]))
+    for row in Export.objects.filter(file=file, kind=Export.Kind.CSV):
+        model_processing.export_build(export_id=row.pk)
+    return client.get(reverse("datasets:export_csv", args=[file.public_id]))
+
+
 def test_csv_export_neutralises_formulas(browser_client: Client, owner: Persona) -> None:
     file = _file(owner, [{"prompt": "=cmd|' /C calc'!A0", "completion": "-2+3"}])
 
-    response = browser_client.get(reverse("datasets:export_csv", args=[file.public_id]))
+    response = prepared_csv(browser_client, file)
 
     text = streamed(response).decode()
     assert text == "prompt,completion\r\n'=cmd|' /C calc'!A0,'-2+3\r\n"
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert 'filename="train.csv"' in response["Content-Disposition"]
+
+
+def test_csv_export_is_prepared_then_polled_then_downloaded(
+    browser_client: Client, owner: Persona, django_capture_on_commit_callbacks: Any
+) -> None:
+    file = _file(owner, UNPREPARED)
+    prepare_url = reverse("datasets:export_csv_prepare", args=[file.public_id])
+    status_url = reverse("datasets:export_csv_status", args=[file.public_id])
+    htmx = {"HX-Request": "true"}
+
+    page = browser_client.get(file.get_absolute_url()).content.decode()
+    early = browser_client.get(reverse("datasets:export_csv", args=[file.public_id]))
+    with (
+        mock.patch("models_app.tasks.build_export.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        pending = browser_client.post(prepare_url, headers=htmx)
+        twice = browser_client.post(prepare_url, headers=htmx)
+    (row,) = Export.objects.filter(file=file)
+    polled = browser_client.get(status_url, headers=htmx)
+    model_processing.export_build(export_id=row.pk)
+    ready = browser_client.get(status_url, headers=htmx)
+    again = browser_client.get(file.get_absolute_url()).content.decode()
+
+    assert 'data-testid="csv-prepare"' in page and "Prepare CSV" in page
+    assert early.status_code == 302  # not built yet: back to the page, which offers it
+    delay.assert_called_once_with(row.pk)  # two clicks, one build
+    for fragment in (pending, twice, polled):
+        assert b"Preparing the CSV" in fragment.content and b"hx-trigger" in fragment.content
+    assert b'data-testid="csv-download"' in ready.content and b"hx-trigger" not in ready.content
+    assert 'data-testid="csv-download"' in again  # reused: the page links the finished file
+    with mock.patch("models_app.tasks.build_export.delay") as later:
+        third = browser_client.post(prepare_url, headers=htmx)
+    later.assert_not_called()  # a finished export is not built again
+    assert b'data-testid="csv-download"' in third.content
+
+
+def test_a_failed_csv_export_shows_why_and_can_be_tried_again(
+    browser_client: Client, owner: Persona
+) -> None:
+    file = _file(owner, UNPREPARED)
+    status_url = reverse("datasets:export_csv_status", args=[file.public_id])
+
+    with mock.patch("datasets.readers.csv_bytes", side_effect=ValueError("no space left")):
+        prepared_csv(browser_client, file)
+    failed = browser_client.get(status_url, headers={"HX-Request": "true"}).content.decode()
+    retried = prepared_csv(browser_client, file)
+
+    assert "no space left" in failed and "Try again: Prepare CSV" in failed
+    assert streamed(retried).startswith(b"prompt,completion")
+
+
+def test_a_csv_export_whose_worker_died_can_be_started_again(
+    browser_client: Client, owner: Persona
+) -> None:
+    file = _file(owner, UNPREPARED)
+    Export.objects.create(
+        file=file,
+        kind=Export.Kind.CSV,
+        status=Export.Status.RUNNING,
+        attempts=1,
+        lease_until=timezone.now() - timedelta(seconds=1),
+        updated_at=timezone.now(),
+    )  # what a worker killed mid-export leaves
+    status_url = reverse("datasets:export_csv_status", args=[file.public_id])
+
+    lost = browser_client.get(status_url, headers={"HX-Request": "true"}).content.decode()
+    response = prepared_csv(browser_client, file)
+
+    assert "The worker preparing it was lost" in lost and "Try again" in lost
+    assert streamed(response).count(b"\r\n") == 1 + len(UNPREPARED)
+    assert Export.objects.get(file=file).attempts == 1  # restarted from scratch
+
+
+def test_deleting_a_file_removes_its_csv_export(
+    browser_client: Client, owner: Persona, django_capture_on_commit_callbacks: Any
+) -> None:
+    file = _file(owner, UNPREPARED)
+    streamed(prepared_csv(browser_client, file))
+    built = model_files.export_path(Export.Kind.CSV, file)
+    assert built.is_file()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        browser_client.post(reverse("datasets:delete", args=[file.public_id]))
+
+    assert not built.parent.exists()
+    assert not Export.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_builds_the_csv(client: Client, owner: Persona, celery_worker: Any) -> None:
+    file = _file(owner, UNPREPARED)
+    client.force_login(owner.user)
+    htmx = {"HX-Request": "true"}
+    status_url = reverse("datasets:export_csv_status", args=[file.public_id])
+
+    client.post(reverse("datasets:export_csv_prepare", args=[file.public_id]), headers=htmx)
+    wait_for(
+        lambda: b"csv-download" in client.get(status_url, headers=htmx).content,
+        90,
+        what="the worker's CSV",
+    )
+    text = streamed(client.get(reverse("datasets:export_csv", args=[file.public_id]))).decode()
+
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows == [["prompt", "completion"]] + [[r["prompt"], r["completion"]] for r in UNPREPARED]
 
 
 def test_delete_is_refused_while_an_unfinished_job_uses_the_file(

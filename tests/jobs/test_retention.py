@@ -21,7 +21,8 @@ from datasets import services as file_services
 from jobs import paths, retention, services
 from jobs.models import Checkpoint, FineTuneJob, RetentionPolicy
 from jobs.services import JobRequest
-from models_app.models import ModelPermission
+from models_app import files as model_files
+from models_app.models import Export, ModelPermission
 from tests.conftest import Persona
 from tests.factories import FileFactory
 
@@ -115,6 +116,26 @@ def test_checkpoints_are_unlisted_before_they_are_removed(owner: Persona) -> Non
     api = owner.api().get(f"/v1/fine_tuning/jobs/{recent.public_id}/checkpoints").json()
     assert [c["step_number"] for c in api["data"]] == [4]
     assert all(Path(c.path).is_dir() for c in Checkpoint.objects.all())
+
+
+def test_a_removed_checkpoint_takes_its_prepared_download_with_it(owner: Persona) -> None:
+    policy = retention.policy()
+    policy.checkpoint_days = 30
+    policy.save()
+    old = checkpoint(make_job(owner, "succeeded", finished_days_ago=31), 4)
+    recent = checkpoint(make_job(owner, "succeeded", finished_days_ago=2), 4)
+    zips = {}
+    for row in (old, recent):
+        Export.objects.create(checkpoint=row, kind=Export.Kind.CHECKPOINT, status="ready",
+                              updated_at=timezone.now())  # fmt: skip
+        zips[row.pk] = write(model_files.export_path(Export.Kind.CHECKPOINT, row))
+    stray = write(paths.exports_root() / "ftckpt_gone" / "checkpoint.zip")  # a row gone by hand
+
+    retention.collect_garbage()
+
+    assert not zips[old.pk].parent.exists() and not stray.exists()
+    assert zips[recent.pk].is_file()
+    assert list(Export.objects.values_list("checkpoint", flat=True)) == [recent.pk]
 
 
 def test_gc_keeps_the_last_epochs_and_what_is_shared_or_continued_from(

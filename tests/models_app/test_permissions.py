@@ -234,16 +234,44 @@ def test_permission_list_pages_and_filters(
 
 
 def test_a_checkpoint_downloads_like_a_model_and_only_for_its_org(
-    client: Any, owner: Persona, outsider: Persona, inference_base: BaseModel, tiny_dirs: TinyDirs
+    client: Any,
+    owner: Persona,
+    outsider: Persona,
+    inference_base: BaseModel,
+    tiny_dirs: TinyDirs,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
-    checkpoint = make_checkpoint(owner.org, inference_base, tiny_dirs)
-    url = f"/jobs/{checkpoint.job.public_id}/checkpoints/{checkpoint.public_id}/download.zip"
+    """Prepared by a worker (the job page's button), then streamed; another org: 404 on all."""
+    from models_app import processing
+    from models_app.models import Export
 
+    checkpoint = make_checkpoint(owner.org, inference_base, tiny_dirs)
+    base = f"/jobs/{checkpoint.job.public_id}/checkpoints/{checkpoint.public_id}"
+    url = f"{base}/download.zip"
+
+    client.force_login(outsider.user)
+    with mock.patch("models_app.tasks.build_export.delay") as delay:
+        refused = [client.post(f"{base}/prepare/").status_code]
+    refused += [client.get(u).status_code for u in (f"{base}/status/", url)]
     client.force_login(owner.user)
+    page = client.get(f"/jobs/{checkpoint.job.public_id}/").content.decode()
+    with (
+        mock.patch("models_app.tasks.build_export.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        pending = client.post(f"{base}/prepare/", headers={"HX-Request": "true"})
+    row = Export.objects.get(checkpoint=checkpoint)
+    processing.export_build(export_id=row.pk)  # what the worker runs
+    ready = client.get(f"{base}/status/", headers={"HX-Request": "true"})
     response = client.get(url)
     archive = zipfile.ZipFile(io.BytesIO(streamed(response)))
     client.force_login(outsider.user)
 
+    assert refused == [404, 404, 404]
+    assert 'data-testid="checkpoint-prepare"' in page and "download.zip" not in page
+    delay.assert_called_once_with(row.pk)
+    assert b"Zipping" in pending.content and b"hx-trigger" in pending.content
+    assert b'data-testid="checkpoint-download"' in ready.content
     assert response.status_code == 200
     assert "adapter_model.safetensors" in archive.namelist()
     assert not any(name.startswith("optimizer") for name in archive.namelist())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 from datetime import timedelta
 from decimal import Decimal
@@ -16,9 +15,19 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from models_app import files, processing, services
-from models_app.models import BaseModel, FineTunedModel, UsageRecord
+from models_app.models import BaseModel, Export, FineTunedModel, UsageRecord
 from tests.conftest import Persona
 from tests.playground.support import TINY_ALIAS, TINY_BASE, MakeFineTune, TinyDirs, ft_name
+
+MERGED = Export.Kind.MERGED
+
+
+def export_row(model: FineTunedModel, kind: str = MERGED) -> int:
+    """The id of a model's export row of that kind (as export_start creates it)."""
+    row, _ = Export.objects.get_or_create(
+        model=model, kind=kind, defaults={"updated_at": timezone.now()}
+    )
+    return row.pk
 
 
 def test_resolve_a_base_by_name_or_alias(
@@ -220,15 +229,15 @@ def test_register_reads_a_gguf_header(db: None) -> None:
     assert base.has_chat_template is True
 
 
-def test_adapter_zip_holds_safetensors_and_config(
+def test_adapter_export_holds_safetensors_and_config(
     owner: Persona, make_fine_tune: MakeFineTune
 ) -> None:
     model = make_fine_tune(owner.org, ft_name(owner.org))
-    buffer = io.BytesIO()
 
-    services.adapter_zip(model=model, into=buffer)
+    processing.export_build(export_id=export_row(model, Export.Kind.MODEL_FILES))
 
-    names = zipfile.ZipFile(buffer).namelist()
+    assert services.export_state(kind=Export.Kind.MODEL_FILES, subject=model)["status"] == "ready"
+    names = zipfile.ZipFile(files.export_path(Export.Kind.MODEL_FILES, model)).namelist()
     assert "adapter_config.json" in names
     assert "adapter_model.safetensors" in names
 
@@ -243,18 +252,18 @@ def test_merged_export_matches_the_served_fine_tune(
 
     model = make_fine_tune(owner.org, ft_name(owner.org))
     with (
-        mock.patch("models_app.tasks.export_merged_model.delay") as delay,
+        mock.patch("models_app.tasks.build_export.delay") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        assert services.model_export_start(model=model) is True
-        assert services.model_export_start(model=model) is False  # already queued
-    delay.assert_called_once_with(model.pk)
-    assert services.export_state(model)["status"] == "pending"
+        assert services.export_start(kind=MERGED, subject=model) is True
+        assert services.export_start(kind=MERGED, subject=model) is False  # already queued
+    delay.assert_called_once_with(export_row(model))
+    assert services.export_state(kind=MERGED, subject=model)["status"] == "pending"
 
-    processing.model_export_merged(model_id=model.pk)
-    processing.model_export_merged(model_id=model.pk)  # a duplicate delivery does nothing
+    processing.export_build(export_id=export_row(model))
+    processing.export_build(export_id=export_row(model))  # a duplicate delivery does nothing
 
-    assert services.export_state(model)["status"] == "ready"
+    assert services.export_state(kind=MERGED, subject=model)["status"] == "ready"
     zipfile.ZipFile(files.exports_dir(model) / "merged.zip").extractall(tmp_path)
     merged, tokenizer = load_model_and_tokenizer(tmp_path)
     request = GenerateRequest(prompt="Hello, how are", max_tokens=6, temperature=0)
@@ -270,9 +279,9 @@ def test_a_failed_export_is_reported(owner: Persona, make_fine_tune: MakeFineTun
     model = make_fine_tune(owner.org, ft_name(owner.org))
 
     with mock.patch("engine.merge.merge_adapter", side_effect=RuntimeError("disk full")):
-        processing.model_export_merged(model_id=model.pk)
+        processing.export_build(export_id=export_row(model))
 
-    state = services.export_state(model)
+    state = services.export_state(kind=MERGED, subject=model)
     assert state["status"] == "failed"
     assert "disk full" in state["error"]
 
@@ -283,53 +292,53 @@ def test_an_export_whose_worker_died_can_run_again(
     """The repro: a worker killed mid-export left its `running` marker, and every retry
     answered "already running" for ever. Now the export's lease lapses."""
     from models_app import tasks
-    from models_app.models import ModelExport
 
     model = make_fine_tune(owner.org, ft_name(owner.org))
-    ModelExport.objects.create(
+    Export.objects.create(
         model=model,
+        kind=MERGED,
         status="running",
         attempts=1,
         lease_until=timezone.now() - timedelta(seconds=1),
         updated_at=timezone.now(),
     )  # what a worker killed mid-export leaves
 
-    assert services.export_state(model) == {
+    assert services.export_state(kind=MERGED, subject=model) == {
         "status": "failed",
-        "error": "The worker exporting it was lost; export again.",
+        "error": "The worker preparing it was lost; try again.",
     }
-    with mock.patch("models_app.tasks.export_merged_model.delay") as delay:
+    with mock.patch("models_app.tasks.build_export.delay") as delay:
         tasks.sweep_exports.run()  # beat sends it again...
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.model_export_start(model=model) is False  # ...so it is pending
-    delay.assert_called_once_with(model.pk)
-    assert services.export_state(model)["status"] == "pending"
+            assert services.export_start(kind=MERGED, subject=model) is False  # ...so it is pending
+    delay.assert_called_once_with(export_row(model))
+    assert services.export_state(kind=MERGED, subject=model)["status"] == "pending"
 
-    processing.model_export_merged(model_id=model.pk)
+    processing.export_build(export_id=export_row(model))
 
-    assert services.export_state(model)["status"] == "ready"
-    assert ModelExport.objects.get(model=model).attempts == 2
+    assert services.export_state(kind=MERGED, subject=model)["status"] == "ready"
+    assert Export.objects.get(model=model).attempts == 2
 
 
 def test_an_export_that_keeps_losing_its_worker_fails(
     owner: Persona, make_fine_tune: MakeFineTune, settings: Any
 ) -> None:
     from models_app import tasks
-    from models_app.models import ModelExport
 
     settings.TUNERY_WORK_MAX_TRIES = 2
     model = make_fine_tune(owner.org, ft_name(owner.org))
-    ModelExport.objects.create(
+    Export.objects.create(
         model=model,
+        kind=MERGED,
         status="running",
         attempts=2,
         lease_until=timezone.now() - timedelta(seconds=1),
         updated_at=timezone.now(),
     )
 
-    with mock.patch("models_app.tasks.export_merged_model.delay") as delay:
+    with mock.patch("models_app.tasks.build_export.delay") as delay:
         tasks.sweep_exports.run()
 
     delay.assert_not_called()
-    state = services.export_state(model)
+    state = services.export_state(kind=MERGED, subject=model)
     assert state["status"] == "failed" and "after 2 tries" in state["error"]

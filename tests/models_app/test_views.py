@@ -12,8 +12,8 @@ from unittest import mock
 from django.core.management import call_command
 from django.test import Client
 
-from models_app import files, services
-from models_app.models import BaseModel, FineTunedModel, UsageRecord
+from models_app import files, processing, services
+from models_app.models import BaseModel, Export, FineTunedModel, UsageRecord
 from tests.conftest import Persona, streamed
 from tests.playground.support import TINY_BASE, MakeFineTune, TinyDirs, ft_name
 
@@ -61,8 +61,13 @@ def test_another_orgs_model_pages_are_404(
     theirs = make_fine_tune(outsider.org, ft_name(outsider.org))
     client = browser(owner)
 
-    for suffix in ("", "delete/", "adapter.zip", "export/status/"):
+    for suffix in ("", "delete/", "adapter.zip", "adapter/status/", "export/status/", "merged.zip"):
         assert client.get(f"/models/{theirs.name}/{suffix}").status_code == 404
+    with mock.patch("models_app.tasks.build_export.delay") as delay:
+        for suffix in ("adapter/prepare/", "export/"):
+            assert client.post(f"/models/{theirs.name}/{suffix}").status_code == 404
+    delay.assert_not_called()
+    assert not Export.objects.exists()
 
 
 def test_samples_fragment_completes_training_prompts(
@@ -122,16 +127,93 @@ def test_owner_confirms_then_deletes(
 
 
 def test_adapter_download_is_a_zip_of_safetensors_and_config(
-    owner: Persona, make_fine_tune: MakeFineTune
+    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
 ) -> None:
+    """Prepare (a worker zips it) → "Zipping…", polled → a link → the zip, as before."""
     model = make_fine_tune(owner.org, ft_name(owner.org))
+    client = browser(owner)
+    htmx = {"HX-Request": "true"}
 
-    response = browser(owner).get(f"/models/{model.name}/adapter.zip")
+    page = client.get(f"/models/{model.name}/").content.decode()
+    before = client.get(f"/models/{model.name}/adapter.zip")
+    with (
+        mock.patch("models_app.tasks.build_export.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        pending = client.post(f"/models/{model.name}/adapter/prepare/", headers=htmx)
+        again = client.post(f"/models/{model.name}/adapter/prepare/", headers=htmx)
+    (row,) = Export.objects.filter(model=model, kind=Export.Kind.MODEL_FILES)
+    processing.export_build(export_id=row.pk)  # what the worker runs
+    ready = client.get(f"/models/{model.name}/adapter/status/", headers=htmx)
+    response = client.get(f"/models/{model.name}/adapter.zip")
 
+    assert 'data-testid="adapter-prepare"' in page and "adapter.zip" not in page
+    assert before.status_code == 404  # nothing is zipped in the request
+    delay.assert_called_once_with(row.pk)  # two clicks, one build
+    assert b"hx-trigger" in pending.content and b"Zipping the adapter" in again.content
+    assert b"hx-trigger" not in ready.content
+    assert b'data-testid="adapter-download"' in ready.content
     assert response.status_code == 200
     assert "attachment" in response["Content-Disposition"]
+    assert f"{model.name.replace(':', '_')}-adapter.zip" in response["Content-Disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(streamed(response)))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(archive.namelist())
+    # The same content as the zip the request used to build.
+    adapter = files.adapter_dir(model)
+    assert adapter is not None
+    for name in archive.namelist():
+        assert archive.read(name) == (adapter / name).read_bytes()
+
+
+def test_a_failed_download_shows_the_error_and_can_be_tried_again(
+    owner: Persona, make_fine_tune: MakeFineTune, django_capture_on_commit_callbacks: Any
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    client = browser(owner)
+    htmx = {"HX-Request": "true"}
+
+    with (
+        mock.patch("models_app.tasks.build_export.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        client.post(f"/models/{model.name}/adapter/prepare/", headers=htmx)
+        row = Export.objects.get(model=model, kind=Export.Kind.MODEL_FILES)
+        with mock.patch("models_app.processing.directory_zip", side_effect=OSError("disk full")):
+            processing.export_build(export_id=row.pk)
+        failed = client.get(f"/models/{model.name}/adapter/status/", headers=htmx)
+        retried = client.post(f"/models/{model.name}/adapter/prepare/", headers=htmx)
+    processing.export_build(export_id=row.pk)
+
+    assert b"disk full" in failed.content and b"Try again" in failed.content
+    assert b"hx-trigger" not in failed.content  # nothing to poll for
+    assert b"hx-trigger" in retried.content
+    assert delay.call_count == 2
+    assert services.export_state(kind="model_files", subject=model)["status"] == "ready"
+    assert client.get(f"/models/{model.name}/adapter.zip").status_code == 200
+
+
+def test_a_full_fine_tune_downloads_its_weights(
+    owner: Persona, make_fine_tune: MakeFineTune, tiny_dirs: TinyDirs
+) -> None:
+    model = make_fine_tune(owner.org, ft_name(owner.org))
+    weights = Path(model.artifact_dir)
+    shutil.rmtree(weights)
+    shutil.copytree(tiny_dirs.base, weights)
+    FineTunedModel.objects.filter(pk=model.pk).update(method="full")
+    model.refresh_from_db()
+
+    processing.export_build(export_id=services_row(model, "model_files"))
+    response = browser(owner).get(f"/models/{model.name}/adapter.zip")
+
+    assert "-weights.zip" in response["Content-Disposition"]
     names = zipfile.ZipFile(io.BytesIO(streamed(response))).namelist()
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(names)
+    assert "config.json" in names and "model.safetensors" in names
+
+
+def services_row(model: FineTunedModel, kind: str) -> int:
+    with mock.patch("models_app.tasks.build_export.delay"):
+        services.export_start(kind=kind, subject=model)
+    return Export.objects.get(model=model, kind=kind).pk
 
 
 def test_export_button_queues_the_task_and_polls_until_ready(
@@ -141,7 +223,7 @@ def test_export_button_queues_the_task_and_polls_until_ready(
     client = browser(owner)
 
     with (
-        mock.patch("models_app.tasks.export_merged_model.delay") as delay,
+        mock.patch("models_app.tasks.build_export.delay") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         pending = client.post(f"/models/{model.name}/export/", headers={"HX-Request": "true"})
@@ -151,7 +233,7 @@ def test_export_button_queues_the_task_and_polls_until_ready(
     ready = client.get(f"/models/{model.name}/export/status/", headers={"HX-Request": "true"})
     download = client.get(f"/models/{model.name}/merged.zip")
 
-    delay.assert_called_once_with(model.pk)
+    delay.assert_called_once_with(Export.objects.get(model=model, kind="merged").pk)
     assert b"hx-trigger" in pending.content  # polling while pending
     assert b"hx-trigger" not in ready.content  # and stops once ready
     assert b'data-testid="merged-download"' in ready.content
