@@ -5,12 +5,16 @@ error and the button again. One template (exports/status.html) for every page th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib import messages
 from django.http import FileResponse, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils.http import content_disposition_header
+
+from common.errors import ServiceError
 
 TEMPLATE = "exports/status.html"
 
@@ -39,6 +43,25 @@ class ExportBox:
 
 def render_box(request: HttpRequest, box: ExportBox) -> HttpResponse:
     return render(request, TEMPLATE, {"box": box})
+
+
+def prepare(
+    request: HttpRequest,
+    start: Callable[[], object],
+    box: Callable[[str | None], ExportBox],
+    back: Any,
+) -> HttpResponse:
+    """A "Prepare" button's POST: queue the build (`start`), then answer the fragment (`box`,
+    given the refusal's words if it was refused) to HTMX, or go `back` to the page."""
+    error = None
+    try:
+        start()
+    except ServiceError as exc:
+        error = exc.message
+        messages.error(request, error)
+    if getattr(request, "htmx", False):
+        return render_box(request, box(error))
+    return redirect(back)
 
 
 def stream(handle: Any, filename: str, content_type: str | None = None) -> FileResponse:

@@ -30,6 +30,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
+from common import downloads
 from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from common.forms import error_message
@@ -707,15 +708,12 @@ def file_export_csv_prepare(request: AuthedHtmxRequest, file_id: str) -> HttpRes
     """Queue the CSV export of a prompt/completion file: a worker reads the whole file (up to
     64 MiB), never the web request."""
     file = _file_or_404(request, file_id)
-    error = None
-    try:
-        model_services.export_start(kind=Export.Kind.CSV, subject=file)
-    except ServiceError as exc:
-        error = exc.message
-        messages.error(request, error)
-    if request.htmx:
-        return render_box(request, _csv_box(file, error))
-    return redirect(file)
+    return downloads.prepare(
+        request,
+        lambda: model_services.export_start(kind=Export.Kind.CSV, subject=file),
+        lambda error: _csv_box(file, error),
+        file,
+    )
 
 
 @org_required

@@ -23,6 +23,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.http import AuthedHtmxRequest
 from accounts.views import org_required
+from common import downloads
 from common.conditional import etag_of, is_fresh, tag
 from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
@@ -332,15 +333,12 @@ def checkpoint_box(checkpoint: Checkpoint, error: str | None = None) -> ExportBo
 def checkpoint_prepare(request: AuthedHtmxRequest, job_id: str, checkpoint_id: str) -> HttpResponse:
     """Queue the zip of an exposed checkpoint's adapter (or weights) on a worker."""
     checkpoint = _checkpoint_or_404(request, job_id, checkpoint_id)
-    error = None
-    try:
-        model_services.export_start(kind=Export.Kind.CHECKPOINT, subject=checkpoint)
-    except ServiceError as exc:
-        error = exc.message
-        messages.error(request, error)
-    if request.htmx:
-        return render_box(request, checkpoint_box(checkpoint, error))
-    return redirect(checkpoint.job)
+    return downloads.prepare(
+        request,
+        lambda: model_services.export_start(kind=Export.Kind.CHECKPOINT, subject=checkpoint),
+        lambda error: checkpoint_box(checkpoint, error),
+        checkpoint.job,
+    )
 
 
 @org_required

@@ -17,6 +17,7 @@ from django.views.decorators.vary import vary_on_headers
 from accounts.http import AuthedHtmxRequest
 from accounts.models import Membership
 from accounts.views import org_required, owner_required
+from common import downloads
 from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from jobs import metric_format
@@ -190,15 +191,12 @@ def _export_box(
 def export_start(request: AuthedHtmxRequest, name: str, kind: str) -> HttpResponse:
     """Queue the build of a model's download (merged, or its adapter/weights) on a worker."""
     model = selectors.model_get_for_org(organization=request.organization, name=name)
-    error = None
-    try:
-        services.export_start(kind=kind, subject=model)
-    except ServiceError as exc:
-        error = exc.message
-        messages.error(request, error)
-    if request.htmx:
-        return render_box(request, _export_box(request, model, kind, error))
-    return redirect("models_app:detail", name=model.name)
+    return downloads.prepare(
+        request,
+        lambda: services.export_start(kind=kind, subject=model),
+        lambda error: _export_box(request, model, kind, error),
+        reverse("models_app:detail", kwargs={"name": model.name}),
+    )
 
 
 @org_required
