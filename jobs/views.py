@@ -174,6 +174,8 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
         "polling": (not job.is_finished and job.status != FineTuneJob.Status.PAUSED)
         or page["forecast_unfinished"],
         "checkpoints": selectors.checkpoint_list_for_job(job=job),
+        # The devices of the worker that runs (or ran) it, as it announced them (jobs.fleet).
+        "worker_devices": selectors.worker_find(name=job.worker),
         "forecast_figure": (
             charts.forecast_figure(page["forecast"])
             if page["forecast"] and page["forecast"].get("status") == "succeeded"
