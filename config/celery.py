@@ -14,3 +14,6 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # static routes of the settings.
 app.conf.task_routes = ("jobs.routing.route", app.conf.task_routes)
 app.autodiscover_tasks()
+# Training workers announce their devices (jobs.fleet) when ready; the handlers import Django
+# only when they run.
+import jobs.worker_signals  # noqa: E402, F401

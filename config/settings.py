@@ -201,6 +201,13 @@ TUNERY_TRAIN_PROCESSES = env_int("TUNERY_TRAIN_PROCESSES", 1, minimum=1)
 # `cuda`; see `manage.py worker_devices`).
 TUNERY_DEFAULT_DEVICE_CLASS = env_str("TUNERY_DEFAULT_DEVICE_CLASS", "")
 TUNERY_WORKER_DEVICE_CLASS = env_str("TUNERY_WORKER_DEVICE_CLASS", "")
+# Training workers announce their devices (jobs.fleet): when they start, then every
+# TUNERY_WORKER_ANNOUNCE_SECONDS (one UPDATE). One not seen for TUNERY_WORKER_GONE_SECONDS
+# counts as gone (the create form says no worker of its class is online); the sweep deletes
+# its row after TUNERY_WORKER_FORGET_SECONDS.
+TUNERY_WORKER_ANNOUNCE_SECONDS = env_float("TUNERY_WORKER_ANNOUNCE_SECONDS", 15.0)
+TUNERY_WORKER_GONE_SECONDS = env_int("TUNERY_WORKER_GONE_SECONDS", 120, minimum=2)
+TUNERY_WORKER_FORGET_SECONDS = env_int("TUNERY_WORKER_FORGET_SECONDS", 7 * 24 * 3600, minimum=60)
 STORAGES = {
     "default": (
         {"BACKEND": "django.core.files.storage.FileSystemStorage"}
@@ -431,6 +438,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-validations": {"task": "datasets.sweep_validations", "schedule": TUNERY_SWEEP_SECONDS},
     "sweep-exports": {"task": "models_app.sweep_exports", "schedule": TUNERY_SWEEP_SECONDS},
     "collect-garbage": {"task": "jobs.collect_garbage", "schedule": TUNERY_GC_SECONDS},
+    "sweep-workers": {"task": "jobs.sweep_workers", "schedule": TUNERY_SWEEP_SECONDS},
 }
 
 LOGGING = {

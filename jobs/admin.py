@@ -5,8 +5,8 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
-from common.admin import OrgScopedAdmin
-from jobs.models import FineTuneJob, JobEvent, RetentionPolicy
+from common.admin import OrgScopedAdmin, owned_org_ids
+from jobs.models import FineTuneJob, JobEvent, RetentionPolicy, TrainingWorker
 
 
 class JobEventInline(admin.TabularInline[JobEvent, FineTuneJob]):
@@ -77,3 +77,57 @@ class RetentionPolicyAdmin(admin.ModelAdmin[RetentionPolicy]):
 
         policy()  # so that there is always the one row to edit
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(TrainingWorker)
+class TrainingWorkerAdmin(admin.ModelAdmin[TrainingWorker]):
+    """The training workers and their devices, as they announced themselves (jobs.fleet).
+
+    Read-only: the workers write these rows. Instance-wide (workers serve every org), shown to
+    superusers and to the staff owners who see the admin at all, as every other page is."""
+
+    list_display = [
+        "name",
+        "device_class",
+        "devices_shown",
+        "queues",
+        "online",
+        "last_seen_at",
+        "started_at",
+    ]
+    list_filter = ["device_class", "device_kind"]
+    search_fields = ["name", "hostname"]
+    readonly_fields = [f.name for f in TrainingWorker._meta.fields]
+
+    @admin.display(description="devices")
+    def devices_shown(self, worker: TrainingWorker) -> str:
+        return worker.devices_shown
+
+    @admin.display(description="online", boolean=True)
+    def online(self, worker: TrainingWorker) -> bool:
+        return worker.is_online
+
+    def _may_see(self, request: HttpRequest) -> bool:
+        user = request.user
+        return bool(user.is_superuser) or (
+            user.is_active and user.is_staff and bool(owned_org_ids(request))
+        )
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._may_see(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: TrainingWorker | None = None) -> bool:
+        return self._may_see(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: TrainingWorker | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: TrainingWorker | None = None
+    ) -> bool:
+        return False

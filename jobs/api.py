@@ -71,7 +71,14 @@ def _tunery_extensions(body: dict[str, Any]) -> dict[str, Any]:
         raise ServiceError("scaling_forecast must be a boolean.", param="scaling_forecast")
     # Checked in services.job_create (the form shares it); absent means "auto".
     early_stopping = body.get("early_stopping", "auto")
-    return {"method": method, "scaling_forecast": forecast, "early_stopping": early_stopping}
+    return {
+        "method": method,
+        "scaling_forecast": forecast,
+        "early_stopping": early_stopping,
+        # Checked in services.job_create (against the announced workers, too).
+        "device_class": body.get("device_class"),
+        "device_count": body.get("device_count"),
+    }
 
 
 # --- legacy ---------------------------------------------------------------------------------

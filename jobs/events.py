@@ -81,6 +81,8 @@ TEXTS: dict[str, tuple[str, str, str]] = {
         "info",
     ),
     "engine": ("{message}", "{message}", "info"),
+    # Job creation found no online worker of the job's device class (jobs.services._devices).
+    "no_worker": ("{message}", "{message}", "warn"),
     "model": ("Uploaded model: {name}", "New fine-tuned model created: {name}", "info"),
     "results": (
         "Uploaded result file: {file_id}",

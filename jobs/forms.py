@@ -137,6 +137,22 @@ class JobCreateForm(forms.Form):
         "more data would help. Needs a validation file.",
     )
 
+    device_class = forms.CharField(
+        label="Device class",
+        required=False,
+        max_length=40,
+        help_text="Which training workers run it, e.g. cuda or cpu (the admin names the classes). "
+        "Blank: the model's.",
+    )
+    device_count = forms.IntegerField(
+        label="Devices",
+        required=False,
+        min_value=1,
+        max_value=64,
+        help_text="How many devices (GPUs, or CPU processes) one run uses. Blank: the worker's "
+        "default, usually 1.",
+    )
+
     def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         models = [(b.name, f"{b.name} (base)") for b in base_model_list()]
@@ -214,6 +230,8 @@ class JobCreateForm(forms.Form):
             method_type=data.get("method_type") or FineTuneJob.MethodType.SUPERVISED,
             beta=data.get("beta") if data.get("method_type") == "dpo" else None,
             scaling_forecast=bool(data.get("scaling_forecast")),
+            device_class=data.get("device_class") or None,
+            device_count=data.get("device_count"),
         )
 
 

@@ -88,6 +88,12 @@ class FineTuneJob(models.Model):
     early_stopping = models.JSONField(default=early_stopping_auto, blank=True)
     # On a scaling-forecast parent, once its three runs have finished (jobs.forecast).
     forecast = models.JSONField(null=True, blank=True)
+    # The devices the job asked for (Tunery's `device_class`/`device_count`). An empty class
+    # follows the base model's (then TUNERY_DEFAULT_DEVICE_CLASS) when the message is sent, so
+    # an admin moving a base to another class moves its queued jobs too (jobs.routing). No
+    # count: the worker's TUNERY_TRAIN_PROCESSES (1 unless its admin set more).
+    device_class = models.CharField(max_length=40, blank=True, default="")
+    device_count = models.PositiveSmallIntegerField(null=True, blank=True)
 
     status = models.CharField(max_length=16, choices=Status, default=Status.QUEUED)
     error = models.JSONField(null=True, blank=True)  # {"code", "message", "param"}
@@ -158,6 +164,16 @@ class FineTuneJob(models.Model):
     def in_forecast(self) -> bool:
         """A forecast's parent or one of its runs: the three must be measured alike."""
         return self.scaling_forecast or self.is_forecast_run
+
+    @property
+    def target_device_class(self) -> str:
+        """The class whose workers run it: its own, its base model's, the default ("": any
+        worker on the plain `training` queue). Reads base_model: select it with the job."""
+        return (
+            self.device_class
+            or self.base_model.device_class
+            or settings.TUNERY_DEFAULT_DEVICE_CLASS
+        )
 
 
 class JobEvent(models.Model):
@@ -282,3 +298,47 @@ class RetentionPolicy(models.Model):
 
     def __str__(self) -> str:
         return "Retention policy"
+
+
+class TrainingWorker(models.Model):
+    """A training worker as it announced itself (jobs.fleet): written when it starts, its
+    `last_seen_at` moved every TUNERY_WORKER_ANNOUNCE_SECONDS while it runs. Not seen for
+    TUNERY_WORKER_GONE_SECONDS (or stopped) it counts as gone; the sweep deletes it after
+    TUNERY_WORKER_FORGET_SECONDS. Instance-wide: workers serve every organization."""
+
+    # The Celery node name (`training@gpu-1`): what FineTuneJob.worker holds for its jobs.
+    name = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    device_class = models.CharField(max_length=40, blank=True)
+    device_kind = models.CharField(max_length=8)  # cpu | cuda (engine.devices.detect)
+    device_count = models.PositiveIntegerField()
+    device_names = models.JSONField(default=list, blank=True)
+    memory_gib = models.FloatField()  # per device (the smallest, if they differ)
+    queues = models.JSONField(default=list, blank=True)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["device_class", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_online(self) -> bool:
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        gone = timezone.now() - timedelta(seconds=settings.TUNERY_WORKER_GONE_SECONDS)
+        return self.stopped_at is None and self.last_seen_at >= gone
+
+    @property
+    def devices_shown(self) -> str:
+        """ "2 × NVIDIA H100 80GB HBM3 (79.1 GiB each)", "16 CPU cores (62.7 GiB)"."""
+        if self.device_kind == "cpu":
+            return f"{self.device_count} CPU cores ({self.memory_gib:g} GiB)"
+        names = ", ".join(self.device_names) or self.device_kind
+        return f"{self.device_count} × {names} ({self.memory_gib:g} GiB each)"

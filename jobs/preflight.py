@@ -56,6 +56,13 @@ def preflight_context(*, organization: Organization, params: QueryDict) -> dict[
         return {"estimate": None, "missing": " and ".join(missing)}
     assert file is not None and base is not None
     given = {key: _number(params, key, float if "rate" in key else int) for key in HYPERPARAMETERS}
+    # The devices it would run on: its speed is measured there, and nobody may be online there.
+    target = (
+        params.get("device_class", "").strip()
+        or base.device_class
+        or settings.TUNERY_DEFAULT_DEVICE_CLASS
+    )
+    count = _number(params, "device_count", int)
     estimate = selectors.job_preflight(
         examples=file.example_count,
         tokens=file.token_count,
@@ -64,7 +71,12 @@ def preflight_context(*, organization: Organization, params: QueryDict) -> dict[
         batch_size=given["batch_size"],
         learning_rate_multiplier=given["learning_rate_multiplier"],
         scaling_forecast=params.get("scaling_forecast") == "on",
+        device_class=target,
+        device_count=count or 1,
     )
+    estimate["device_class"] = target
+    estimate["device_count"] = count
+    estimate["workers_online"] = [w for w in selectors.workers_for_class(target) if w.is_online]
     estimate["memory"] = memory_estimate(
         base,
         stats=file.stats or {},

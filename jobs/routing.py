@@ -1,7 +1,8 @@
 """Device-aware routing: which training queue a job's messages go to.
 
-A base model may ask for a device class (`BaseModel.device_class`, e.g. `cuda`, `cuda-80g`,
-`cpu`; empty: `TUNERY_DEFAULT_DEVICE_CLASS`). Its jobs' training messages (and checkpoint
+A job may ask for a device class (`FineTuneJob.device_class`, the API's `device_class`); else
+its base model's (`BaseModel.device_class`, e.g. `cuda`, `cuda-80g`, `cpu`); else
+`TUNERY_DEFAULT_DEVICE_CLASS`. Its training messages (and checkpoint
 comparisons) go to the queue `training.<class>`, which only the training workers that can run
 them consume (`manage.py worker_devices --queues` tells a worker its queues); no class at all
 keeps the one `training` queue of a single-class deployment.
@@ -26,12 +27,13 @@ def queue_for_class(device_class: str) -> str:
 def training_queue(job_id: int) -> str:
     from jobs.models import FineTuneJob
 
-    cls = (
+    row = (
         FineTuneJob.objects.filter(pk=job_id)
-        .values_list("base_model__device_class", flat=True)
+        .values_list("device_class", "base_model__device_class")
         .first()
     )
-    return queue_for_class(cls or settings.TUNERY_DEFAULT_DEVICE_CLASS)
+    asked, of_base = row or ("", "")
+    return queue_for_class(asked or of_base or settings.TUNERY_DEFAULT_DEVICE_CLASS)
 
 
 def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:

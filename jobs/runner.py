@@ -230,13 +230,17 @@ def job_spec(job: FineTuneJob, work: Path, *, resume_from: Path | None) -> engin
     )
 
 
-def _run_engine(spec: engine.TrainSpec, hooks: engine.Hooks) -> engine.TrainResult:
-    """Train in this process, or (TUNERY_TRAIN_PROCESSES > 1: a host with several devices) in
-    that many processes under torchrun (engine.distributed), whose rank 0's callbacks come
-    back through files and are relayed to `hooks` here, where the database is."""
-    n = settings.TUNERY_TRAIN_PROCESSES
+def _run_engine(
+    spec: engine.TrainSpec, hooks: engine.Hooks, processes: int | None = None
+) -> engine.TrainResult:
+    """Train in this process, or (more than one device: the job's `device_count`, else
+    TUNERY_TRAIN_PROCESSES) in that many processes under torchrun (engine.distributed), one per
+    device (gloo on CPU), whose rank 0's callbacks come back through files and are relayed to
+    `hooks` here, where the database is."""
+    n = processes or settings.TUNERY_TRAIN_PROCESSES
     if n <= 1:
         return engine.train(spec, hooks)
+    logger.info("Training under torchrun in %d processes", n)
     import json
     import subprocess
     import sys
@@ -620,7 +624,7 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
             wandb_run.start(resume=resume_from is not None)  # never raises: a warning event
         hooks = JobHooks(job, wandb_run, attempt=attempt, resumed_at=resumed_at)
         try:
-            result = _run_engine(spec, hooks)
+            result = _run_engine(spec, hooks, job.device_count)
         except engine.TrainingError as exc:
             _finish_failed(job, attempt, str(exc), code="training_error")
             return

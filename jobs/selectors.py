@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 
 from accounts.models import Organization
-from jobs.models import Checkpoint, CheckpointComparison, FineTuneJob, JobEvent
+from jobs.models import Checkpoint, CheckpointComparison, FineTuneJob, JobEvent, TrainingWorker
+from jobs.routing import queue_for_class
+from models_app.models import BaseModel
 
 
 def job_list_for_org(*, organization: Organization) -> QuerySet[FineTuneJob]:
@@ -76,18 +79,61 @@ DEFAULT_TOKENS_PER_SECOND = 120.0
 FORECAST_WORK = 1.75
 
 
-def measured_tokens_per_second(*, base_model_id: int) -> float | None:
-    """The speed of the latest finished job on this base model: what this worker really does."""
-    job = (
-        FineTuneJob.objects.filter(
-            base_model_id=base_model_id,
-            status=FineTuneJob.Status.SUCCEEDED,
-            tokens_per_second__isnull=False,
+def measured_tokens_per_second(
+    *, base_model_id: int, device_class: str | None = None, device_count: int | None = None
+) -> tuple[float | None, str]:
+    """The speed of the latest finished job on this base model, and where it was measured:
+    on the target device class with the same count if such a job exists ("class_count"),
+    else on that class ("class"), else on any ("any"; today's behaviour without a class).
+    A GPU trains many times faster than a CPU: one class's speed says little of another's."""
+    finished = FineTuneJob.objects.filter(
+        base_model_id=base_model_id,
+        status=FineTuneJob.Status.SUCCEEDED,
+        tokens_per_second__isnull=False,
+    ).order_by("-finished_at")
+    scopes: list[tuple[str, QuerySet[FineTuneJob]]] = []
+    if device_class is not None:
+        # A job that asked for no class ran on its base model's (the same for all of these).
+        base_class = (
+            BaseModel.objects.filter(pk=base_model_id)
+            .values_list("device_class", flat=True)
+            .first()
+            or settings.TUNERY_DEFAULT_DEVICE_CLASS
         )
-        .order_by("-finished_at")
-        .first()
-    )
-    return job.tokens_per_second if job else None
+        on_class = Q(device_class=device_class)
+        if base_class == device_class:
+            on_class |= Q(device_class="")
+        same_class = finished.filter(on_class)
+        if device_count is not None:
+            # No count asked: one process, unless the worker's admin set more.
+            counted = Q(device_count=device_count)
+            if device_count == 1:
+                counted |= Q(device_count=None)
+            scopes.append(("class_count", same_class.filter(counted)))
+        scopes.append(("class", same_class))
+    scopes.append(("any", finished))
+    for scope, jobs in scopes:
+        speed = jobs.values_list("tokens_per_second", flat=True).first()
+        if speed is not None:
+            return speed, scope
+    return None, "any"
+
+
+def workers_for_class(device_class: str) -> list[TrainingWorker]:
+    """The announced training workers (online or gone, until swept) that consume the class's
+    queue: those that can run its jobs. A deployment has a handful, so the queue is matched
+    here rather than in JSON lookups SQLite lacks."""
+    queue = queue_for_class(device_class)
+    return [w for w in TrainingWorker.objects.all() if queue in (w.queues or [])]
+
+
+def any_worker_announced() -> bool:
+    return TrainingWorker.objects.exists()
+
+
+def worker_find(*, name: str) -> TrainingWorker | None:
+    """The announcement of the worker that runs (or ran) a job: FineTuneJob.worker."""
+    return TrainingWorker.objects.filter(name=name).first() if name else None
 
 
 def job_preflight(
@@ -99,6 +145,8 @@ def job_preflight(
     batch_size: int | None,
     learning_rate_multiplier: float | None,
     scaling_forecast: bool = False,
+    device_class: str | None = None,
+    device_count: int | None = None,
 ) -> dict[str, Any]:
     """The auto hyperparameters and a time estimate, shown on the create form."""
     import engine
@@ -106,7 +154,9 @@ def job_preflight(
     n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
         examples, n_epochs, batch_size, learning_rate_multiplier
     )
-    measured = measured_tokens_per_second(base_model_id=base_model_id)
+    measured, scope = measured_tokens_per_second(
+        base_model_id=base_model_id, device_class=device_class, device_count=device_count
+    )
     speed = measured or DEFAULT_TOKENS_PER_SECOND
     to_train = round(tokens * n_epochs * (FORECAST_WORK if scaling_forecast else 1))
     return {
@@ -116,6 +166,8 @@ def job_preflight(
         "tokens_to_train": to_train,
         "tokens_per_second": speed,
         "speed_is_measured": measured is not None,
+        # "class_count" | "class": measured on the target devices; "any": on whatever ran last.
+        "speed_scope": scope,
         "scaling_forecast": scaling_forecast,
         "seconds": to_train / speed if speed else None,
     }

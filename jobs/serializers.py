@@ -49,6 +49,10 @@ def forecast_keys(job: FineTuneJob) -> dict[str, Any]:
         "scaling_forecast": job.scaling_forecast,
         # Best-checkpoint selection as asked (docs/adr/0018); the winner is in the events.
         "early_stopping": job.early_stopping,
+        # The devices it runs on (jobs.routing): the class whose queue it is sent to, and the
+        # count asked for (null: the worker's default, one process unless its admin set more).
+        "device_class": job.target_device_class or None,
+        "device_count": job.device_count,
     }
     if job.scaling_forecast:
         keys["forecast"] = forecast.forecast_shown(

@@ -10,6 +10,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -25,7 +26,7 @@ from engine.spec import BETA_RANGE, resolve_hyperparameters
 from jobs import events, forecast, tasks
 from jobs.checkpoints import has_files
 from jobs.models import FineTuneJob
-from jobs.selectors import queue_position
+from jobs.selectors import any_worker_announced, queue_position, workers_for_class
 from models_app.models import BaseModel
 from models_app.selectors import Usable, base_model_find, usable_model_find
 
@@ -63,6 +64,9 @@ class JobRequest:
     beta: Any = None
     scaling_forecast: bool = False
     early_stopping: Any = "auto"
+    # Tunery's devices: a class (a queue suffix, jobs.routing) and how many of them.
+    device_class: Any = None
+    device_count: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -366,6 +370,7 @@ def job_create(
     if req.scaling_forecast is not True and req.scaling_forecast is not False:
         raise _bad("scaling_forecast", "scaling_forecast must be a boolean.")
     early_stopping = _early_stopping(req.early_stopping, validation)
+    device_class, device_count, no_worker = _devices(req, base)
     resolved = (
         _forecast_hyperparameters(training, validation, hyperparameters)
         if req.scaling_forecast
@@ -393,6 +398,8 @@ def job_create(
         integrations=_validate_integrations(req.integrations),
         scaling_forecast=req.scaling_forecast,
         early_stopping=early_stopping,
+        device_class=device_class,
+        device_count=device_count,
         resolved_hyperparameters=resolved,
         estimated_cost=estimate_cost(base, training, n_epochs),
     )
@@ -402,11 +409,67 @@ def job_create(
         events.emit(job, "created")
         events.emit(job, "cost", cost=job.estimated_cost)
         events.emit(job, "enqueued", position=queue_position(job))
+        if no_worker:
+            events.emit(job, "no_worker", message=no_worker)
         # After commit, so the worker never looks for a row that isn't there yet.
         transaction.on_commit(partial(tasks.run_training_job.delay, job.pk))
         if job.scaling_forecast:
             _forecast_children_create(job, resolved or hyperparameters)
     return job
+
+
+# A class names a Celery queue (`training.<class>`): short, lowercase, no separators Celery or
+# Redis would read.
+DEVICE_CLASS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+DEVICE_COUNT_MAX = 64
+
+
+def _devices(req: JobRequest, base: BaseModel) -> tuple[str, int | None, str]:
+    """The job's device class (as asked: "" follows its base model's) and count, and a warning
+    when no online worker can run it yet. The job is accepted then (workers may start later:
+    it waits in its queue); a count more than every announced worker of the class has is a 400,
+    since none of those will ever run it."""
+    cls = req.device_class
+    if cls is None or cls == "":
+        cls = ""
+    elif not isinstance(cls, str) or not DEVICE_CLASS_RE.match(cls):
+        raise _bad(
+            "device_class",
+            "device_class must be a device class name: lowercase letters, digits, '-' and '_', "
+            "up to 40 characters (e.g. 'cuda', 'cuda-80g', 'cpu').",
+        )
+    count = req.device_count
+    if count is not None and (
+        isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= DEVICE_COUNT_MAX
+    ):
+        raise _bad("device_count", f"device_count must be an integer from 1 to {DEVICE_COUNT_MAX}.")
+    if count is not None and count > 1 and req.method_type == FineTuneJob.MethodType.DPO:
+        # The torchrun path shards supervised batches only (docs/roadmap.md, #13).
+        raise _bad("device_count", "A DPO job trains on one device: device_count must be 1.")
+    target = cls or base.device_class or settings.TUNERY_DEFAULT_DEVICE_CLASS
+    shown = target or "the default"
+    workers = workers_for_class(target)
+    if workers and count is not None:
+        most = max(w.device_count for w in workers)
+        if count > most:
+            raise _bad(
+                "device_count",
+                f"device_count {count} is more than any worker of device class {shown} has "
+                f"(at most {most}).",
+            )
+    # Warned when the job asked for its devices, or when this installation's workers announce
+    # themselves at all (one whose workers never did would warn on every job for nothing).
+    asked = bool(cls) or count is not None
+    if not any(w.is_online for w in workers) and (asked or any_worker_announced()):
+        return (
+            cls,
+            count,
+            (
+                f"No training worker for device class {shown} is online yet; the job waits in the "
+                "queue until one starts."
+            ),
+        )
+    return cls, count, ""
 
 
 def _early_stopping(value: Any, validation: File | None) -> Any:
@@ -490,6 +553,9 @@ def _forecast_children_create(parent: FineTuneJob, hyperparameters: dict[str, An
             resolved_hyperparameters=dict(parent.resolved_hyperparameters),
             classification=parent.classification,
             seed=parent.seed,
+            # Measured on the same devices as the parent: the three runs are compared.
+            device_class=parent.device_class,
+            device_count=parent.device_count,
             parent_job=parent,
             data_fraction=fraction,
             estimated_cost=(parent.estimated_cost * Decimal(fraction)).quantize(Decimal("0.0001")),

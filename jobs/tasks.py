@@ -7,7 +7,7 @@ from functools import partial
 from celery import Task, shared_task
 from django.db import transaction
 
-from jobs import comparison, liveness, retention, runner
+from jobs import comparison, fleet, liveness, retention, runner
 from jobs.models import FineTuneJob
 
 
@@ -47,3 +47,8 @@ def compare_checkpoints(job_id: int) -> None:
 @shared_task(name="jobs.collect_garbage")
 def collect_garbage() -> dict[str, int]:
     return retention.collect_garbage()
+
+
+@shared_task(name="jobs.sweep_workers")
+def sweep_workers() -> int:
+    return fleet.workers_sweep()

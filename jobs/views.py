@@ -178,6 +178,8 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
         or page["forecast_unfinished"],
         # Each with its download's state (a worker zips it when asked for).
         "checkpoints": [(c, checkpoint_box(c)) for c in selectors.checkpoint_list_for_job(job=job)],
+        # The devices of the worker that runs (or ran) it, as it announced them (jobs.fleet).
+        "worker_devices": selectors.worker_find(name=job.worker),
         "forecast_figure": (
             charts.forecast_figure(page["forecast"])
             if page["forecast"] and page["forecast"].get("status") == "succeeded"

@@ -353,6 +353,14 @@ def _admin_rows(owner: Persona) -> None:
     services.api_key_create(organization=owner.org, name="k", created_by=user)
     invitation_create(organization=owner.org, created_by=user, email="", role="member")
     grant(owner.org, OrganizationFactory.create(), model=model)
+    from jobs import fleet
+
+    fleet.worker_announce(
+        name=f"training@host-{UserFactory.create().pk}",
+        queues=["training"],
+        info={"kind": "cpu", "count": 2, "memory_gib": 8.0, "names": []},
+        device_class="cpu",
+    )
 
 
 ADMIN_PAGES = [
@@ -364,6 +372,7 @@ ADMIN_PAGES = [
     "accounts/webhookdelivery",
     "datasets/file",
     "jobs/finetunejob",
+    "jobs/trainingworker",
     "models_app/finetunedmodel",
     "models_app/modelpermission",
 ]
