@@ -84,6 +84,7 @@ def test_create_form_by_keyboard_only(
     fields += ["id_prompt_loss_weight", "id_compute_classification_metrics"]
     fields += ["id_classification_positive_class", "id_classification_n_classes"]
     fields += ["id_classification_betas", "id_scaling_forecast"]
+    fields += ["id_device_class", "id_device_count"]
     assert [i for i in order if i] == fields
     assert all(s["ring"] for s in stops[-1:] + tab_until(page, lambda f: True, back=True))
 
