@@ -238,12 +238,13 @@ def jobs_of_results_files(*, file_ids: list[int]) -> dict[int, FineTuneJob]:
     return {job.result_file_id: job for job in jobs if job.result_file_id is not None}
 
 
-def job_page_version(*, job: FineTuneJob) -> tuple[Any, ...]:
+def job_page_version(*, job: FineTuneJob, checkpoints: list[Checkpoint]) -> tuple[Any, ...]:
     """Everything the job page's live partial shows besides the job row itself: its events,
-    checkpoints, a forecast's runs and the queue position."""
-    checkpoints = list(checkpoint_list_for_job(job=job).values_list())
+    checkpoints (`checkpoint_list_for_job`'s rows, which the caller reads once for the page
+    too), a forecast's runs and the queue position."""
+    rows = [tuple(getattr(c, f.attname) for f in c._meta.concrete_fields) for c in checkpoints]
     children = list(
         job.children.order_by("pk").values_list("pk", "status", "step", "final_metrics")
     )
     position = queue_position(job) if job.status == FineTuneJob.Status.QUEUED else None
-    return (job_events_version(job=job), checkpoints, children, position)
+    return (job_events_version(job=job), rows, children, position)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import messages
@@ -134,14 +135,36 @@ def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponseBase:
         row = selectors.job_row_for_org(organization=request.organization, job_id=job_id)
         if row is None:
             raise Http404("No such job.")
-        etag = _live_etag(request, row)
+        shown = _Shown.read(request, row)
+        etag = _live_etag(request, row, shown)
         if is_fresh(request, etag):
             return tag(HttpResponseNotModified(), etag)
-        return tag(_job_detail(request, _job_or_404(request, job_id)), etag)
-    return _job_detail(request, _job_or_404(request, job_id))
+        return tag(_job_detail(request, _job_or_404(request, job_id), shown), etag)
+    job = _job_or_404(request, job_id)
+    return _job_detail(request, job, _Shown.read(request, job))
 
 
-def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob) -> str:
+@dataclass(frozen=True)
+class _Shown:
+    """What the live partial's ETag and its render both read: read once per request."""
+
+    checkpoints: list[Checkpoint]
+    # A deleted model keeps its name on the job, but nothing may link to it any more.
+    model_alive: bool
+
+    @classmethod
+    def read(cls, request: AuthedHtmxRequest, job: FineTuneJob) -> _Shown:
+        return cls(
+            checkpoints=list(selectors.checkpoint_list_for_job(job=job)),
+            model_alive=bool(
+                job.fine_tuned_model
+                and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
+                is not None
+            ),
+        )
+
+
+def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> str:
     """Everything the live partial depends on: the job row (its last report as the page words
     it, "2 minutes ago", not the timestamp each heartbeat moves), what the page shows beside it,
     the viewer (their role picks the buttons; the CSRF secret is in the forms) and the model."""
@@ -155,17 +178,15 @@ def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob) -> str:
     return etag_of(
         row,
         reported,
-        selectors.job_page_version(job=job),
+        selectors.job_page_version(job=job, checkpoints=shown.checkpoints),
         request.user.pk,
         getattr(request.membership, "role", None),
         request.META.get("CSRF_COOKIE"),
-        job.fine_tuned_model
-        and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
-        is not None,
+        shown.model_alive,
     )
 
 
-def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
+def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> HttpResponse:
     page = forecast.forecast_page(job)
     context = {
         "job": job,
@@ -177,7 +198,7 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
         "polling": (not job.is_finished and job.status != FineTuneJob.Status.PAUSED)
         or page["forecast_unfinished"],
         # Each with its download's state (a worker zips it when asked for).
-        "checkpoints": [(c, checkpoint_box(c)) for c in selectors.checkpoint_list_for_job(job=job)],
+        "checkpoints": [(c, checkpoint_box(c)) for c in shown.checkpoints],
         # The devices of the worker that runs (or ran) it, as it announced them (jobs.fleet).
         "worker_devices": selectors.worker_find(name=job.worker),
         "forecast_figure": (
@@ -185,12 +206,7 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob) -> HttpResponse:
             if page["forecast"] and page["forecast"].get("status") == "succeeded"
             else None
         ),
-        # A deleted model keeps its name on the job, but nothing may link to it any more.
-        "model_alive": bool(
-            job.fine_tuned_model
-            and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
-            is not None
-        ),
+        "model_alive": shown.model_alive,
         **_metrics_context(job),
         **page,
     }
