@@ -26,6 +26,7 @@ from engine.spec import BETA_RANGE, resolve_hyperparameters
 from jobs import events, forecast, tasks
 from jobs.checkpoints import has_files
 from jobs.models import FineTuneJob
+from jobs.routing import DEVICE_COUNT_MAX, queue_for_class
 from jobs.selectors import any_worker_announced, queue_position, workers_for_class
 from models_app.models import BaseModel
 from models_app.selectors import Usable, base_model_find, usable_model_find
@@ -421,7 +422,6 @@ def job_create(
 # A class names a Celery queue (`training.<class>`): short, lowercase, no separators Celery or
 # Redis would read.
 DEVICE_CLASS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-DEVICE_COUNT_MAX = 64
 
 
 def _devices(req: JobRequest, base: BaseModel) -> tuple[str, int | None, str]:
@@ -460,13 +460,17 @@ def _devices(req: JobRequest, base: BaseModel) -> tuple[str, int | None, str]:
     # Warned when the job asked for its devices, or when this installation's workers announce
     # themselves at all (one whose workers never did would warn on every job for nothing).
     asked = bool(cls) or count is not None
-    if not any(w.is_online for w in workers) and (asked or any_worker_announced()):
+    # Only a worker with enough devices consumes a multi-device job's queue (jobs.routing).
+    queue = queue_for_class(target, count)
+    runners = [w for w in workers if queue in (w.queues or [])]
+    if not any(w.is_online for w in runners) and (asked or any_worker_announced()):
+        devices = f" with {count} devices" if count and count > 1 else ""
         return (
             cls,
             count,
             (
-                f"No training worker for device class {shown} is online yet; the job waits in the "
-                "queue until one starts."
+                f"No training worker for device class {shown}{devices} is online yet; the job "
+                "waits in the queue until one starts."
             ),
         )
     return cls, count, ""

@@ -56,23 +56,20 @@ def celery_worker(
     """Start `celery worker` as a real process; stop it (SIGTERM, then SIGKILL) afterwards.
 
     `cpus` pins it to those cores (so the engine trains with that many threads, whatever the
-    machine's load: runs compare exactly)."""
+    machine's load: runs compare exactly). `queues="devices"` starts it as production does,
+    through scripts/training-worker, on the queues of the devices it detects."""
     log = log or Path(settings.DATA_DIR) / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
     out = open(log, "wb")  # noqa: SIM115 -- open for the worker's whole life; closed below
+    if queues == "devices":
+        head = [str(Path(settings.BASE_DIR) / "scripts" / "training-worker")]
+        # The script runs `python` and `celery`: this venv's.
+        env.setdefault("PATH", f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    else:
+        head = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues]
+        head += ["--pool", "solo", "--concurrency", "1"]
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            queues,
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
+            *head,
             "-n",
             f"test-{time.monotonic_ns()}@%h",
             "--without-heartbeat",

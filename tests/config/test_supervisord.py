@@ -24,6 +24,7 @@ import requests
 from django.conf import settings
 from supervisor.xmlrpc import SupervisorTransport
 
+from engine.devices import detect
 from jobs.models import FineTuneJob
 from tests.conftest import Persona
 from tests.jobs.test_recovery import make_job, reported
@@ -71,8 +72,10 @@ def test_each_role_killed_comes_back_alone_and_the_job_still_succeeds(
 ) -> None:
     purge_broker()
     # Queued: the stack's training worker takes it. Long enough that its worker is killed
-    # mid-epoch (the tiny model takes a few ms a step).
-    job = make_job(owner, tmp_path, examples=96)
+    # mid-epoch (the tiny model takes a few ms a step). It asks for this host's device class
+    # (`cpu` here), so it is routed to `training.cpu`, which make run's worker (started by
+    # scripts/training-worker on its devices' queues) must consume.
+    job = make_job(owner, tmp_path, examples=96, device_class=detect()["kind"])
     port, inference_port = _free_port(), _free_port()
     env = subprocess_env(
         DJANGO_SECRET_KEY=secrets.token_urlsafe(30),

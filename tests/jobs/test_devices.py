@@ -15,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from common.errors import ServiceError
-from jobs import fleet, selectors, services
+from jobs import fleet, routing, selectors, services
 from jobs.models import FineTuneJob, JobEvent, TrainingWorker
 from jobs.services import JobRequest
 from models_app.models import BaseModel
@@ -35,7 +35,9 @@ def _bases(embedded_base: None) -> None:
 
 
 def _announce(name: str, cls: str, info: dict[str, Any] = GPUS) -> TrainingWorker:
-    return fleet.worker_announce(name=name, queues=[f"training.{cls}"], info=info, device_class=cls)
+    # Its queues as scripts/training-worker subscribes them (the default class is not its own).
+    queues = routing.worker_queues(cls, int(info["count"]), "none")
+    return fleet.worker_announce(name=name, queues=queues, info=info, device_class=cls)
 
 
 def _queued(queue: str) -> int:
@@ -96,8 +98,9 @@ def test_a_worker_not_seen_for_a_while_is_gone_and_is_swept_later(settings: Any)
 def test_a_real_worker_announces_itself_runs_its_class_and_says_goodbye(
     owner: Persona, tiny_model_path: str, tmp_path: Path
 ) -> None:
-    """A worker consuming `training.testcpu` announces itself on start, refreshes its row, picks
-    up a job that asked for that class and 2 devices (2 gloo processes under torchrun), and
+    """A worker of class `testcpu`, started as production starts one (scripts/training-worker),
+    announces itself and its queues on start, refreshes its row, picks up a job that asked for
+    that class and 2 devices (2 gloo processes under torchrun, from `training.testcpu.x2`), and
     the job page names it and its devices."""
     if not django_settings.CELERY_BROKER_URL.startswith("redis"):
         pytest.skip("a real broker")
@@ -107,17 +110,21 @@ def test_a_real_worker_announces_itself_runs_its_class_and_says_goodbye(
         defaults={"source": tiny_model_path, "context_length": 512, "base_lr_lora": 2e-2},
     )
     with celery_worker(
-        queues="training.testcpu",
+        queues="devices",
         TUNERY_WORKER_DEVICE_CLASS="testcpu",
+        TUNERY_DEFAULT_DEVICE_CLASS="cpu",  # not its class: it takes no plain `training` job
         TUNERY_WORKER_ANNOUNCE_SECONDS="0.5",
     ) as proc:
         worker = wait_for(
-            lambda: TrainingWorker.objects.filter(queues=["training.testcpu"]).first(),
+            lambda: TrainingWorker.objects.filter(device_class="testcpu").first(),
             120,
             what="the worker's announcement",
         )
-        assert worker.device_class == "testcpu" and worker.device_kind in ("cpu", "cuda")
+        assert worker.device_kind in ("cpu", "cuda")
         assert worker.device_count >= 1 and worker.memory_gib > 0 and worker.is_online
+        assert sorted(worker.queues) == sorted(
+            routing.worker_queues("testcpu", worker.device_count, "cpu")
+        )
         first = worker.last_seen_at
         wait_for(
             lambda: TrainingWorker.objects.get(pk=worker.pk).last_seen_at > first,
@@ -172,7 +179,7 @@ def test_the_device_fields_are_stored_returned_and_routed(owner: Persona, settin
     assert body["device_class"] == "cuda" and body["device_count"] == 2
     job = FineTuneJob.objects.get(public_id=body["id"])
     assert (job.device_class, job.device_count) == ("cuda", 2)
-    assert _queued("training.cuda") == 1 and _queued("training") == 0
+    assert _queued("training.cuda.x2") == 1 and _queued("training") == 0
     assert not job.events.filter(message__contains="No training worker").exists()
     detail = owner.api().get(f"/v1/fine_tuning/jobs/{job.public_id}").json()
     assert (detail["device_class"], detail["device_count"]) == ("cuda", 2)
@@ -181,7 +188,7 @@ def test_the_device_fields_are_stored_returned_and_routed(owner: Persona, settin
     legacy = _create(owner, {"device_class": "cuda"}, legacy=True)
     assert legacy.status_code == 200, legacy.content
     assert legacy.json()["device_class"] == "cuda" and legacy.json()["device_count"] is None
-    assert _queued("training.cuda") == 2
+    assert _queued("training.cuda") == 1
     plain = _create(owner, {}).json()
     assert plain["device_class"] is None and plain["device_count"] is None
     assert _queued("training") == 1
@@ -197,7 +204,7 @@ def test_a_class_no_worker_announced_is_accepted_with_a_warning(
         job = FineTuneJob.objects.get(public_id=response.json()["id"])
         warning = job.events.get(message__contains="No training worker")
         assert warning.level == "warn"
-        assert "No training worker for device class tpu is online" in warning.message
+        assert "No training worker for device class tpu with 8 devices is online" in warning.message
 
         # Nothing asked and no worker ever announced (workers that predate announcing): quiet.
         quiet = _create(owner, {}).json()
@@ -214,6 +221,30 @@ def test_a_class_no_worker_announced_is_accepted_with_a_warning(
         # Once workers announce, a job following its base model's class is warned too.
         _create(owner, {})
         assert JobEvent.objects.filter(message__contains="No training worker").count() == 3
+
+
+def test_a_multi_device_job_waits_for_a_worker_with_enough_devices(owner: Persona) -> None:
+    """A job asking for 2 devices goes to `training.cuda.x2`: a 1-GPU worker of the class
+    doesn't consume it (it would run 2 processes on 1 GPU), a 4-GPU worker does."""
+    assert routing.queue_for_class("cuda", 2) == "training.cuda.x2"
+    assert routing.queue_for_class("cuda", 1) == routing.queue_for_class("cuda") == "training.cuda"
+    one = _announce("training@one-gpu", "cuda", {**GPUS, "count": 1})
+    four = _announce("training@four-gpus", "cuda", {**GPUS, "count": 4})
+    assert one.queues == ["training.cuda"]
+    assert four.queues == ["training.cuda", *(f"training.cuda.x{n}" for n in (2, 3, 4))]
+    with mock.patch("jobs.tasks.run_training_job.delay"):
+        TrainingWorker.objects.filter(pk=four.pk).update(stopped_at=timezone.now())
+        response = _create(owner, {"device_class": "cuda", "device_count": 2})
+        assert response.status_code == 200, response.content
+        job = FineTuneJob.objects.get(public_id=response.json()["id"])
+        assert routing.training_queue(job.pk) == "training.cuda.x2"
+        # The 1-GPU worker is online, but it can't run this job: the user is told.
+        warning = job.events.get(message__contains="No training worker")
+        assert "device class cuda with 2 devices is online" in warning.message
+        alone = _create(owner, {"device_class": "cuda", "device_count": 1}).json()
+        assert not JobEvent.objects.filter(
+            job__public_id=alone["id"], message__contains="No training worker"
+        ).exists()
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def reaper(settings: Any) -> Any:
     return run_until_queued
 
 
-def make_job(owner: Persona, tmp_path: Path, examples: int) -> FineTuneJob:
+def make_job(owner: Persona, tmp_path: Path, examples: int, **request: Any) -> FineTuneJob:
     from jobs import services
     from jobs.services import JobRequest
 
@@ -81,6 +81,7 @@ def make_job(owner: Persona, tmp_path: Path, examples: int) -> FineTuneJob:
             n_epochs=1,
             batch_size=1,
             seed=3,
+            **request,
         ),
     )  # enqueued on commit
 

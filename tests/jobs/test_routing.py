@@ -62,9 +62,16 @@ def test_a_worker_announces_its_devices_and_queues(settings: Any) -> None:
     call_command("worker_devices", stdout=out)
     info = json.loads(out.getvalue())
     assert info["kind"] in ("cpu", "cuda") and info["count"] >= 1 and info["memory_gib"] > 0
-    assert info["queues"] == [f"training.{info['kind']}", "training"]
+    kind, more = info["kind"], range(2, min(info["count"], 64) + 1)
+    assert info["queues"] == [
+        f"training.{kind}",
+        *(f"training.{kind}.x{n}" for n in more),
+        "training",
+        *(f"training.x{n}" for n in more),
+    ]
     settings.TUNERY_WORKER_DEVICE_CLASS = "gpu80"
     settings.TUNERY_DEFAULT_DEVICE_CLASS = "cpu"
     out = StringIO()
     call_command("worker_devices", "--queues", stdout=out)
-    assert out.getvalue().strip() == "training.gpu80"
+    assert out.getvalue().strip().split(",")[0] == "training.gpu80"
+    assert "training" not in out.getvalue().split(",")

@@ -2,6 +2,8 @@
 training worker here consumes (device-aware routing, jobs.routing).
 
     celery -A config worker -Q "$(python manage.py worker_devices --queues)" --concurrency 1 --pool solo
+
+(`scripts/training-worker` does just that: make run, compose and the admin guide start it.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from engine.devices import detect, device_class
-from jobs.routing import queue_for_class
+from jobs.routing import worker_queues
 
 
 class Command(BaseCommand):
@@ -27,11 +29,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         info = detect()
         cls = device_class(info, settings.TUNERY_WORKER_DEVICE_CLASS)
-        # Its class's queue, and the plain one when it serves the default class too.
-        queues = [queue_for_class(cls)]
-        if cls == settings.TUNERY_DEFAULT_DEVICE_CLASS or not settings.TUNERY_DEFAULT_DEVICE_CLASS:
-            queues.append("training")
-        queues = list(dict.fromkeys(queues))
+        queues = worker_queues(cls, int(info["count"]), settings.TUNERY_DEFAULT_DEVICE_CLASS)
         if options["queues"]:
             self.stdout.write(",".join(queues))
             return
