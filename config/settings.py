@@ -154,6 +154,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+CACHES = {
+    # Django's default (the rate limit's fallback without Redis: playground/ratelimit.py).
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Polled fragments rendered once per version for all their pollers (common/renders.py).
+    # In each process's memory on purpose: a hot render is read dozens of times a second, and
+    # each process rendering a version once costs less than a network round trip per poll.
+    "renders": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "renders",
+        "OPTIONS": {"MAX_ENTRIES": 256},
+    },
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

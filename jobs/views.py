@@ -29,6 +29,7 @@ from common.conditional import etag_of, is_fresh, tag
 from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from common.forms import form_error
+from common.renders import render_shared
 from jobs import charts, controls, forecast, metric_format, preflight, selectors, services
 from jobs.forms import JobCreateForm, humanize
 from jobs.models import Checkpoint, FineTuneJob
@@ -136,12 +137,21 @@ def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponseBase:
         if row is None:
             raise Http404("No such job.")
         shown = _Shown.read(request, row)
-        etag = _live_etag(request, row, shown)
+        version = _live_version(row, shown)
+        etag = _live_etag(request, version)
         if is_fresh(request, etag):
             return tag(HttpResponseNotModified(), etag)
-        return tag(_job_detail(request, _job_or_404(request, job_id), shown), etag)
+        # Changed since this poller's copy: each version is rendered once for all of its
+        # pollers (common.renders), after the access check above.
+        response = render_shared(
+            request,
+            f"{DETAIL}#job-live",
+            key=("job-live", row.pk, version),
+            context=lambda: _detail_context(_job_or_404(request, job_id), shown),
+        )
+        return tag(response, etag)
     job = _job_or_404(request, job_id)
-    return _job_detail(request, job, _Shown.read(request, job))
+    return render(request, DETAIL, _detail_context(job, _Shown.read(request, job)))
 
 
 @dataclass(frozen=True)
@@ -164,31 +174,35 @@ class _Shown:
         )
 
 
-def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> str:
-    """Everything the live partial depends on: the job row (its last report as the page words
-    it, "2 minutes ago", not the timestamp each heartbeat moves), what the page shows beside it,
-    the viewer (their role picks the buttons; the CSRF secret is in the forms) and the model."""
+def _live_version(job: FineTuneJob, shown: _Shown) -> tuple[Any, ...]:
+    """Everything the live partial shows: the job row (its last report as the page words it,
+    "2 minutes ago", not the timestamp each heartbeat moves), what the page shows beside it and
+    whether the model is still there. Nothing of the viewer: the partial shows none of it but
+    the CSRF token of its forms (see common.renders)."""
     row = [
         getattr(job, f.attname)
         for f in job._meta.concrete_fields
         if f.attname not in ("heartbeat_at", "updated_at")
     ]
     reported = timesince(job.heartbeat_at) if job.heartbeat_at else None
-    get_token(request)  # the forms' CSRF secret, made now if this is the session's first
-    return etag_of(
+    return (
         row,
         reported,
         selectors.job_page_version(job=job, checkpoints=shown.checkpoints),
-        request.user.pk,
-        getattr(request.membership, "role", None),
-        request.META.get("CSRF_COOKIE"),
         shown.model_alive,
     )
 
 
-def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> HttpResponse:
+def _live_etag(request: AuthedHtmxRequest, version: tuple[Any, ...]) -> str:
+    """The version as this viewer's browser holds it: with their CSRF token in the forms."""
+    get_token(request)  # the forms' CSRF secret, made now if this is the session's first
+    return etag_of(version, request.user.pk, request.META.get("CSRF_COOKIE"))
+
+
+def _detail_context(job: FineTuneJob, shown: _Shown) -> dict[str, Any]:
+    """The page's context; its live partial reads nothing else (not even the request)."""
     page = forecast.forecast_page(job)
-    context = {
+    return {
         "job": job,
         "events": selectors.job_messages(job=job),
         "charts_version": charts.charts_version(job),
@@ -210,8 +224,6 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> 
         **_metrics_context(job),
         **page,
     }
-    template = f"{DETAIL}#job-live" if request.htmx else DETAIL
-    return render(request, template, context)
 
 
 def _metrics_context(job: FineTuneJob) -> dict[str, Any]:
