@@ -416,6 +416,7 @@ TUNERY_RETAIN_WORK_DAYS = env_int("TUNERY_RETAIN_WORK_DAYS", 7)
 TUNERY_RETAIN_CHECKPOINT_DAYS = env_int("TUNERY_RETAIN_CHECKPOINT_DAYS", 0)  # 0: keep
 TUNERY_FILE_CACHE_MAX_BYTES = env_int("TUNERY_FILE_CACHE_MAX_BYTES", 20 * 1024**3)
 TUNERY_FILE_CACHE_IDLE_DAYS = env_int("TUNERY_FILE_CACHE_IDLE_DAYS", 7)
+TUNERY_RETAIN_EXPORT_DAYS = env_int("TUNERY_RETAIN_EXPORT_DAYS", 7)  # 0: keep
 TUNERY_GC_SECONDS = env_float("TUNERY_GC_SECONDS", 3600.0)
 # A process frozen inside a transaction (a stopped VM, SIGSTOP) would hold its row locks for
 # ever: PostgreSQL ends such a session after this long, so the reaper can requeue its job.
