@@ -164,8 +164,11 @@ class _Shown:
 
     @classmethod
     def read(cls, request: AuthedHtmxRequest, job: FineTuneJob) -> _Shown:
+        checkpoints = list(selectors.checkpoint_list_for_job(job=job))
+        for checkpoint in checkpoints:
+            checkpoint.job = job  # their links name it: not one query each
         return cls(
-            checkpoints=list(selectors.checkpoint_list_for_job(job=job)),
+            checkpoints=checkpoints,
             model_alive=bool(
                 job.fine_tuned_model
                 and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
@@ -212,7 +215,16 @@ def _detail_context(job: FineTuneJob, shown: _Shown) -> dict[str, Any]:
         "polling": (not job.is_finished and job.status != FineTuneJob.Status.PAUSED)
         or page["forecast_unfinished"],
         # Each with its download's state (a worker zips it when asked for).
-        "checkpoints": [(c, checkpoint_box(c)) for c in shown.checkpoints],
+        "checkpoints": [
+            (c, checkpoint_box(c, state=state))
+            for c, state in zip(
+                shown.checkpoints,
+                model_services.export_states(
+                    kind=Export.Kind.CHECKPOINT, subjects=shown.checkpoints
+                ),
+                strict=True,
+            )
+        ],
         # The devices of the worker that runs (or ran) it, as it announced them (jobs.fleet).
         "worker_devices": selectors.worker_find(name=job.worker),
         "forecast_figure": (
@@ -341,12 +353,17 @@ def _checkpoint_or_404(request: AuthedHtmxRequest, job_id: str, checkpoint_id: s
     return checkpoint
 
 
-def checkpoint_box(checkpoint: Checkpoint, error: str | None = None) -> ExportBox:
+def checkpoint_box(
+    checkpoint: Checkpoint, error: str | None = None, *, state: dict[str, Any] | None = None
+) -> ExportBox:
+    """`state`: its export_state, when the page read every checkpoint's at once."""
     args = [checkpoint.job.public_id, checkpoint.public_id]
+    if state is None:
+        state = model_services.export_state(kind=Export.Kind.CHECKPOINT, subject=checkpoint)
     return ExportBox(
         dom_id=f"export-{checkpoint.public_id}",
         testid="checkpoint",
-        state=model_services.export_state(kind=Export.Kind.CHECKPOINT, subject=checkpoint),
+        state=state,
         start_url=reverse("jobs:checkpoint_prepare", args=args),
         status_url=reverse("jobs:checkpoint_status", args=args),
         download_url=reverse("jobs:checkpoint_download", args=args),

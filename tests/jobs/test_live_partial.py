@@ -11,11 +11,13 @@ from unittest import mock
 
 import pytest
 from django.core.cache import caches
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from common import renders
 from jobs import events
-from jobs.models import FineTuneJob
+from jobs.models import Checkpoint, FineTuneJob
 from tests.conftest import Persona
 from tests.jobs.test_views import browser_for, make_job
 
@@ -133,11 +135,27 @@ def test_a_cached_poll_costs_the_queries_of_a_304(
     etag = owners.get(job.get_absolute_url(), headers=HTMX)["ETag"]  # renders it
     members.get(job.get_absolute_url(), headers=HTMX)  # the member's session and CSRF cookie
 
-    # session, user, memberships, the job row, its checkpoints, its events' version, its
-    # forecast runs: the same for an unchanged poll (304) and a cached render (200).
-    with django_assert_num_queries(7):
+    # session, user, memberships, the job row, its checkpoints, its events' version: the same
+    # for an unchanged poll (304) and a cached render (200).
+    with django_assert_num_queries(6):
         unchanged = owners.get(job.get_absolute_url(), headers={**HTMX, "If-None-Match": etag})
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(6):
         cached = members.get(job.get_absolute_url(), headers=HTMX)
 
     assert unchanged.status_code == 304 and cached.status_code == 200
+
+
+def test_a_render_costs_the_same_queries_for_one_checkpoint_as_for_three(owner: Persona) -> None:
+    job = make_job(owner)
+    set_running(job)
+    client = browser_for(owner)
+    client.get(job.get_absolute_url(), headers=HTMX)  # the session's CSRF cookie
+    counts = []
+    for step in (4, 8, 12):
+        Checkpoint.objects.create(job=job, step_number=step, epoch=step // 4, exposed=True)
+        with CaptureQueriesContext(connection) as queries:
+            html = live(client, job)  # a new version: rendered
+        counts.append(len(queries))
+
+    assert html.count('data-testid="checkpoint-prepare"') == 3
+    assert counts[0] == counts[1] == counts[2], counts
