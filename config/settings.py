@@ -154,6 +154,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+CACHES = {
+    # Django's default (the rate limit's fallback without Redis: playground/ratelimit.py).
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Polled fragments rendered once per version for all their pollers (common/renders.py).
+    # In each process's memory on purpose: a hot render is read dozens of times a second, and
+    # each process rendering a version once costs less than a network round trip per poll.
+    "renders": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "renders",
+        "OPTIONS": {"MAX_ENTRIES": 256},
+    },
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -403,6 +416,7 @@ TUNERY_RETAIN_WORK_DAYS = env_int("TUNERY_RETAIN_WORK_DAYS", 7)
 TUNERY_RETAIN_CHECKPOINT_DAYS = env_int("TUNERY_RETAIN_CHECKPOINT_DAYS", 0)  # 0: keep
 TUNERY_FILE_CACHE_MAX_BYTES = env_int("TUNERY_FILE_CACHE_MAX_BYTES", 20 * 1024**3)
 TUNERY_FILE_CACHE_IDLE_DAYS = env_int("TUNERY_FILE_CACHE_IDLE_DAYS", 7)
+TUNERY_RETAIN_EXPORT_DAYS = env_int("TUNERY_RETAIN_EXPORT_DAYS", 7)  # 0: keep
 TUNERY_GC_SECONDS = env_float("TUNERY_GC_SECONDS", 3600.0)
 # A process frozen inside a transaction (a stopped VM, SIGSTOP) would hold its row locks for
 # ever: PostgreSQL ends such a session after this long, so the reaper can requeue its job.

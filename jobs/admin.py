@@ -49,7 +49,13 @@ class FineTuneJobAdmin(OrgScopedAdmin[FineTuneJob]):
 class RetentionPolicyAdmin(admin.ModelAdmin[RetentionPolicy]):
     """One instance-wide row (jobs.retention.policy creates it): superusers edit it."""
 
-    list_display = ["__str__", "work_days", "checkpoint_days", "file_cache_max_bytes"]
+    list_display = [
+        "__str__",
+        "work_days",
+        "checkpoint_days",
+        "export_days",
+        "file_cache_max_bytes",
+    ]
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.is_superuser)

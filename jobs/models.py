@@ -290,6 +290,13 @@ class RetentionPolicy(models.Model):
     file_cache_idle_days = models.PositiveIntegerField(
         help_text="Days after which an unused local copy of a file is removed."
     )
+    export_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Days to keep a built download (a merged model, an adapter, weights or "
+        "checkpoint zip, a dataset's CSV): then its file is removed and its page offers "
+        '"Prepare" again. Empty: keep it as long as what it was built from.',
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

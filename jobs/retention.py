@@ -15,7 +15,8 @@ What it collects, under DATA_DIR:
   idle for `file_cache_idle_days`, or least recently used first while the cache is over
   `file_cache_max_bytes`;
 - `models/` and `exports/`: files of deleted models, and directories no model refers to; the
-  exports (zips, CSVs) of deleted checkpoints and files.
+  exports (zips, CSVs) of deleted checkpoints and files, and built exports older than
+  `export_days` (their rows too, so their pages offer "Prepare" again).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def policy() -> RetentionPolicy:
             "checkpoint_days": settings.TUNERY_RETAIN_CHECKPOINT_DAYS or None,
             "file_cache_max_bytes": settings.TUNERY_FILE_CACHE_MAX_BYTES,
             "file_cache_idle_days": settings.TUNERY_FILE_CACHE_IDLE_DAYS,
+            "export_days": settings.TUNERY_RETAIN_EXPORT_DAYS or None,
         },
     )
     return row
@@ -119,6 +121,7 @@ def collect_garbage(*, dry_run: bool = False) -> dict[str, int]:
     _collect_jobs(rules, done, dry_run)
     _collect_file_cache(rules, done, dry_run)
     _collect_models(done, dry_run)
+    _collect_exports(rules, done, dry_run)
     if done.items:
         logger.info("garbage collection%s: %s", " (dry run)" if dry_run else "", done.bytes)
     return done.as_dict()
@@ -130,6 +133,7 @@ def reclaimable() -> Collected:
     _collect_jobs(rules, done, dry_run=True)
     _collect_file_cache(rules, done, dry_run=True)
     _collect_models(done, dry_run=True)
+    _collect_exports(rules, done, dry_run=True)
     return done
 
 
@@ -327,6 +331,26 @@ def _collect_models(done: Collected, dry_run: bool) -> None:
     for folder in _children(paths.exports_root()):
         if folder.name not in live_exports:
             done.add("exports (deleted subjects)", folder, dry_run)
+
+
+def _collect_exports(rules: RetentionPolicy, done: Collected, dry_run: bool) -> None:
+    """Built downloads older than `export_days` (counted from the row's `updated_at`: when
+    its build last started): the file (here and in the store), then the row, so the page
+    offers "Prepare" again. Only ready ones: a queued or running build (under its lease) is
+    never touched, and the row's delete is guarded by the state it was judged in, so one
+    restarted meanwhile (its file already gone) stays and builds."""
+    if rules.export_days is None:
+        return
+    cutoff = timezone.now() - timedelta(days=rules.export_days)
+    expired = Export.objects.filter(status=Export.Status.READY, updated_at__lt=cutoff)
+    for row in expired.select_related("model", "checkpoint", "file"):
+        subject = model_files.export_subject(row)
+        done.add("exports (expired)", model_files.export_path(row.kind, subject), dry_run)
+        if not dry_run:
+            model_files.export_remove(row.kind, subject)  # and its object in the store
+            Export.objects.filter(
+                pk=row.pk, status=Export.Status.READY, updated_at=row.updated_at
+            ).delete()
 
 
 # --- the disk report ----------------------------------------------------------------------------

@@ -243,8 +243,10 @@ def job_page_version(*, job: FineTuneJob, checkpoints: list[Checkpoint]) -> tupl
     checkpoints (`checkpoint_list_for_job`'s rows, which the caller reads once for the page
     too), a forecast's runs and the queue position."""
     rows = [tuple(getattr(c, f.attname) for f in c._meta.concrete_fields) for c in checkpoints]
-    children = list(
-        job.children.order_by("pk").values_list("pk", "status", "step", "final_metrics")
+    children = (  # only a forecast parent has runs of its own
+        list(job.children.order_by("pk").values_list("pk", "status", "step", "final_metrics"))
+        if job.scaling_forecast
+        else []
     )
     position = queue_position(job) if job.status == FineTuneJob.Status.QUEUED else None
     return (job_events_version(job=job), rows, children, position)

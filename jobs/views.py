@@ -29,6 +29,7 @@ from common.conditional import etag_of, is_fresh, tag
 from common.downloads import ExportBox, render_box, stream
 from common.errors import ServiceError
 from common.forms import form_error
+from common.renders import render_shared
 from jobs import charts, controls, forecast, metric_format, preflight, selectors, services
 from jobs.forms import JobCreateForm, humanize
 from jobs.models import Checkpoint, FineTuneJob
@@ -136,12 +137,21 @@ def job_detail(request: AuthedHtmxRequest, job_id: str) -> HttpResponseBase:
         if row is None:
             raise Http404("No such job.")
         shown = _Shown.read(request, row)
-        etag = _live_etag(request, row, shown)
+        version = _live_version(row, shown)
+        etag = _live_etag(request, version)
         if is_fresh(request, etag):
             return tag(HttpResponseNotModified(), etag)
-        return tag(_job_detail(request, _job_or_404(request, job_id), shown), etag)
+        # Changed since this poller's copy: each version is rendered once for all of its
+        # pollers (common.renders), after the access check above.
+        response = render_shared(
+            request,
+            f"{DETAIL}#job-live",
+            key=("job-live", row.pk, version),
+            context=lambda: _detail_context(_job_or_404(request, job_id), shown),
+        )
+        return tag(response, etag)
     job = _job_or_404(request, job_id)
-    return _job_detail(request, job, _Shown.read(request, job))
+    return render(request, DETAIL, _detail_context(job, _Shown.read(request, job)))
 
 
 @dataclass(frozen=True)
@@ -154,8 +164,11 @@ class _Shown:
 
     @classmethod
     def read(cls, request: AuthedHtmxRequest, job: FineTuneJob) -> _Shown:
+        checkpoints = list(selectors.checkpoint_list_for_job(job=job))
+        for checkpoint in checkpoints:
+            checkpoint.job = job  # their links name it: not one query each
         return cls(
-            checkpoints=list(selectors.checkpoint_list_for_job(job=job)),
+            checkpoints=checkpoints,
             model_alive=bool(
                 job.fine_tuned_model
                 and model_find_for_org(organization=request.organization, name=job.fine_tuned_model)
@@ -164,31 +177,35 @@ class _Shown:
         )
 
 
-def _live_etag(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> str:
-    """Everything the live partial depends on: the job row (its last report as the page words
-    it, "2 minutes ago", not the timestamp each heartbeat moves), what the page shows beside it,
-    the viewer (their role picks the buttons; the CSRF secret is in the forms) and the model."""
+def _live_version(job: FineTuneJob, shown: _Shown) -> tuple[Any, ...]:
+    """Everything the live partial shows: the job row (its last report as the page words it,
+    "2 minutes ago", not the timestamp each heartbeat moves), what the page shows beside it and
+    whether the model is still there. Nothing of the viewer: the partial shows none of it but
+    the CSRF token of its forms (see common.renders)."""
     row = [
         getattr(job, f.attname)
         for f in job._meta.concrete_fields
         if f.attname not in ("heartbeat_at", "updated_at")
     ]
     reported = timesince(job.heartbeat_at) if job.heartbeat_at else None
-    get_token(request)  # the forms' CSRF secret, made now if this is the session's first
-    return etag_of(
+    return (
         row,
         reported,
         selectors.job_page_version(job=job, checkpoints=shown.checkpoints),
-        request.user.pk,
-        getattr(request.membership, "role", None),
-        request.META.get("CSRF_COOKIE"),
         shown.model_alive,
     )
 
 
-def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> HttpResponse:
+def _live_etag(request: AuthedHtmxRequest, version: tuple[Any, ...]) -> str:
+    """The version as this viewer's browser holds it: with their CSRF token in the forms."""
+    get_token(request)  # the forms' CSRF secret, made now if this is the session's first
+    return etag_of(version, request.user.pk, request.META.get("CSRF_COOKIE"))
+
+
+def _detail_context(job: FineTuneJob, shown: _Shown) -> dict[str, Any]:
+    """The page's context; its live partial reads nothing else (not even the request)."""
     page = forecast.forecast_page(job)
-    context = {
+    return {
         "job": job,
         "events": selectors.job_messages(job=job),
         "charts_version": charts.charts_version(job),
@@ -198,7 +215,16 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> 
         "polling": (not job.is_finished and job.status != FineTuneJob.Status.PAUSED)
         or page["forecast_unfinished"],
         # Each with its download's state (a worker zips it when asked for).
-        "checkpoints": [(c, checkpoint_box(c)) for c in shown.checkpoints],
+        "checkpoints": [
+            (c, checkpoint_box(c, state=state))
+            for c, state in zip(
+                shown.checkpoints,
+                model_services.export_states(
+                    kind=Export.Kind.CHECKPOINT, subjects=shown.checkpoints
+                ),
+                strict=True,
+            )
+        ],
         # The devices of the worker that runs (or ran) it, as it announced them (jobs.fleet).
         "worker_devices": selectors.worker_find(name=job.worker),
         "forecast_figure": (
@@ -210,8 +236,6 @@ def _job_detail(request: AuthedHtmxRequest, job: FineTuneJob, shown: _Shown) -> 
         **_metrics_context(job),
         **page,
     }
-    template = f"{DETAIL}#job-live" if request.htmx else DETAIL
-    return render(request, template, context)
 
 
 def _metrics_context(job: FineTuneJob) -> dict[str, Any]:
@@ -329,12 +353,17 @@ def _checkpoint_or_404(request: AuthedHtmxRequest, job_id: str, checkpoint_id: s
     return checkpoint
 
 
-def checkpoint_box(checkpoint: Checkpoint, error: str | None = None) -> ExportBox:
+def checkpoint_box(
+    checkpoint: Checkpoint, error: str | None = None, *, state: dict[str, Any] | None = None
+) -> ExportBox:
+    """`state`: its export_state, when the page read every checkpoint's at once."""
     args = [checkpoint.job.public_id, checkpoint.public_id]
+    if state is None:
+        state = model_services.export_state(kind=Export.Kind.CHECKPOINT, subject=checkpoint)
     return ExportBox(
         dom_id=f"export-{checkpoint.public_id}",
         testid="checkpoint",
-        state=model_services.export_state(kind=Export.Kind.CHECKPOINT, subject=checkpoint),
+        state=state,
         start_url=reverse("jobs:checkpoint_prepare", args=args),
         status_url=reverse("jobs:checkpoint_status", args=args),
         download_url=reverse("jobs:checkpoint_download", args=args),

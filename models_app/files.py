@@ -141,6 +141,13 @@ def export_open(kind: str, subject: Subject) -> IO[bytes] | None:
     return None
 
 
+def export_remove(kind: str, subject: Subject) -> None:
+    """Remove one built export: on this host, and its object in a remote store."""
+    export_path(kind, subject).unlink(missing_ok=True)
+    if artifacts.is_remote():
+        artifacts.store().delete(export_key(kind, subject))
+
+
 def exports_remove(subject: Subject) -> None:
     """Remove every export of a subject: on this host, and its objects in a remote store."""
     folder = export_folder_key(subject)

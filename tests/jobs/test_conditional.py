@@ -68,7 +68,7 @@ def test_job_live_partial_is_304_until_the_job_changes(owner: Persona, member: P
         == 304
     )
 
-    # Another viewer (another role, other buttons) never gets this one's version.
+    # Another viewer (their own CSRF token in the forms) never gets this one's version.
     other = browser_for(member).get(job.get_absolute_url(), headers={**htmx, "If-None-Match": etag})
     assert other.status_code == 200
 

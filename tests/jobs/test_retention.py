@@ -22,6 +22,7 @@ from jobs import paths, retention, services
 from jobs.models import Checkpoint, FineTuneJob, RetentionPolicy
 from jobs.services import JobRequest
 from models_app import files as model_files
+from models_app import services as model_services
 from models_app.models import Export, ModelPermission
 from tests.conftest import Persona
 from tests.factories import FileFactory
@@ -136,6 +137,81 @@ def test_a_removed_checkpoint_takes_its_prepared_download_with_it(owner: Persona
     assert not zips[old.pk].parent.exists() and not stray.exists()
     assert zips[recent.pk].is_file()
     assert list(Export.objects.values_list("checkpoint", flat=True)) == [recent.pk]
+
+
+def built_export(row: Checkpoint, status: str = "ready", *, days_ago: float = 0) -> Path:
+    """A checkpoint's zip as a worker left it: its row (`updated_at`: when its build was
+    asked for, `days_ago`) and, once ready, its file."""
+    Export.objects.create(
+        checkpoint=row, kind=Export.Kind.CHECKPOINT, status=status,
+        updated_at=timezone.now() - timedelta(days=days_ago),
+        lease_until=timezone.now() + timedelta(minutes=5) if status == "running" else None,
+    )  # fmt: skip
+    path = model_files.export_path(Export.Kind.CHECKPOINT, row)
+    return write(path) if status == "ready" else path
+
+
+def test_built_exports_are_removed_after_export_days(owner: Persona) -> None:
+    policy = retention.policy()
+    assert policy.export_days == 7  # TUNERY_RETAIN_EXPORT_DAYS
+    job = make_job(owner, "succeeded")
+    old, recent, pending, running = (checkpoint(job, step) for step in (4, 8, 12, 16))
+    old_zip = built_export(old, days_ago=8)
+    recent_zip = built_export(recent, days_ago=6)
+    # Being prepared: queued long ago (a busy worker), and running under its lease.
+    built_export(pending, "pending", days_ago=8)
+    built_export(running, "running", days_ago=8)
+
+    assert retention.reclaimable().bytes["exports (expired)"] == 1000
+    retention.collect_garbage()
+
+    assert not old_zip.exists() and recent_zip.is_file()
+    assert sorted(Export.objects.values_list("checkpoint", "status")) == [
+        (recent.pk, "ready"), (pending.pk, "pending"), (running.pk, "running"),
+    ]  # fmt: skip
+    assert Checkpoint.objects.filter(job=job).count() == 4  # only the download went
+
+
+def test_the_page_offers_prepare_again_once_an_export_expired(owner: Persona) -> None:
+    job = make_job(owner, "succeeded")
+    row = checkpoint(job, 4)
+    built_export(row, days_ago=30)
+    client = Client()
+    client.force_login(owner.user)
+    assert 'data-testid="checkpoint-download"' in client.get(job.get_absolute_url()).text
+
+    retention.collect_garbage()
+
+    page = client.get(job.get_absolute_url()).text
+    assert 'data-testid="checkpoint-prepare"' in page and "checkpoint-download" not in page
+
+
+def test_without_export_days_built_exports_stay(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_RETAIN_EXPORT_DAYS = 0  # the policy's first value: keep
+    assert retention.policy().export_days is None
+    zipped = built_export(checkpoint(make_job(owner, "succeeded"), 4), days_ago=400)
+
+    retention.collect_garbage()
+
+    assert zipped.is_file() and Export.objects.count() == 1
+
+
+def test_an_export_restarted_while_collected_is_kept(owner: Persona) -> None:
+    """The file goes first: a user who then sees "Prepare" and clicks it restarts the row,
+    which the collection's guarded delete then leaves to its build."""
+    row = checkpoint(make_job(owner, "succeeded"), 4)
+    built_export(row, days_ago=8)
+    real_add = retention.Collected.add
+
+    def add_then_click(self: retention.Collected, category: str, path: Path, dry: bool) -> None:
+        real_add(self, category, path, dry)
+        with mock.patch("models_app.tasks.build_export.delay"):
+            assert model_services.export_start(kind=Export.Kind.CHECKPOINT, subject=row)
+
+    with mock.patch.object(retention.Collected, "add", add_then_click):
+        retention.collect_garbage()
+
+    assert Export.objects.get(checkpoint=row).status == "pending"
 
 
 def test_gc_keeps_the_last_epochs_and_what_is_shared_or_continued_from(
@@ -275,8 +351,8 @@ def test_only_superusers_edit_the_retention_policy(owner: Persona) -> None:
 def test_with_an_s3_store_collection_judges_and_removes_checkpoints_in_the_store(
     owner: Persona, settings: Any, s3_server: Any, tmp_path: Path
 ) -> None:
-    """Beat's host never had the checkpoints' files: it must not take them for gone, and what
-    the policy drops goes from the store."""
+    """Beat's host never had the checkpoints' files (nor an export's): it must not take them
+    for gone, and what the policy drops goes from the store."""
     from common import artifacts
     from common.store import put_tree
 
@@ -299,11 +375,19 @@ def test_with_an_s3_store_collection_judges_and_removes_checkpoints_in_the_store
                 path=f"/another-host/data/jobs/{job.public_id}/checkpoints/step-{step}",
             )  # fmt: skip
 
+        # The exposed one's zip, built on another host 8 days ago: only in the store.
+        zipped = model_files.export_key(Export.Kind.CHECKPOINT, rows[8])
+        artifacts.store().put_file(zipped, write(tmp_path / "elsewhere" / "checkpoint.zip"))
+        built_export(rows[8], days_ago=8).unlink()
+        assert artifacts.store().exists(zipped)
+
         retention.collect_garbage()
 
         # The unexposed one is gone, row and objects; the exposed one stays, files unseen here.
         assert list(Checkpoint.objects.filter(job=job).values_list("step_number", flat=True)) == [8]
         assert artifacts.store().list(f"jobs/{job.public_id}/checkpoints/step-4") == []
         assert artifacts.store().list(f"jobs/{job.public_id}/checkpoints/step-8")
+        # Its expired zip went from the store, with its row.
+        assert not artifacts.store().exists(zipped) and not Export.objects.exists()
     finally:
         artifacts.reset()
