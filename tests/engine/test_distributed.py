@@ -104,11 +104,19 @@ def test_dpo_on_two_gloo_processes_is_the_one_process_run(
     from tests.engine.test_dpo import dpo_spec, pair_rows
 
     data = write_jsonl(tmp_path / "train.jsonl", pair_rows(8))
-    options: dict[str, Any] = {"method": method, "learning_rate_multiplier": 0.1, "bf16": False}
+    # 8 pairs in batches of 3, each pair its own pack: the ranks get 2 and 1 packs, and FSDP's
+    # collectives are kept in step with a zero loss.
+    options: dict[str, Any] = {
+        "method": method,
+        "learning_rate_multiplier": 0.1,
+        "bf16": False,
+        "batch_size": 3,
+        "max_tokens_per_pack": 1,
+    }
     one = engine.train(dpo_spec(tiny_model_dir, data, tmp_path / "one", **options))
     spec = dpo_spec(tiny_model_dir, data, tmp_path / "two", num_threads=None, **options)
     two = torchrun_result(torchrun(spec, tmp_path, 2), tmp_path, 2)
-    assert two["status"] == "succeeded" and two["steps"] == one.steps == 6
+    assert two["status"] == "succeeded" and two["steps"] == one.steps == 9
     assert two["trained_tokens"] == one.trained_tokens
     a, b = training_losses(one.results_csv), training_losses(two["results_csv"])
     assert b == pytest.approx(a, rel=LOSS_RTOL)
