@@ -138,7 +138,7 @@ def save_resume(
     output_dir: str | Path,
     *,
     save_model: Callable[[Path], Any],
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     state: TrainState,
     results_csv: Path | None,
@@ -149,7 +149,7 @@ def save_resume(
     name = f"step-{state.step}"
     tmp = _tmp_dir(root, name)
     save_model(tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
@@ -171,9 +171,18 @@ def load_state(path: Path) -> TrainState:
 
 
 def restore_training_state(
-    path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, device: str
+    path: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: str,
+    load_optimizer: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainState:
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
+    """Restore the optimizer (through `load_optimizer` if given: a sharded run takes its share
+    of the whole state, engine.fsdp), the scheduler and the RNG; return the position."""
+    if load_optimizer is None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
+    else:
+        load_optimizer(torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
     # weights_only=False: the RNG states hold numpy arrays and Python tuples; the file is ours.
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))

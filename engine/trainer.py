@@ -18,19 +18,19 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine import checkpoints as ckpt
-from engine import dpo, metrics
+from engine import dpo, fsdp, metrics
 from engine.cadence import CheckpointCadence
 from engine.data import (
     Example,
@@ -77,6 +77,9 @@ BF16_CPU_BUCKET = 64
 # this bounds the [positions, vocab] logits in memory; with it, the softmax buffers of every
 # chunk are kept for backward anyway, which is why packs are capped in tokens.
 HEAD_CHUNK = 4096
+
+T = TypeVar("T")
+P = TypeVar("P")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +224,46 @@ def register_packed_attention() -> None:
 # Model set-up
 
 
+def _autocast(device: str, bf16: bool) -> AbstractContextManager[Any]:
+    if not bf16:
+        return nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+class PackedLM(torch.nn.Module):
+    """The packed forward as one module call: the transformer body over a packed row, then the
+    output head at the positions `source` picks, HEAD_CHUNK of them at a time, each chunk's
+    logits handed to `score` at once (so without autograd only one chunk's [positions, vocab]
+    logits exist). Returns the scores, in order.
+
+    One call encloses every use of the embedding, the final norm and the output head (tied in
+    many models), which is what FSDP needs of its root module (engine.fsdp): the trainer calls
+    the body and the head, never the causal LM's own forward."""
+
+    def __init__(self, core: Any, head: torch.nn.Module, device: str, bf16: bool) -> None:
+        super().__init__()
+        self.core, self.head = core, head
+        self.device, self.bf16 = device, bf16
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        lens: list[int],
+        source: torch.Tensor,
+        score: Callable[[slice, torch.Tensor], T],
+    ) -> list[T]:
+        with _autocast(self.device, self.bf16):
+            hidden = _hidden(self.core, self.device, input_ids, position_ids, lens)
+        scores: list[T] = []
+        for start in range(0, source.numel(), HEAD_CHUNK):
+            part = slice(start, start + HEAD_CHUNK)
+            with _autocast(self.device, self.bf16):
+                logits = self.head(hidden[source[part]])
+            scores.append(score(part, logits))
+        return scores
+
+
 @dataclass
 class Runtime:
     model: Any  # the trainable module (a PeftModel for LoRA)
@@ -231,11 +274,13 @@ class Runtime:
     bf16: bool
     model_dir: Path
     method: str
+    packed: PackedLM = field(init=False)  # every forward goes through it
+
+    def __post_init__(self) -> None:
+        self.packed = PackedLM(self.core, self.head, self.device, self.bf16)
 
     def autocast(self) -> AbstractContextManager[Any]:
-        if not self.bf16:
-            return nullcontext()
-        return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+        return _autocast(self.device, self.bf16)
 
 
 def _split_model(causal_lm: Any) -> tuple[Any, torch.nn.Linear]:
@@ -251,11 +296,17 @@ def _is_adapter_dir(path: Path) -> bool:
 
 
 def build_runtime(
-    spec: TrainSpec, model_dir: Path, device: str, resume_from: Path | None
+    spec: TrainSpec,
+    model_dir: Path,
+    device: str,
+    resume_from: Path | None,
+    shard_over: World | None = None,
 ) -> Runtime:
     """Load the base model and make it trainable: a fresh or loaded LoRA adapter, or full weights.
 
-    `resume_from` is a checkpoint's model dir; otherwise `spec.continue_from` if given.
+    `resume_from` is a checkpoint's model dir; otherwise `spec.continue_from` if given. With
+    `shard_over`, the model is loaded on the CPU and sharded across that world's ranks onto
+    `device` (engine.fsdp), so no device ever holds all of it.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -269,7 +320,7 @@ def build_runtime(
             raise TrainingError("Full fine-tuning cannot continue from a LoRA adapter")
         load_dir = start
     causal_lm, tokenizer = load_model_and_tokenizer(
-        load_dir, device=device, attn_implementation=ATTENTION
+        load_dir, device="cpu" if shard_over else device, attn_implementation=ATTENTION
     )
     causal_lm.config.use_cache = False
     if spec.method == "full":
@@ -292,7 +343,7 @@ def build_runtime(
     bf16 = use_bf16(device) if spec.bf16 is None else spec.bf16
     if bf16 and spec.method == "lora":
         head = prepare_bf16_lora(causal_lm, head)
-    return Runtime(
+    runtime = Runtime(
         model=model,
         core=core,
         head=head,
@@ -302,6 +353,9 @@ def build_runtime(
         model_dir=model_dir,
         method=spec.method,
     )
+    if shard_over is not None:
+        fsdp.shard(runtime.packed, causal_lm, shard_over, device)
+    return runtime
 
 
 def prepare_bf16_lora(causal_lm: Any, head: torch.nn.Linear) -> torch.nn.Linear:
@@ -347,11 +401,20 @@ def _to_bf16_under_autocast(module: Any, args: Any, output: torch.Tensor) -> tor
     return output
 
 
-def save_trained(runtime: Runtime, out_dir: Path, model_source: str) -> Path:
-    """Write the adapter (LoRA) or the full model, plus the tokenizer, to `out_dir`."""
+def save_trained(
+    runtime: Runtime,
+    out_dir: Path,
+    model_source: str,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the adapter (LoRA) or the full model, plus the tokenizer, to `out_dir`. `state`: the
+    weights to write instead of the model's own (a sharded run's, gathered: engine.fsdp)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    runtime.model.save_pretrained(out_dir)
+    if state is None:
+        runtime.model.save_pretrained(out_dir)
+    else:
+        runtime.model.save_pretrained(out_dir, state_dict=state)
     runtime.tokenizer.save_pretrained(out_dir)
     config_path = out_dir / "adapter_config.json"
     if config_path.is_file():
@@ -393,14 +456,13 @@ class BatchStats:
 
 
 def _hidden(
-    runtime: Runtime, input_ids: torch.Tensor, position_ids: torch.Tensor, lens: list[int]
+    core: Any, device: str, input_ids: torch.Tensor, position_ids: torch.Tensor, lens: list[int]
 ) -> torch.Tensor:
-    device = runtime.device
     kwargs: dict[str, Any] = {"tunery_seq_lens": lens}
     if device.startswith("cuda"):
         cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32)
         kwargs["tunery_cu_seq_lens"] = cu.to(device, non_blocking=True)
-    out = runtime.core(
+    out = core(
         input_ids=input_ids.to(device, non_blocking=True),
         position_ids=position_ids.to(device, non_blocking=True),
         use_cache=False,
@@ -420,24 +482,20 @@ def _pack_loss(
     stats.examples += pack.n_examples
     if pack.labels.numel() == 0:
         return None
-    with runtime.autocast():
-        hidden = _hidden(runtime, pack.input_ids, pack.position_ids, pack.seq_lens)
-    source = pack.source.to(device)
     labels = pack.labels.to(device)
     weights = pack.weights.to(device)
     target = pack.target.to(device)
-    pieces: list[torch.Tensor] = []
-    correct_parts: list[torch.Tensor] = []
-    for start in range(0, source.numel(), HEAD_CHUNK):
-        part = slice(start, start + HEAD_CHUNK)
-        with runtime.autocast():
-            logits = runtime.head(hidden[source[part]])
+
+    def score(part: slice, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()  # the softmax in fp32 whatever the matmul precision
         ce = F.cross_entropy(logits, labels[part], reduction="none")
-        pieces.append((ce * weights[part]).sum())
-        correct_parts.append(logits.detach().argmax(-1) == labels[part])
-    loss_sum = torch.stack(pieces).sum()
-    correct = torch.cat(correct_parts)
+        return (ce * weights[part]).sum(), logits.detach().argmax(-1) == labels[part]
+
+    scores = runtime.packed(
+        pack.input_ids, pack.position_ids, pack.seq_lens, pack.source.to(device), score
+    )
+    loss_sum = torch.stack([piece for piece, _ in scores]).sum()
+    correct = torch.cat([right for _, right in scores])
 
     stats.weighted_loss += float(loss_sum.detach())
     stats.weight += float(pack.weights.sum())
@@ -460,17 +518,29 @@ def _token_logps(runtime: Runtime, pack: Pack) -> torch.Tensor:
     """Log-probabilities (fp32) of a pack's loss-bearing tokens under the model as it is, with
     autograd when it is on: what DPO sums per sequence (engine.dpo)."""
     device = runtime.device
-    with runtime.autocast():
-        hidden = _hidden(runtime, pack.input_ids, pack.position_ids, pack.seq_lens)
-    source = pack.source.to(device)
     labels = pack.labels.to(device)
-    pieces: list[torch.Tensor] = []
-    for start in range(0, source.numel(), HEAD_CHUNK):
-        part = slice(start, start + HEAD_CHUNK)
-        with runtime.autocast():
-            logits = runtime.head(hidden[source[part]])
-        pieces.append(-F.cross_entropy(logits.float(), labels[part], reduction="none"))
-    return torch.cat(pieces)
+
+    def score(part: slice, logits: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(logits.float(), labels[part], reduction="none")
+
+    source = pack.source.to(device)
+    return torch.cat(
+        runtime.packed(pack.input_ids, pack.position_ids, pack.seq_lens, source, score)
+    )
+
+
+def _null_loss(runtime: Runtime) -> torch.Tensor:
+    """A zero loss through every parameter (one token, scored with weight 0). Under FSDP every
+    forward and backward is a collective, so a rank with no (loss-bearing) pack left runs this
+    while the others run their last packs (engine.fsdp)."""
+    one = torch.zeros((1, 1), dtype=torch.long)
+    source = torch.zeros(1, dtype=torch.long, device=runtime.device)
+
+    def score(part: slice, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sum() * 0.0
+
+    loss: torch.Tensor = runtime.packed(one, one, [1], source, score)[0]
+    return loss
 
 
 def _batch_weight(examples: Sequence[Example]) -> float:
@@ -557,13 +627,13 @@ def class_probabilities(
     """P(class) for each prompt: the softmax of the next-token logits restricted to the classes'
     first tokens. Only the last position of each prompt goes through the output head."""
     token_index = torch.tensor(label_tokens, device=runtime.device)
+
+    def score(part: slice, logits: torch.Tensor) -> np.ndarray:
+        return torch.softmax(logits.float()[:, token_index], -1).cpu().numpy()
+
     out: list[np.ndarray] = []
     for ids, positions, lens, ends in prompt_pack(prompts, pack_tokens):
-        with runtime.autocast():
-            hidden = _hidden(runtime, ids, positions, lens)
-            logits = runtime.head(hidden[ends.to(runtime.device)])
-        class_logits = logits.float()[:, token_index]
-        out.append(torch.softmax(class_logits, -1).cpu().numpy())
+        out += runtime.packed(ids, positions, lens, ends.to(runtime.device), score)
     return np.concatenate(out)
 
 
@@ -649,6 +719,8 @@ class Trainer:
         self.output_dir = Path(spec.output_dir)
         if not main:  # its results file is a scratch copy; it writes no checkpoint
             self.output_dir = self.output_dir / f".rank-{self.world.rank}"
+        # Full fine-tuning over several processes shards the model (engine.fsdp's rule).
+        self.sharded = fsdp.wanted(spec.method, self.world)
         self.dpo = spec.objective == "dpo"
         self.beta = float(spec.beta if spec.beta is not None else dpo.DEFAULT_BETA)
         self.reference_file: Path | None = None
@@ -732,15 +804,38 @@ class Trainer:
         filler = int(self.runtime.tokenizer.pad_token_id or 0)
         return make_pair_packs(ordered, self.plan.pack_tokens, self.plan.bucket, filler)
 
+    def _in_step(self, packs: Iterator[P]) -> Iterable[P | None]:
+        """This rank's packs of a step; under FSDP, followed by as many None as it has fewer
+        than the rank with the most (each stands for a `_null_loss`: engine.fsdp)."""
+        if not self.sharded:
+            return packs
+        mine: list[P | None] = list(packs)
+        return mine + [None] * (self.world.most(len(mine)) - len(mine))
+
+    def _backward(self, loss: torch.Tensor | None) -> None:
+        if loss is None and self.sharded:  # keep FSDP's collectives in step with the others
+            loss = _null_loss(self.runtime)
+        if loss is not None:
+            torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
+
+    def _sum_grads(self) -> None:
+        if not self.sharded:  # FSDP summed them during the backward passes
+            self.world.sum_grads(self.trainable)
+
     def _dpo_step(self, pairs: list[Pair]) -> dpo.DpoStats:
         """One optimizer step of DPO: the loop of `_train_step`, with whole pairs per pack so
-        each pack's loss is complete and backpropagated on its own."""
+        each pack's loss is complete and backpropagated on its own (its share of the mean over
+        the global batch's pairs, so that the ranks' gradients sum to the 1-process one)."""
         stats = dpo.DpoStats()
         token_logps = partial(_token_logps, self.runtime)
-        for pack, group in self._pair_packs(pairs):
-            loss = dpo.pack_step(token_logps, pack, group, self.beta, len(pairs), stats)
-            if loss is not None:
-                torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
+        for item in self._in_step(self._pair_packs(self.world.shard(pairs))):
+            loss = None
+            if item is not None:
+                pack, group = item
+                loss = dpo.pack_step(token_logps, pack, group, self.beta, len(pairs), stats)
+            self._backward(loss)
+        self._sum_grads()
+        self.world.sum_stats(stats)
         self._optimizer_step()
         return stats
 
@@ -748,9 +843,15 @@ class Trainer:
     def _dpo_evaluate(self, pairs: list[Pair]) -> dpo.DpoStats:
         stats = dpo.DpoStats()
         token_logps = partial(_token_logps, self.runtime)
-        for pack, group in self._pair_packs(pairs):
-            dpo.pack_step(token_logps, pack, group, self.beta, len(pairs), stats)
-        return stats
+        for item in self._in_step(self._pair_packs(self.world.shard(pairs))):
+            loss = None
+            if item is not None:
+                pack, group = item
+                loss = dpo.pack_step(token_logps, pack, group, self.beta, len(pairs), stats)
+            if loss is None and self.sharded:
+                _null_loss(self.runtime)
+        summed: dpo.DpoStats = self.world.sum_stats(stats)
+        return summed
 
     def _fill_reference(self, resume_path: Path | None) -> None:
         """Give every pair its reference log-probabilities (engine.dpo): from the resume
@@ -794,11 +895,12 @@ class Trainer:
         # The global batch's weight: each rank's loss is its share of the 1-process loss, so
         # the summed gradient is the 1-process gradient.
         total_weight = _batch_weight(examples)
-        for pack in self._packs(self.world.shard(examples)):
-            loss = _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
-            if loss is not None:
-                torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
-        self.world.sum_grads(self.trainable)
+        for pack in self._in_step(self._packs(self.world.shard(examples))):
+            loss = None
+            if pack is not None:
+                loss = _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+            self._backward(loss)
+        self._sum_grads()
         self.world.sum_stats(stats)
         self._optimizer_step()
         return stats
@@ -809,8 +911,12 @@ class Trainer:
             return self._dpo_evaluate(examples)
         stats = BatchStats()
         total_weight = _batch_weight(examples)
-        for pack in self._packs(self.world.shard(examples)):
-            _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+        for pack in self._in_step(self._packs(self.world.shard(examples))):
+            loss = None
+            if pack is not None:
+                loss = _pack_loss(self.runtime, pack, total_weight or 1.0, stats)
+            if loss is None and self.sharded:
+                _null_loss(self.runtime)
         summed: BatchStats = self.world.sum_stats(stats)
         return summed
 
@@ -836,8 +942,13 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _save_model(self, directory: Path) -> Path:
-        return save_trained(self.runtime, directory, self.spec.model_source)
+    def _save_model(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        return save_trained(self.runtime, directory, self.spec.model_source, state)
+
+    def _gathered_model(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the whole model's weights for rank 0 to write (a collective: every rank
+        calls this at the same points); otherwise None: rank 0 writes its own."""
+        return fsdp.full_model_state(self.runtime.model) if self.sharded else None
 
     def _resume_checkpoint(self) -> Path | None:
         """Write a resume checkpoint at the current step (engine.checkpoints); None if the run
@@ -845,14 +956,18 @@ class Trainer:
         if not self.world.agree(self.hooks.may_write()):
             return None
         self.last_resume_step = self.state.step
+        model_state = self._gathered_model()
+        optimizer_state = (
+            fsdp.full_optimizer_state(self.runtime.model, self.optimizer) if self.sharded else None
+        )
         if not self.world.is_main:
             self.cadence.mark(self.state.step)
             return self.output_dir  # rank 0 wrote it
         self.state.seconds = self.seconds_before + (time.perf_counter() - self.started)
         path = ckpt.save_resume(
             self.output_dir,
-            save_model=self._save_model,
-            optimizer=self.optimizer,
+            save_model=partial(self._save_model, state=model_state),
+            optimizer_state=optimizer_state or self.optimizer.state_dict(),
             scheduler=self.scheduler,
             state=self.state,
             results_csv=self.results_path,
@@ -867,15 +982,17 @@ class Trainer:
         """The epoch's model checkpoint, which the API lists; None if the run may not write."""
         if not self.world.agree(self.hooks.may_write()):
             return None
+        # A resume checkpoint at this step has the model already (known on every rank).
+        same_step = self.last_resume_step == self.state.step
+        model_state = None if same_step else self._gathered_model()
         if not self.world.is_main:  # rank 0 wrote it
             return CheckpointInfo(self.state.epoch, self.state.step, "", {})
         latest = self.last_resume
-        same_step = latest is not None and ckpt.load_state(latest).step == self.state.step
         path = ckpt.save_model_checkpoint(
             self.checkpoints_dir,
             self.state.step,
             link_from=latest / "model" if same_step and latest is not None else None,
-            save_model=self._save_model,
+            save_model=partial(self._save_model, state=model_state),
         )
         info = CheckpointInfo(
             epoch=self.state.epoch,
@@ -937,9 +1054,20 @@ class Trainer:
         resume_path = self._resume_source()
         _seed_everything(spec.seed)
         self.runtime = build_runtime(
-            spec, model_dir, device, resume_path / "model" if resume_path else None
+            spec,
+            model_dir,
+            device,
+            resume_path / "model" if resume_path else None,
+            shard_over=self.world if self.sharded else None,
         )
         runtime = self.runtime
+        if self.sharded:
+            n = self.world.size
+            hooks.on_event(
+                "info",
+                f"Sharding the model across {n} processes (FSDP): each holds 1/{n} of the "
+                "weights, gradients and optimizer state",
+            )
         self._load_data(runtime.tokenizer, model_dir)
         self.plan = plan = self._plan(device, runtime.bf16)
         self.classification = (
@@ -968,7 +1096,15 @@ class Trainer:
         self.last_resume_step = None
         if resume_path is not None:
             self.state = ckpt.restore_training_state(
-                resume_path, self.optimizer, self.scheduler, device
+                resume_path,
+                self.optimizer,
+                self.scheduler,
+                device,
+                load_optimizer=(
+                    partial(fsdp.load_optimizer_state, runtime.model, self.optimizer)
+                    if self.sharded
+                    else None
+                ),
             )
             for path in ckpt.list_checkpoints(self.checkpoints_dir):
                 step = int(path.name.split("-", 1)[1])
@@ -1075,7 +1211,9 @@ class Trainer:
                     elapsed = time.perf_counter() - self.started
                     eta = elapsed / steps_this_run * (plan.total_steps - state.step)
                     hooks.on_progress(state.step, plan.total_steps, state.elapsed_tokens, eta)
-                    due = not end_of_epoch and self.cadence.due(state.step)
+                    # Rank 0's clock decides: the ranks' clocks may cross the cadence at
+                    # different steps, and writing a checkpoint is a collective.
+                    due = not end_of_epoch and self.world.agree(self.cadence.due(state.step))
                     if due and self._resume_checkpoint() is None:
                         status = "stopped"  # fenced out: another attempt owns the job
                         break
@@ -1125,8 +1263,10 @@ class Trainer:
         elif best is not None and best.step != self.state.step:
             # The best checkpoint is an earlier one: it is the final model (already on disk).
             model_out = ckpt.checkpoint_dir(self.checkpoints_dir, best.step) / "model"
-        elif self.world.is_main:
-            model_out = save_trained(runtime, self.output_dir / "model", spec.model_source)
+        else:
+            model_state = self._gathered_model()
+            if self.world.is_main:
+                model_out = self._save_model(self.output_dir / "model", model_state)
         final = {k: v for k, v in last_row.items() if not _isnan(v)}
         selection = None
         if status == "succeeded" and best is not None:

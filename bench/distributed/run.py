@@ -1,8 +1,9 @@
 """1 vs N training processes for the same job (engine.distributed under torchrun).
 
 Both runs go through torchrun (`--nproc-per-node 1` and `N`), on the same spec: a random-init
-Llama (engine.tiny, `--hidden`/`--layers`), LoRA, prompt/completion rows of random words, the
-same global batch, epochs and seed. On a CPU host every process gets its share of the cores
+Llama (engine.tiny, `--hidden`/`--layers`), LoRA (`--method full`: full fine-tuning, which N > 1
+processes shard with FSDP, engine.fsdp), prompt/completion rows of random words, the same
+global batch, epochs and seed. On a CPU host every process gets its share of the cores
 (N processes on C cores: C/N threads each), so on a 2-core machine this measures the overhead
 of data parallelism (an all-reduce per step, two processes' memory), not a speed-up; on a
 multi-GPU host it is the scaling.
@@ -12,8 +13,8 @@ included), the training steps' examples/s (from the results file's elapsed time)
 the ranks, and the largest relative difference of the per-step training loss to the 1-process
 run.
 
-    .venv/bin/python bench/distributed/run.py [--nproc 2] [--examples 128] [--batch-size 8]
-        [--hidden 256] [--layers 4] [--json FILE]
+    .venv/bin/python bench/distributed/run.py [--nproc 2] [--method lora|full] [--examples 128]
+        [--batch-size 8] [--hidden 256] [--layers 4] [--json FILE]
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _run(spec_path: Path, out: Path, nproc: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
@@ -112,6 +114,7 @@ def main() -> None:
                 model_source=str(model),
                 train_path=str(data),
                 output_dir=str(out / "work"),
+                method=args.method,
                 n_epochs=1,
                 batch_size=args.batch_size,
                 seed=1,
@@ -122,7 +125,7 @@ def main() -> None:
             results[nproc] = _run(spec_path, out, nproc)
         base = results[1]["losses"]
         load = os.getloadavg()
-        print(f"machine: {machine()}; load average at the end {load[0]:.2f}")
+        print(f"machine: {machine()}; load average at the end {load[0]:.2f}; {args.method}")
         print(f"{'processes':>9} {'wall s':>8} {'steps':>6} {'max rel loss diff':>18}")
         for nproc, r in results.items():
             diff = max(abs(a - b) / abs(a) for a, b in zip(base, r["losses"], strict=True))

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from engine.spec import TrainSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,3 +53,30 @@ def word_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 @pytest.fixture
 def train_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", word_rows(8))
+
+
+def torchrun(spec: TrainSpec, run_dir: Path, nproc: int, *extra: str) -> subprocess.Popen[bytes]:
+    """`python -m engine.distributed` on `nproc` real processes (torchrun, gloo on CPU); rank 0
+    writes `run_dir/result-N.json`, the output goes to `run_dir/torchrun-N.log`."""
+    spec_path = run_dir / f"spec-{nproc}.json"
+    spec_path.write_text(json.dumps(asdict(spec)))
+    log = open(run_dir / f"torchrun-{nproc}.log", "wb")  # noqa: SIM115 -- closed by the OS at exit
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc-per-node={nproc}", "-m", "engine.distributed", str(spec_path),
+         str(run_dir / f"result-{nproc}.json"), *extra],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def torchrun_result(proc: subprocess.Popen[bytes], run_dir: Path, nproc: int) -> dict[str, Any]:
+    """Wait for a `torchrun` run; its TrainResult as JSON (the log's tail if it failed)."""
+    log = run_dir / f"torchrun-{nproc}.log"
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    result: dict[str, Any] = json.loads((run_dir / f"result-{nproc}.json").read_text())
+    return result
+
+
+def training_losses(results_csv: str | Path) -> list[float]:
+    with open(results_csv) as fh:
+        return [float(row["training_loss"]) for row in csv.DictReader(fh)]

@@ -152,12 +152,8 @@ def test_packed_attention_matches_separate_forward_passes(tiny_model_dir: Path) 
     ids = torch.cat(pieces, 1)
     positions = torch.cat([torch.arange(p.shape[1]) for p in pieces])[None]
 
-    class Runtime:
-        core = packed_model.model
-        device = "cpu"
-
     with torch.no_grad():
-        packed = _hidden(Runtime, ids, positions, [7, 3, 12])  # type: ignore[arg-type]  # a stand-in Runtime
+        packed = _hidden(packed_model.model, "cpu", ids, positions, [7, 3, 12])
         separate = torch.cat([plain_model.model(input_ids=p).last_hidden_state[0] for p in pieces])
 
     torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-5)

@@ -177,6 +177,40 @@ def test_a_job_trains_in_two_processes_under_torchrun(
     assert log is None  # the attempt dirs are gone with the job's success
 
 
+def test_a_full_fine_tune_trains_sharded_in_two_processes(
+    owner: Persona, tiny_base: Any, tmp_path: Path, settings: Any
+) -> None:
+    from jobs import runner, services
+    from jobs.services import JobRequest
+    from tests.conftest import sms_subset, validated_upload
+
+    settings.TUNERY_TRAIN_PROCESSES = 2
+    training_file = validated_upload(owner, "sms.jsonl", sms_subset(tmp_path, 8).read_bytes())
+    job = services.job_create(
+        organization=owner.org,
+        created_by=owner.user,
+        req=JobRequest(
+            api="current",
+            model="tiny-llama",
+            training_file=training_file,
+            method="full",
+            n_epochs=1,
+            batch_size=2,
+            seed=3,
+        ),
+    )
+    assert runner.job_run(job_id=job.pk) == runner.DONE
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    # engine.fsdp's rule: a full fine-tune over 2 processes is sharded; rank 0's event came
+    # through the runner, and the model it wrote from the gathered weights is a whole one.
+    assert JobEvent.objects.filter(
+        job=job, message__startswith="Sharding the model across 2 processes (FSDP)"
+    ).exists()
+    assert metrics_steps(job) == [1, 2, 3, 4]
+    assert (Path(job.result_model.artifact_dir) / "model.safetensors").is_file()
+
+
 def test_cancelling_a_torchrun_job_stops_every_rank(
     owner: Persona, tiny_base: Any, tmp_path: Path, settings: Any
 ) -> None:
