@@ -6,7 +6,8 @@ the model is built here, random-initialised, in SmolLM2-135M's shape: hidden 576
 
 1. Training: the same LoRA job (r=8, all linear layers, global batch `--batch-size`, 1 epoch
    of `--examples` rows) under torchrun on 1 process (1 GPU) and on N processes (every GPU:
-   engine.distributed, NCCL, one device per rank). Reported: training tokens/s (the
+   engine.distributed, NCCL, one device per rank); then the same as a full fine-tune, on 1
+   process and on N sharded with FSDP2 (engine.fsdp). Reported: training tokens/s (the
    results file's elapsed tokens over the run's wall time, process start-up and model build
    included: a conservative figure), peak GPU memory of rank 0, and the N-vs-1 scaling.
 2. Generation: greedy decoding of `--new-tokens` tokens for a batch of prompts on 1 GPU
@@ -93,15 +94,16 @@ def build_model(out: Path, shape: Mapping[str, Any]) -> Path:
 
 
 def train(
-    model: Path, data: Path, root: Path, nproc: int, batch_size: int, device: str
+    model: Path, data: Path, root: Path, nproc: int, batch_size: int, device: str, method: str
 ) -> dict[str, Any]:
     from engine.spec import TrainSpec
 
-    out = root / f"train-{nproc}"
+    out = root / f"train-{method}-{nproc}"
     out.mkdir()
     spec = TrainSpec(
         model_source=str(model), train_path=str(data), output_dir=str(out / "work"),
         n_epochs=1, batch_size=batch_size, seed=1, checkpoint_every_seconds=None, device=device,
+        method=method,  # type: ignore[arg-type]  # "lora" | "full", from main()
     )  # fmt: skip
     (out / "spec.json").write_text(json.dumps(asdict(spec)))
     start = time.perf_counter()
@@ -120,6 +122,7 @@ def train(
     tokens = float(rows[-1]["elapsed_tokens"])
     seconds = wall
     return {
+        "method": method,
         "processes": nproc,
         "steps": result["steps"],
         "tokens": tokens,
@@ -184,19 +187,22 @@ def main() -> None:
                         "completion": " " + " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n"
             for _ in range(args.examples)
         ))  # fmt: skip
-        runs = [train(model, data, root, 1, args.batch_size, device)]
-        if n_gpus > 1:
-            runs.append(train(model, data, root, n_gpus, args.batch_size, device))
+        runs = []
+        for method in ("lora", "full"):  # full on N processes: sharded (FSDP2)
+            for nproc in sorted({1, n_gpus}):
+                runs.append(train(model, data, root, nproc, args.batch_size, device, method))
         gen = generate(model, device, args.gen_batch, args.new_tokens)
     print(f"machine: {machine(device)}; {n_gpus} device(s); load {os.getloadavg()[0]:.2f}")
-    print(
-        f"{'processes':>9} {'steps':>5} {'tokens/s':>10} {'wall s':>7} {'peak GiB':>8} {'loss':>7}"
-    )
+    print(f"{'method':>6} {'processes':>9} {'steps':>5} {'tokens/s':>10} {'wall s':>7} "
+          f"{'peak GiB':>8} {'loss':>7}")  # fmt: skip
     for r in runs:
-        print(f"{r['processes']:>9} {r['steps']:>5} {r['tokens_per_s']:>10.0f} {r['wall_s']:>7.1f}"
-              f" {r['peak_gib']:>8.2f} {r['final_loss']:>7.3f}")  # fmt: skip
-    if len(runs) > 1:
-        print(f"scaling {n_gpus} vs 1: {runs[1]['tokens_per_s'] / runs[0]['tokens_per_s']:.2f}x")
+        print(f"{r['method']:>6} {r['processes']:>9} {r['steps']:>5} {r['tokens_per_s']:>10.0f} "
+              f"{r['wall_s']:>7.1f} {r['peak_gib']:>8.2f} {r['final_loss']:>7.3f}")  # fmt: skip
+    for method in ("lora", "full"):
+        pair = [r for r in runs if r["method"] == method]
+        if len(pair) > 1:
+            print(f"{method} scaling {n_gpus} vs 1: "
+                  f"{pair[1]['tokens_per_s'] / pair[0]['tokens_per_s']:.2f}x")  # fmt: skip
     print(f"generation: batch {gen['batch']}, {gen['tokens_per_s']:.0f} tokens/s, "
           f"peak {gen['peak_gib']:.2f} GiB")  # fmt: skip
     if args.json:
