@@ -16,6 +16,10 @@ Llama of engine.tiny, long enough to outlast the run) and, while the job trains:
    while 10 pollers keep polling the events list: the web processes' RSS before and with the
    streams open, and the pollers' p50/p95 meanwhile.
 
+With `--inference-clients N`, N clients stream 32-token completions on the embedded base
+model, back to back, through the same web tier during 1 and 2 (the inference service busy while
+the pollers poll).
+
 Latency is the client's time to the whole response; errors are non-2xx/304 answers or failed
 connections. Results go to docs/benchmarks/serving.md (the "Web tier" section).
 """
@@ -189,6 +193,24 @@ def follower(
         stats["closed"] += 1
 
 
+def completions(
+    base: str, key: str, model: str, stop: threading.Event, stats: dict[str, Any]
+) -> None:
+    """Streamed 32-token completions on `model`, back to back until `stop`: the inference
+    service kept busy while the pollers poll (`--inference-clients`)."""
+    from bench.serving.inference_load import _session, completion_body, stream_completion
+
+    session, n = _session(key), 0
+    while not stop.is_set():
+        try:
+            sample = stream_completion(session, base, completion_body(model, n, {}))
+            stats["completed"] += 1
+            stats["tokens"] += sample.tokens
+        except Exception:  # counted, not fatal: the pollers are what is measured
+            stats["errors"] += 1
+        n += 1
+
+
 def web_rss(rpc_socket: str) -> tuple[int, list[int]]:
     """The web processes' total RSS (bytes) and pids, from supervisord."""
     import xmlrpc.client
@@ -209,6 +231,12 @@ def main() -> None:
     parser.add_argument("--poll-seconds", type=float, default=30)
     parser.add_argument("--followers", type=int, default=200)
     parser.add_argument("--follow-seconds", type=float, default=60)
+    parser.add_argument(
+        "--inference-clients",
+        type=int,
+        default=0,
+        help="clients streaming completions on the embedded base model while the pollers poll",
+    )
     args = parser.parse_args()
     if not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
         sys.exit("run it on PostgreSQL and Redis (DATABASE_URL, CELERY_BROKER_URL), as deployed")
@@ -251,6 +279,23 @@ def main() -> None:
         ).stdout.strip()
         api = {"Authorization": f"Bearer {state['key']}"}
         cookies = {settings.SESSION_COOKIE_NAME: state["session"]}
+        inference_stop = threading.Event()
+        inference = {"clients": args.inference_clients, "completed": 0, "tokens": 0, "errors": 0}
+        inference_threads = [
+            threading.Thread(
+                target=completions,
+                args=(base, state["key"], "SmolLM2-135M-Instruct", inference_stop, inference),
+                daemon=True,
+            )
+            for _ in range(args.inference_clients)
+        ]
+        for t in inference_threads:
+            t.start()
+        if inference_threads:  # the base model loaded and decoding before the pollers start
+            deadline = time.monotonic() + 300
+            while not inference["completed"] and time.monotonic() < deadline:
+                time.sleep(1)
+        inference_began = time.monotonic()
 
         events_url = f"{base}/v1/fine_tuning/jobs/{job.public_id}/events"
         results["events_api"] = poll(events_url, args.pollers, args.poll_seconds, api, {})
@@ -260,6 +305,11 @@ def main() -> None:
             live_url, args.pollers, args.poll_seconds, {"HX-Request": "true"}, cookies
         )
         print("job live", results["job_live"], flush=True)  # noqa: T201
+        inference_stop.set()
+        if inference_threads:
+            inference["tokens_per_s"] = inference["tokens"] / (time.monotonic() - inference_began)
+            results["inference_meanwhile"] = inference
+            print("inference meanwhile", inference, flush=True)  # noqa: T201
 
         rpc = f"unix://{work}/supervisor.sock"
         rss_before, pids = web_rss(rpc)
