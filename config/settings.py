@@ -387,6 +387,15 @@ if TUNERY_EARLY_STOPPING not in ("auto", "off"):
     raise ImproperlyConfigured(
         f"TUNERY_EARLY_STOPPING must be 'auto' or 'off', got {TUNERY_EARLY_STOPPING!r}"
     )
+# The rules that fill in "auto" hyperparameters (engine.spec.resolve_hyperparameters):
+# "openai", OpenAI's published rules, or "small", fitted to small open models on the quality
+# suite (docs/benchmarks/quality.md).
+TUNERY_AUTO_HYPERPARAMETERS = env_str("TUNERY_AUTO_HYPERPARAMETERS", "openai")
+if TUNERY_AUTO_HYPERPARAMETERS not in ("openai", "small"):
+    raise ImproperlyConfigured(
+        "TUNERY_AUTO_HYPERPARAMETERS must be 'openai' or 'small', "
+        f"got {TUNERY_AUTO_HYPERPARAMETERS!r}"
+    )
 # A training worker beats every TUNERY_HEARTBEAT_SECONDS. The reaper (every
 # TUNERY_REAPER_SECONDS, on the default queue) shows "worker lost, resuming" once a job's
 # heartbeat is TUNERY_HEARTBEAT_LOST_SECONDS old and requeues it at

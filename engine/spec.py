@@ -6,6 +6,7 @@ map the results back without the engine knowing about Django.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,6 +15,10 @@ Method = Literal["lora", "full"]
 # preference pairs (engine.dpo). OpenAI's `method.type`; `Method` above is how weights change.
 Objective = Literal["supervised", "dpo"]
 TooLongPolicy = Literal["truncate", "drop"]
+# The names of the rules that fill in "auto" hyperparameters (`resolve_hyperparameters`): "openai", OpenAI's
+# published rules, or "small", fitted to small open models by issue 14's sweep
+# (bench/quality/sweep.py, docs/benchmarks/quality.md).
+AUTO_RULES: tuple[str, ...] = ("openai", "small")
 
 # Base learning rates, multiplied by `learning_rate_multiplier` (OpenAI's knob). LoRA adapters
 # start at zero and need a much larger step than full weights: with OpenAI's default multipliers
@@ -54,6 +59,7 @@ class TrainSpec:
     n_epochs: int | None = None
     batch_size: int | None = None
     learning_rate_multiplier: float | None = None
+    auto_rule: str = "openai"  # how None hyperparameters are filled in (see below)
     prompt_loss_weight: float = 0.01
     base_learning_rate: float | None = None  # None: DEFAULT_BASE_LEARNING_RATE[method]
     lora: LoraSpec = field(default_factory=LoraSpec)
@@ -177,6 +183,32 @@ def auto_learning_rate_multiplier(batch_size: int) -> float:
     return 0.2
 
 
+# The "small" rule (candidate until the sweep in docs/benchmarks/quality.md says otherwise).
+SMALL_BATCH = 8  # below SMALL_BATCH_LARGE_SET examples
+SMALL_BATCH_LARGE = 16
+SMALL_BATCH_LARGE_SET = 1000
+SMALL_MULTIPLIER_AT_8 = 0.25  # LoRA: 1e-3 at batch 8
+SMALL_MIN_STEPS = 100
+SMALL_MAX_EPOCHS = 10
+
+
+def _small_batch(n_examples: int) -> int:
+    return SMALL_BATCH_LARGE if n_examples >= SMALL_BATCH_LARGE_SET else SMALL_BATCH
+
+
+def _small_multiplier(batch_size: int) -> float:
+    """Square-root scaling with the batch size around 0.25 at 8 (the noise of the gradient
+    falls with the square root of the batch)."""
+    return round(SMALL_MULTIPLIER_AT_8 * math.sqrt(batch_size / SMALL_BATCH), 4)
+
+
+def _small_epochs(n_examples: int, batch_size: int) -> int:
+    """Enough epochs for about SMALL_MIN_STEPS optimizer steps, between 1 and SMALL_MAX_EPOCHS:
+    a small set needs many passes, a large one is learnt in one."""
+    wanted = math.ceil(SMALL_MIN_STEPS * batch_size / max(1, n_examples))
+    return max(1, min(SMALL_MAX_EPOCHS, wanted))
+
+
 def subset_size(n_examples: int, fraction: float) -> int:
     """How many of `n_examples` a run with `data_fraction=fraction` trains on (at least 1)."""
     if fraction >= 1:
@@ -189,22 +221,37 @@ def resolve_hyperparameters(
     n_epochs: int | None,
     batch_size: int | None,
     learning_rate_multiplier: float | None,
+    rule: str = "openai",
 ) -> tuple[int, int, float]:
-    """Fill in OpenAI's automatic values where the caller gave None.
+    """Fill in the automatic values where the caller gave None, by `rule`.
 
-    n_epochs: 4. batch_size: round(0.2% of n_examples), at least 1 and at most 256 (and never more
-    than the number of examples). learning_rate_multiplier: see `auto_learning_rate_multiplier`.
+    "openai": n_epochs 4; batch_size round(0.2% of n_examples), at least 1 and at most 256;
+    learning_rate_multiplier: see `auto_learning_rate_multiplier`.
+    "small": batch_size 8 (16 from 1,000 examples); learning_rate_multiplier 0.25 at batch 8,
+    scaled by the square root of the batch size; n_epochs enough for about 100 steps, 1 to 10.
+    Either way the batch size never exceeds the number of examples.
     """
-    epochs = AUTO_N_EPOCHS if n_epochs is None else int(n_epochs)
-    if batch_size is None:
-        batch = min(AUTO_BATCH_MAX, max(1, round(AUTO_BATCH_FRACTION * n_examples)))
-    else:
+    if rule not in AUTO_RULES:
+        raise TrainingError(f"Unknown auto rule {rule!r}; expected one of {AUTO_RULES}")
+    if batch_size is not None:
         batch = int(batch_size)
-    batch = max(1, min(batch, max(1, n_examples)))
-    if learning_rate_multiplier is None:
-        multiplier = auto_learning_rate_multiplier(batch)
+    elif rule == "small":
+        batch = _small_batch(n_examples)
     else:
+        batch = min(AUTO_BATCH_MAX, max(1, round(AUTO_BATCH_FRACTION * n_examples)))
+    batch = max(1, min(batch, max(1, n_examples)))
+    if n_epochs is not None:
+        epochs = int(n_epochs)
+    elif rule == "small":
+        epochs = _small_epochs(n_examples, batch)
+    else:
+        epochs = AUTO_N_EPOCHS
+    if learning_rate_multiplier is not None:
         multiplier = float(learning_rate_multiplier)
+    elif rule == "small":
+        multiplier = _small_multiplier(batch)
+    else:
+        multiplier = auto_learning_rate_multiplier(batch)
     if epochs < 1:
         raise TrainingError(f"n_epochs must be at least 1, got {epochs}")
     if multiplier <= 0:

@@ -772,7 +772,11 @@ class Trainer:
     def _plan(self, device: str, bf16: bool) -> _Plan:
         spec = self.spec
         n_epochs, batch_size, multiplier = resolve_hyperparameters(
-            len(self.train_examples), spec.n_epochs, spec.batch_size, spec.learning_rate_multiplier
+            len(self.train_examples),
+            spec.n_epochs,
+            spec.batch_size,
+            spec.learning_rate_multiplier,
+            rule=spec.auto_rule,
         )
         base = spec.base_learning_rate or DEFAULT_BASE_LEARNING_RATE[spec.method]
         steps_per_epoch = math.ceil(len(self.train_examples) / batch_size)

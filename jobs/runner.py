@@ -210,6 +210,7 @@ def job_spec(job: FineTuneJob, work: Path, *, resume_from: Path | None) -> engin
         n_epochs=hp.get("n_epochs"),
         batch_size=hp.get("batch_size"),
         learning_rate_multiplier=hp.get("learning_rate_multiplier"),
+        auto_rule=settings.TUNERY_AUTO_HYPERPARAMETERS,
         prompt_loss_weight=hp.get("prompt_loss_weight", 0.01),
         base_learning_rate=lr,
         seed=job.seed,
@@ -599,7 +600,11 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
         spec = job_spec(job, work, resume_from=resume_from)
         n_examples = job.training_file.example_count
         n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
-            n_examples, spec.n_epochs, spec.batch_size, spec.learning_rate_multiplier
+            n_examples,
+            spec.n_epochs,
+            spec.batch_size,
+            spec.learning_rate_multiplier,
+            rule=spec.auto_rule,
         )
         resolved = {
             "n_epochs": n_epochs,

@@ -152,7 +152,11 @@ def job_preflight(
     import engine
 
     n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
-        examples, n_epochs, batch_size, learning_rate_multiplier
+        examples,
+        n_epochs,
+        batch_size,
+        learning_rate_multiplier,
+        rule=settings.TUNERY_AUTO_HYPERPARAMETERS,
     )
     measured, scope = measured_tokens_per_second(
         base_model_id=base_model_id, device_class=device_class, device_count=device_count

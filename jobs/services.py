@@ -511,7 +511,11 @@ def _forecast_hyperparameters(
     if not n:
         return {}
     n_epochs, batch_size, lrm = resolve_hyperparameters(
-        n, requested["n_epochs"], requested["batch_size"], requested["learning_rate_multiplier"]
+        n,
+        requested["n_epochs"],
+        requested["batch_size"],
+        requested["learning_rate_multiplier"],
+        rule=settings.TUNERY_AUTO_HYPERPARAMETERS,
     )
     # The ¼ run must fill at least one batch of the shared batch size.
     if n < 4 * batch_size:

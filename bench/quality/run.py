@@ -7,6 +7,7 @@ base model's zero-shot accuracy (same first-token scoring as the results file) a
 fine-tuned accuracy of every epoch, read back from compiled_results.csv.
 
     .venv/bin/python bench/quality/run.py [--data DIR] [--device auto] [--threads N] [--json F]
+        [--auto-rule openai|small]
 
 Runs unchanged on CUDA (bf16 autocast there). Target: >= 98% accuracy in <= 20 minutes of
 training on the 2-core CPU runner.
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 from bench.common import machine  # noqa: E402
 from engine import DEFAULT_MODEL_SOURCE, Hooks, TrainSpec, resolve_model_source, train  # noqa: E402
 from engine.models import auto_threads, default_cache_dir, pick_device  # noqa: E402
+from engine.spec import AUTO_RULES  # noqa: E402
 from engine.trainer import evaluate_classification  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sms_spam"
@@ -66,6 +68,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=str(default_cache_dir()))
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--skip-zero-shot", action="store_true")
+    parser.add_argument(
+        "--auto-rule", default="openai", choices=AUTO_RULES, help="how auto values are filled in"
+    )
     args = parser.parse_args()
 
     device = pick_device(args.device)
@@ -100,6 +105,7 @@ def main() -> None:
         cache_dir=args.cache_dir,
         device=device,
         num_threads=args.threads,
+        auto_rule=args.auto_rule,
     )
     hooks = Progress()
     start = time.perf_counter()

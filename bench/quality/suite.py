@@ -26,7 +26,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,115 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def score_model(
+    client: Client, model: str, kind: str, test: list[dict[str, Any]]
+) -> tuple[dict[str, Any], float, list[tuple[str, str]]]:
+    """`model`'s scores on `test`, the seconds they took, and the (expected, generated) pairs."""
+    started = time.perf_counter()
+    pairs = generations(client, model, kind, test)
+    return score(kind, pairs), round(time.perf_counter() - started, 1), pairs
+
+
+def train_and_score(
+    client: Client,
+    *,
+    task: str,
+    size: int,
+    model: str,
+    early: Any,
+    seed: int,
+    hyperparameters: dict[str, Any],
+    test: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Upload the task's files, fine-tune through the API, score the fine-tuned model on `test`.
+    Needs a worker and the inference service running (see `main`)."""
+    kind = TASKS[task][0]
+    directory = DATA / task
+    training = upload(client, directory / f"train_{size}.jsonl")
+    validation = upload(client, directory / "valid.jsonl")
+    started = time.perf_counter()
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": model,
+            "training_file": training,
+            "validation_file": validation,
+            "seed": seed,
+            "early_stopping": early,
+            "hyperparameters": {
+                name: hyperparameters.get(name) or "auto"
+                for name in ("n_epochs", "batch_size", "learning_rate_multiplier")
+            },
+        },
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.content
+    job_id = response.json()["id"]
+    print(f"job {job_id} created", flush=True)
+
+    def finished() -> Any:
+        body = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    job = wait_for(finished, 6 * 3600, interval=5, what=f"job {job_id}")
+    summary: dict[str, Any] = {
+        "job": job_id,
+        "job_seconds": round(time.perf_counter() - started, 1),
+        "status": job["status"],
+        "hyperparameters": job["hyperparameters"],
+        "trained_tokens": job.get("trained_tokens"),
+    }
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
+    summary["selection"] = [
+        e["message"]
+        for e in events
+        if e["message"].startswith(("Best checkpoint", "Early stopping"))
+    ]
+    if job["status"] != "succeeded":
+        summary["error"] = job.get("error")
+        return summary
+    scores, seconds, pairs = score_model(client, job["fine_tuned_model"], kind, test)
+    summary["fine_tuned"] = scores
+    summary["scoring_seconds"] = seconds
+    summary["examples"] = [{"expected": e, "generated": g} for e, g in pairs[:3]]
+    return summary
+
+
+def read_test(task: str, limit: int | None) -> list[dict[str, Any]]:
+    directory = DATA / task
+    if not directory.is_dir():
+        raise SystemExit(f"No data for {task}: run bench/quality/tasks.py first")
+    return read_jsonl(directory / "test.jsonl")[:limit]
+
+
+def parse_early(value: str) -> Any:
+    early: Any = {"false": False, "true": True}.get(value, value)
+    if isinstance(early, str) and early.isdigit():
+        early = int(early)
+    return early
+
+
+@contextmanager
+def stack(log_dir: Path) -> Iterator[Client]:
+    """A real Celery worker process and Tunery's inference service, and an API client of the
+    `bench-quality` organization."""
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    call_command("migrate", verbosity=0)
+    client = api_client()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        celery_worker(log=log_dir / "worker.log"),
+        inference_service(log=log_dir / "inference.log", env={"OMP_NUM_THREADS": "2"}) as url,
+    ):
+        settings.TUNERY_INFERENCE_URL = url
+        settings.TUNERY_INFERENCE_BACKEND = "local"
+        yield client
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -145,20 +256,8 @@ def main() -> None:
     args = parser.parse_args()
 
     kind = TASKS[args.task][0]
-    directory = DATA / args.task
-    if not directory.is_dir():
-        raise SystemExit(f"No data for {args.task}: run bench/quality/tasks.py first")
-    test = read_jsonl(directory / "test.jsonl")[: args.test_limit]
-    early: Any = args.early_stopping
-    early = {"false": False, "true": True}.get(early, early)
-    if isinstance(early, str) and early.isdigit():
-        early = int(early)
-
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    call_command("migrate", verbosity=0)
-    client = api_client()
-    log_dir = Path(settings.DATA_DIR) / "bench-quality"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    test = read_test(args.task, args.test_limit)
+    early = parse_early(args.early_stopping)
     summary: dict[str, Any] = {
         "task": args.task,
         "kind": kind,
@@ -167,69 +266,28 @@ def main() -> None:
         "early_stopping": early,
         "test_examples": len(test),
         "machine": machine(),
-        "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "uptime_before": uptime(),
     }
-    with (
-        celery_worker(log=log_dir / "worker.log"),
-        inference_service(log=log_dir / "inference.log", env={"OMP_NUM_THREADS": "2"}) as url,
-    ):
-        settings.TUNERY_INFERENCE_URL = url
-        settings.TUNERY_INFERENCE_BACKEND = "local"
+    with stack(Path(settings.DATA_DIR) / "bench-quality") as client:
         if args.zero_shot:
-            started = time.perf_counter()
-            pairs = generations(client, args.model, kind, test)
-            summary["zero_shot"] = score(kind, pairs)
-            summary["zero_shot_seconds"] = round(time.perf_counter() - started, 1)
-            print("zero-shot:", summary["zero_shot"], flush=True)
-        training = upload(client, directory / f"train_{args.size}.jsonl")
-        validation = upload(client, directory / "valid.jsonl")
-        started = time.perf_counter()
-        response = client.post(
-            "/v1/fine_tuning/jobs",
-            {
-                "model": args.model,
-                "training_file": training,
-                "validation_file": validation,
-                "seed": args.seed,
-                "early_stopping": early,
-                "hyperparameters": {
-                    "n_epochs": args.n_epochs or "auto",
-                    "batch_size": args.batch_size or "auto",
-                    "learning_rate_multiplier": args.learning_rate_multiplier or "auto",
-                },
+            scores, seconds, _ = score_model(client, args.model, kind, test)
+            summary["zero_shot"], summary["zero_shot_seconds"] = scores, seconds
+            print("zero-shot:", scores, flush=True)
+        summary |= train_and_score(
+            client,
+            task=args.task,
+            size=args.size,
+            model=args.model,
+            early=early,
+            seed=args.seed,
+            hyperparameters={
+                "n_epochs": args.n_epochs,
+                "batch_size": args.batch_size,
+                "learning_rate_multiplier": args.learning_rate_multiplier,
             },
-            content_type="application/json",
+            test=test,
         )
-        assert response.status_code == 200, response.content
-        job_id = response.json()["id"]
-        print(f"job {job_id} created", flush=True)
-
-        def finished() -> Any:
-            body = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
-
-        job = wait_for(finished, 6 * 3600, interval=5, what=f"job {job_id}")
-        summary["job"] = job_id
-        summary["job_seconds"] = round(time.perf_counter() - started, 1)
-        summary["status"] = job["status"]
-        summary["hyperparameters"] = job["hyperparameters"]
-        events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
-        summary["selection"] = [
-            e["message"]
-            for e in events
-            if e["message"].startswith(("Best checkpoint", "Early stopping"))
-        ]
-        if job["status"] != "succeeded":
-            summary["error"] = job.get("error")
-        else:
-            started = time.perf_counter()
-            pairs = generations(client, job["fine_tuned_model"], kind, test)
-            summary["fine_tuned"] = score(kind, pairs)
-            summary["scoring_seconds"] = round(time.perf_counter() - started, 1)
-            summary["examples"] = [{"expected": e, "generated": g} for e, g in pairs[:3]]
-    summary["uptime_after"] = subprocess.run(
-        ["uptime"], capture_output=True, text=True
-    ).stdout.strip()
+    summary["uptime_after"] = uptime()
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")

@@ -38,3 +38,28 @@ def test_invalid_values_are_training_errors() -> None:
         resolve_hyperparameters(100, 0, None, None)
     with pytest.raises(TrainingError):
         resolve_hyperparameters(100, None, None, -1.0)
+
+
+@pytest.mark.parametrize(
+    ("n_examples", "expected"),
+    [
+        (3, (10, 3, 0.1531)),  # the batch never exceeds the examples; at most 10 epochs
+        (100, (8, 8, 0.25)),  # about 100 steps of 8
+        (500, (2, 8, 0.25)),
+        (1000, (2, 16, 0.3536)),  # 16 from 1,000 examples, the multiplier scaled by √2
+        (5000, (1, 16, 0.3536)),  # a large set is learnt in one epoch
+    ],
+)
+def test_the_small_rule(n_examples: int, expected: tuple[int, int, float]) -> None:
+    assert resolve_hyperparameters(n_examples, None, None, None, rule="small") == expected
+
+
+def test_the_small_rule_follows_explicit_values() -> None:
+    # The multiplier follows the batch size given; the epochs, the steps it makes.
+    assert resolve_hyperparameters(100, None, 32, None, rule="small") == (10, 32, 0.5)
+    assert resolve_hyperparameters(1000, 3, None, 0.1, rule="small") == (3, 16, 0.1)
+
+
+def test_an_unknown_rule_is_a_training_error() -> None:
+    with pytest.raises(TrainingError, match="auto rule"):
+        resolve_hyperparameters(100, None, None, None, rule="gpt")

@@ -166,3 +166,12 @@ def test_an_attempt_that_lost_its_job_writes_nothing_and_is_told_to_stop(
     # A cancel: stop, and write no last checkpoint (the job is over).
     FineTuneJob.objects.filter(pk=job.pk).update(status="cancelled")
     assert (live.should_stop(), live.may_write()) == (True, False)
+
+
+@pytest.mark.parametrize("rule", ["openai", "small"])
+def test_the_auto_rule_setting_reaches_the_engine(
+    owner: Persona, settings: Any, tmp_path: Any, rule: str
+) -> None:
+    settings.TUNERY_AUTO_HYPERPARAMETERS = rule
+    job = make_job(owner)
+    assert runner.job_spec(job, tmp_path, resume_from=None).auto_rule == rule

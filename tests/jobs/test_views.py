@@ -79,6 +79,23 @@ def test_create_form_shows_a_service_error_on_its_field(owner: Persona) -> None:
     assert not FineTuneJob.objects.exists()
 
 
+def test_preflight_follows_the_auto_rule_setting(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_AUTO_HYPERPARAMETERS = "small"
+    good = FileFactory.create(
+        organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}}
+    )
+    page = (
+        browser_for(owner)
+        .get(
+            "/jobs/new/preflight/",
+            {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id},
+            headers={"HX-Request": "true"},
+        )
+        .content.decode()
+    )
+    assert "80000" in page  # the small rule: 2 epochs (batch 16) x 40k tokens
+
+
 def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
     good = FileFactory.create(
         organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}}
