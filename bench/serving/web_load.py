@@ -193,8 +193,24 @@ def follower(
         stats["closed"] += 1
 
 
+def eos_bias() -> dict[str, int]:
+    """Logit biases that keep the embedded model from ending early: every completion is then
+    32 tokens of decoding (as in bench/serving/inference_load.py)."""
+    from engine import DEFAULT_MODEL_SOURCE
+    from engine.models import default_cache_dir, load_tokenizer, resolve_model_source
+
+    tokenizer = load_tokenizer(resolve_model_source(DEFAULT_MODEL_SOURCE, default_cache_dir()))
+    ids = {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    return {str(i): -100 for i in ids if i is not None}
+
+
 def completions(
-    base: str, key: str, model: str, stop: threading.Event, stats: dict[str, Any]
+    base: str,
+    key: str,
+    model: str,
+    bias: dict[str, int],
+    stop: threading.Event,
+    stats: dict[str, Any],
 ) -> None:
     """Streamed 32-token completions on `model`, back to back until `stop`: the inference
     service kept busy while the pollers poll (`--inference-clients`)."""
@@ -203,7 +219,7 @@ def completions(
     session, n = _session(key), 0
     while not stop.is_set():
         try:
-            sample = stream_completion(session, base, completion_body(model, n, {}))
+            sample = stream_completion(session, base, completion_body(model, n, bias))
             stats["completed"] += 1
             stats["tokens"] += sample.tokens
         except Exception:  # counted, not fatal: the pollers are what is measured
@@ -281,10 +297,11 @@ def main() -> None:
         cookies = {settings.SESSION_COOKIE_NAME: state["session"]}
         inference_stop = threading.Event()
         inference = {"clients": args.inference_clients, "completed": 0, "tokens": 0, "errors": 0}
+        bias = eos_bias() if args.inference_clients else {}
         inference_threads = [
             threading.Thread(
                 target=completions,
-                args=(base, state["key"], "SmolLM2-135M-Instruct", inference_stop, inference),
+                args=(base, state["key"], "SmolLM2-135M-Instruct", bias, inference_stop, inference),
                 daemon=True,
             )
             for _ in range(args.inference_clients)
