@@ -209,6 +209,12 @@ def _small_epochs(n_examples: int, batch_size: int) -> int:
     return max(1, min(SMALL_MAX_EPOCHS, wanted))
 
 
+def auto_rule_for(rule: str, objective: str) -> str:
+    """The rule a run's auto values follow. "small" was fitted on supervised tasks; DPO keeps
+    OpenAI's rules until preference data is swept (its usual learning rates are far lower)."""
+    return rule if objective == "supervised" else "openai"
+
+
 def subset_size(n_examples: int, fraction: float) -> int:
     """How many of `n_examples` a run with `data_fraction=fraction` trains on (at least 1)."""
     if fraction >= 1:

@@ -60,6 +60,7 @@ from engine.spec import (
     TrainingError,
     TrainResult,
     TrainSpec,
+    auto_rule_for,
     resolve_hyperparameters,
 )
 
@@ -776,7 +777,7 @@ class Trainer:
             spec.n_epochs,
             spec.batch_size,
             spec.learning_rate_multiplier,
-            rule=spec.auto_rule,
+            rule=auto_rule_for(spec.auto_rule, spec.objective),
         )
         base = spec.base_learning_rate or DEFAULT_BASE_LEARNING_RATE[spec.method]
         steps_per_epoch = math.ceil(len(self.train_examples) / batch_size)

@@ -73,6 +73,7 @@ def preflight_context(*, organization: Organization, params: QueryDict) -> dict[
         scaling_forecast=params.get("scaling_forecast") == "on",
         device_class=target,
         device_count=count or 1,
+        objective="dpo" if params.get("method_type") == "dpo" else "supervised",
     )
     estimate["device_class"] = target
     estimate["device_count"] = count

@@ -604,7 +604,7 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
             spec.n_epochs,
             spec.batch_size,
             spec.learning_rate_multiplier,
-            rule=spec.auto_rule,
+            rule=engine.spec.auto_rule_for(spec.auto_rule, spec.objective),
         )
         resolved = {
             "n_epochs": n_epochs,

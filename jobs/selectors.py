@@ -147,6 +147,7 @@ def job_preflight(
     scaling_forecast: bool = False,
     device_class: str | None = None,
     device_count: int | None = None,
+    objective: str = "supervised",
 ) -> dict[str, Any]:
     """The auto hyperparameters and a time estimate, shown on the create form."""
     import engine
@@ -156,7 +157,7 @@ def job_preflight(
         n_epochs,
         batch_size,
         learning_rate_multiplier,
-        rule=settings.TUNERY_AUTO_HYPERPARAMETERS,
+        rule=engine.spec.auto_rule_for(settings.TUNERY_AUTO_HYPERPARAMETERS, objective),
     )
     measured, scope = measured_tokens_per_second(
         base_model_id=base_model_id, device_class=device_class, device_count=device_count

@@ -199,7 +199,7 @@ def eos_bias() -> dict[str, int]:
     from engine import DEFAULT_MODEL_SOURCE
     from engine.models import default_cache_dir, load_tokenizer, resolve_model_source
 
-    tokenizer = load_tokenizer(resolve_model_source(DEFAULT_MODEL_SOURCE, default_cache_dir()))
+    tokenizer = load_tokenizer(resolve_model_source(DEFAULT_MODEL_SOURCE, str(default_cache_dir())))
     ids = {tokenizer.eos_token_id, tokenizer.bos_token_id}
     return {str(i): -100 for i in ids if i is not None}
 

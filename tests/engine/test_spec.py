@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine import TrainingError, resolve_hyperparameters
+from engine.spec import auto_rule_for
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,9 @@ def test_the_small_rule_follows_explicit_values() -> None:
 def test_an_unknown_rule_is_a_training_error() -> None:
     with pytest.raises(TrainingError, match="auto rule"):
         resolve_hyperparameters(100, None, None, None, rule="gpt")
+
+
+def test_dpo_keeps_openais_rules() -> None:
+    assert auto_rule_for("small", "supervised") == "small"
+    assert auto_rule_for("small", "dpo") == "openai"
+    assert auto_rule_for("openai", "supervised") == "openai"
