@@ -387,10 +387,11 @@ if TUNERY_EARLY_STOPPING not in ("auto", "off"):
     raise ImproperlyConfigured(
         f"TUNERY_EARLY_STOPPING must be 'auto' or 'off', got {TUNERY_EARLY_STOPPING!r}"
     )
-# The rules that fill in "auto" hyperparameters (engine.spec.resolve_hyperparameters):
-# "openai", OpenAI's published rules, or "small", fitted to small open models on the quality
-# suite (docs/benchmarks/quality.md).
-TUNERY_AUTO_HYPERPARAMETERS = env_str("TUNERY_AUTO_HYPERPARAMETERS", "openai")
+# The rules that fill in "auto" hyperparameters of supervised jobs
+# (engine.spec.resolve_hyperparameters; docs/adr/0019): "small", chosen for small open models
+# by the quality suite's sweep, or "openai", OpenAI's published rules, for a server whose users
+# expect them exactly (DPO jobs follow OpenAI's rules either way).
+TUNERY_AUTO_HYPERPARAMETERS = env_str("TUNERY_AUTO_HYPERPARAMETERS", "small")
 if TUNERY_AUTO_HYPERPARAMETERS not in ("openai", "small"):
     raise ImproperlyConfigured(
         "TUNERY_AUTO_HYPERPARAMETERS must be 'openai' or 'small', "

@@ -91,14 +91,14 @@ class JobCreateForm(forms.Form):
         required=False,
         min_value=1,
         max_value=256,
-        help_text="Examples per step. Blank: about 0.2% of the examples.",
+        help_text="Examples per step. Blank: chosen from the file's size.",
     )
     learning_rate_multiplier = forms.FloatField(
         label="LR multiplier",
         required=False,
         min_value=0.000001,
         max_value=10,
-        help_text="Scales the model's base learning rate. Blank: 0.05–0.2 by batch size.",
+        help_text="Scales the model's base learning rate. Blank: chosen from the batch size.",
     )
     prompt_loss_weight = forms.FloatField(
         label="Prompt loss weight",

@@ -22,7 +22,7 @@ from common.ids import random_id
 from datasets.labels import known_labels
 from datasets.models import File
 from datasets.selectors import file_find_for_org
-from engine.spec import BETA_RANGE, resolve_hyperparameters
+from engine.spec import BETA_RANGE, auto_rule_for, resolve_hyperparameters
 from jobs import events, forecast, tasks
 from jobs.checkpoints import has_files
 from jobs.models import FineTuneJob
@@ -373,7 +373,7 @@ def job_create(
     early_stopping = _early_stopping(req.early_stopping, validation)
     device_class, device_count, no_worker = _devices(req, base)
     resolved = (
-        _forecast_hyperparameters(training, validation, hyperparameters)
+        _forecast_hyperparameters(training, validation, hyperparameters, req.method_type)
         if req.scaling_forecast
         else {}
     )
@@ -497,7 +497,7 @@ def _early_stopping(value: Any, validation: File | None) -> Any:
 
 
 def _forecast_hyperparameters(
-    training: File, validation: File | None, requested: dict[str, Any]
+    training: File, validation: File | None, requested: dict[str, Any], method_type: str
 ) -> dict[str, Any]:
     """The values all three runs of a forecast train with, resolved once from the full training
     set, so that data size is the only thing that differs between them.
@@ -515,7 +515,7 @@ def _forecast_hyperparameters(
         requested["n_epochs"],
         requested["batch_size"],
         requested["learning_rate_multiplier"],
-        rule=settings.TUNERY_AUTO_HYPERPARAMETERS,
+        rule=auto_rule_for(settings.TUNERY_AUTO_HYPERPARAMETERS, method_type),
     )
     # The ¼ run must fill at least one batch of the shared batch size.
     if n < 4 * batch_size:

@@ -201,9 +201,13 @@ def test_scaling_forecast_errors_are_400s_naming_the_param(
 
 @pytest.mark.parametrize("path", ["/v1/fine-tunes", "/v1/fine_tuning/jobs"])
 def test_scaling_forecast_job_carries_the_flag_and_its_runs_link_back(
-    owner: Persona, training: Any, path: str
+    owner: Persona, path: str
 ) -> None:
     client = owner.api()
+    # The ¼ run must fill a batch of the auto batch size (8): 32 examples at least.
+    training = FileFactory.create(
+        organization=owner.org, stats={"examples": 40, "tokens": {"total": 1000}}
+    )
     validation = FileFactory.create(organization=owner.org)
     body = post(
         client,

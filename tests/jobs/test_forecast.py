@@ -243,8 +243,9 @@ def test_create_queues_two_runs_after_the_parent_with_the_same_settings(
     ):
         tasks.send_forecast_runs(job)
     assert [call.args[0] for call in delay.call_args_list] == [c.pk for c in children]
-    # Resolved once from all 1000 examples: batch 2 (0.2%), lr multiplier 0.05.
-    fixed = {"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 0.05}
+    # Resolved once from all 1000 examples by the default "small" rule: batch 16, multiplier
+    # 0.25 × √(16/8) (a ¼ run resolved alone would get batch 8).
+    fixed = {"n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 0.3536}
     assert job.resolved_hyperparameters == {**fixed, "prompt_loss_weight": 0.01}
     for child in children:
         assert child.hyperparameters == {**fixed, "prompt_loss_weight": 0.01}
@@ -282,7 +283,8 @@ def test_child_run_spec_trains_on_its_share_and_measures_the_whole_validation_fi
     spec = runner.job_spec(child, tmp_path, resume_from=None)
 
     assert spec.data_fraction == 0.25 and spec.final_full_validation
-    assert spec.batch_size == 2 and spec.seed == job.seed
+    # The batch size resolved from the whole file (16), not from the run's quarter (8).
+    assert spec.batch_size == 16 and spec.seed == job.seed
     assert runner.job_spec(job, tmp_path, resume_from=None).final_full_validation
 
 

@@ -96,7 +96,8 @@ def test_preflight_follows_the_auto_rule_setting(owner: Persona, settings: Any) 
     assert "80000" in page  # the small rule: 2 epochs (batch 16) x 40k tokens
 
 
-def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
+def test_preflight_shows_auto_values_and_an_estimate(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_AUTO_HYPERPARAMETERS = "openai"
     good = FileFactory.create(
         organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}}
     )
@@ -109,7 +110,7 @@ def test_preflight_shows_auto_values_and_an_estimate(owner: Persona) -> None:
         )
         .content.decode()
     )
-    assert "(auto)" in page and "160000" in page  # 4 epochs x 40k tokens
+    assert "(auto)" in page and "160000" in page  # OpenAI's 4 epochs x 40k tokens
 
     with_forecast = (
         browser_for(owner)
