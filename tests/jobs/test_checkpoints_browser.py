@@ -28,7 +28,7 @@ def test_pause_resume_checkpoints_and_compare(
     training = upload(owner, sms_subset(tmp_path, 16))
     validation = upload(owner, sms_subset(tmp_path, 8, name="valid.jsonl", split="valid"))
 
-    def create(**hyper: Any) -> FineTuneJob:
+    def create(training: str = training, **hyper: Any) -> FineTuneJob:
         return services.job_create(
             organization=owner.org,
             created_by=owner.user,
@@ -63,7 +63,10 @@ def test_pause_resume_checkpoints_and_compare(
         page.wait_for_url("**/playground/**")
         assert page.input_value("#model-1") == f"{short.fine_tuned_model}:ckpt-step-4"
 
-        long = create(n_epochs=40)
+        # Thousands of steps: the tiny model trains fast, and a job that finished between two
+        # of the page's 2-second polls would never show "running" after its resume.
+        many = upload(owner, sms_subset(tmp_path, 400, name="many.jsonl"))
+        long = create(many, n_epochs=40)
         page.goto(f"{live_server.url}{long.get_absolute_url()}")
         page.wait_for_selector("[data-testid=job-status] >> text=running", timeout=60_000)
         page.click("[data-testid=pause]")
