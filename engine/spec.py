@@ -183,11 +183,12 @@ def auto_learning_rate_multiplier(batch_size: int) -> float:
     return 0.2
 
 
-# The "small" rule (candidate until the sweep in docs/benchmarks/quality.md says otherwise).
+# The "small" rule (ADR 0019; the sweep behind it is in docs/benchmarks/quality.md).
 SMALL_BATCH = 8  # below SMALL_BATCH_LARGE_SET examples
 SMALL_BATCH_LARGE = 16
 SMALL_BATCH_LARGE_SET = 1000
 SMALL_MULTIPLIER_AT_8 = 0.25  # LoRA: 1e-3 at batch 8
+# 200 steps was tried too: no better within the sweep's noise, and twice the training time.
 SMALL_MIN_STEPS = 100
 SMALL_MAX_EPOCHS = 10
 

@@ -79,52 +79,33 @@ def test_create_form_shows_a_service_error_on_its_field(owner: Persona) -> None:
     assert not FineTuneJob.objects.exists()
 
 
-def test_preflight_follows_the_auto_rule_setting(owner: Persona, settings: Any) -> None:
-    settings.TUNERY_AUTO_HYPERPARAMETERS = "small"
+def preflight(owner: Persona, examples: int, **extra: str) -> str:
+    """The create form's estimate for a file of `examples` examples and 40k tokens."""
     good = FileFactory.create(
-        organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}}
+        organization=owner.org, stats={"examples": examples, "tokens": {"total": 40000}}
     )
-    page = (
+    return (
         browser_for(owner)
         .get(
             "/jobs/new/preflight/",
-            {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id},
+            {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id, **extra},
             headers={"HX-Request": "true"},
         )
         .content.decode()
     )
-    assert "80000" in page  # the small rule: 2 epochs (batch 16) x 40k tokens
+
+
+def test_preflight_follows_the_auto_rule_setting(owner: Persona, settings: Any) -> None:
+    settings.TUNERY_AUTO_HYPERPARAMETERS = "small"
+    assert "80000" in preflight(owner, 1000)  # the small rule: 2 epochs (batch 16) x 40k tokens
 
 
 def test_preflight_shows_auto_values_and_an_estimate(owner: Persona, settings: Any) -> None:
     settings.TUNERY_AUTO_HYPERPARAMETERS = "openai"
-    good = FileFactory.create(
-        organization=owner.org, stats={"examples": 1000, "tokens": {"total": 40000}}
-    )
-    page = (
-        browser_for(owner)
-        .get(
-            "/jobs/new/preflight/",
-            {"model": "SmolLM2-135M-Instruct", "training_file": good.public_id},
-            headers={"HX-Request": "true"},
-        )
-        .content.decode()
-    )
+    page = preflight(owner, 1000)
     assert "(auto)" in page and "160000" in page  # OpenAI's 4 epochs x 40k tokens
 
-    with_forecast = (
-        browser_for(owner)
-        .get(
-            "/jobs/new/preflight/",
-            {
-                "model": "SmolLM2-135M-Instruct",
-                "training_file": good.public_id,
-                "scaling_forecast": "on",
-            },
-            headers={"HX-Request": "true"},
-        )
-        .content.decode()
-    )
+    with_forecast = preflight(owner, 1000, scaling_forecast="on")
     assert "280000" in with_forecast and "forecast" in with_forecast  # plus the 1/4 and 1/2 runs
 
 
