@@ -44,6 +44,7 @@ from engine.data import (
     prompt_pack,
 )
 from engine.distributed import World
+from engine.lora import use_lean_forward
 from engine.models import (
     auto_threads,
     context_length,
@@ -342,8 +343,10 @@ def build_runtime(
         model = get_peft_model(causal_lm, config)
     core, head = _split_model(causal_lm)
     bf16 = use_bf16(device) if spec.bf16 is None else spec.bf16
-    if bf16 and spec.method == "lora":
-        head = prepare_bf16_lora(causal_lm, head)
+    if spec.method == "lora":
+        use_lean_forward(model)
+        if bf16:
+            head = prepare_bf16_lora(causal_lm, head)
     runtime = Runtime(
         model=model,
         core=core,
@@ -1363,6 +1366,8 @@ def evaluate_classification(
     model = causal_lm
     if adapter_dir:
         model = PeftModel.from_pretrained(causal_lm, adapter_dir)
+        # The forward training evaluated with, so the figures match its results file to the bit.
+        use_lean_forward(model)
     model.eval()
     core, head = _split_model(causal_lm)
     runtime = Runtime(model, core, head, tokenizer, device, use_bf16(device), model_dir, "lora")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -544,3 +545,48 @@ def test_bf16_lora_preparation_computes_what_autocast_computes(tiny_model_dir: P
     assert trainable == {torch.float32}  # the optimizer still updates fp32 LoRA weights
     assert frozen_linear == {torch.bfloat16}
     assert causal_lm.get_input_embeddings().weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_lean_lora_forward_matches_peft(tiny_model_dir: Path, bf16: bool) -> None:
+    """engine.lora's forward computes peft's function: same outputs, same LoRA gradients, and
+    peft's own path (here: the adapter disabled) where it does not apply."""
+    from peft import LoraConfig, get_peft_model
+
+    from engine.lora import use_lean_forward
+    from engine.trainer import ATTENTION, prepare_bf16_lora, register_packed_attention
+
+    register_packed_attention()
+    ids = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 4]])
+    results = []
+    for lean in (False, True):
+        torch.manual_seed(0)
+        causal_lm, _ = load_model_and_tokenizer(
+            tiny_model_dir, device="cpu", attn_implementation=ATTENTION
+        )
+        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+        model = get_peft_model(causal_lm, config)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero, which would hide B's path
+                torch.nn.init.normal_(param, std=0.1)
+        if lean:
+            assert use_lean_forward(model) == 7 * causal_lm.config.num_hidden_layers
+        head = causal_lm.get_output_embeddings()
+        if bf16:
+            head = prepare_bf16_lora(causal_lm, head)
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        with context:
+            hidden = causal_lm.model(input_ids=ids, use_cache=False).last_hidden_state
+            logits = head(hidden).float()
+        logits.logsumexp(-1).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        with model.disable_adapter(), torch.no_grad(), context:
+            plain = head(causal_lm.model(input_ids=ids, use_cache=False).last_hidden_state)
+        results.append((logits.detach(), grads, plain.float()))
+    (peft_out, peft_grads, peft_plain), (lean_out, lean_grads, lean_plain) = results
+    tolerance = 2e-2 if bf16 else 1e-5
+    torch.testing.assert_close(lean_out, peft_out, atol=tolerance, rtol=tolerance)
+    assert lean_grads.keys() == peft_grads.keys()
+    for name, grad in peft_grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, atol=tolerance, rtol=tolerance)
+    assert torch.equal(lean_plain, peft_plain)
