@@ -4,7 +4,8 @@ With a validation file, the trainer scores the whole validation set at each epoc
 checkpoint. The rule that picks the best one:
 
 - the metric is `classification/accuracy` when the run computes classification metrics (the
-  task's own measure), ties broken by the lower `full_validation_loss`; otherwise the
+  task's own measure; the trainer computes them for data that is a closed label set even when
+  the job did not ask), ties broken by the lower `full_validation_loss`; otherwise the
   `full_validation_loss` alone (lower is better);
 - a checkpoint improves on the best so far only if it is strictly better; on equal scores the
   earlier checkpoint stays best (it saw less of the training data for the same result);

@@ -80,7 +80,7 @@ def done(out: Path) -> list[dict[str, Any]]:
 
 def sweep(args: argparse.Namespace) -> None:
     rows = done(args.out)
-    have = {(r["task"], r["size"], r["rule"], r["early_stopping"]) for r in rows}
+    have = {(r["task"], r["size"], r["rule"], r["early_stopping"], r.get("seed", 0)) for r in rows}
     early = parse_early(args.early_stopping)
     tasks = args.tasks or sorted(TASKS)
 
@@ -94,7 +94,7 @@ def sweep(args: argparse.Namespace) -> None:
         for task in tasks:
             kind, metric = TASKS[task][0], TASKS[task][1]
             test = read_test(task, args.test_limit)
-            if args.zero_shot and (task, 0, "zero-shot", False) not in have:
+            if args.zero_shot and (task, 0, "zero-shot", False, 0) not in have:
                 scores, seconds, _ = score_model(client, args.model, kind, test)
                 append(
                     {
@@ -112,7 +112,7 @@ def sweep(args: argparse.Namespace) -> None:
             for size in args.sizes:
                 n = count_lines(DATA / task / f"train_{size}.jsonl")
                 for rule in args.rule:
-                    if (task, size, rule, early) in have:
+                    if (task, size, rule, early, args.seed) in have:
                         continue
                     hyperparameters = resolved(rule, n)
                     started = time.perf_counter()
@@ -133,6 +133,7 @@ def sweep(args: argparse.Namespace) -> None:
                             "train_examples": n,
                             "rule": rule,
                             "early_stopping": early,
+                            "seed": args.seed,
                             "metric": metric,
                             "score": summary.get("fine_tuned", {}).get(metric),
                             "test_examples": len(test),
@@ -143,30 +144,37 @@ def sweep(args: argparse.Namespace) -> None:
 
 
 def table(path: Path) -> str:
-    """Markdown: one row per task and size, one column per rule (× early stopping)."""
+    """Markdown: one row per task and size, one column per rule (× early stopping); a cell run
+    with several seeds shows their mean, and the seeds' scores under it."""
     rows = done(path)
     columns: list[str] = []
-    cells: dict[tuple[str, int], dict[str, str]] = {}
-    scores: dict[str, dict[str, float]] = {}
+    runs: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for row in rows:
         column = row["rule"] + (" + best ckpt" if row["early_stopping"] not in (False,) else "")
         if row["rule"] == "zero-shot":
             column = "base zero-shot"
         if column not in columns:
             columns.append(column)
-        value = row.get("score")
-        text = "failed" if value is None else f"{100 * value:.1f}"
-        if row["rule"] != "zero-shot" and value is not None:
-            hp = row["hyperparameters"]
-            minutes = row.get("job_seconds", 0) / 60
+        for size in [row["size"]] if row["size"] else sorted({r["size"] for r in rows} - {0}):
+            runs.setdefault((row["task"], size, column), []).append(row)
+    cells: dict[tuple[str, int], dict[str, str]] = {}
+    scores: dict[str, dict[str, float]] = {}
+    for (task, size, column), cell_rows in runs.items():
+        values = [100 * r["score"] for r in cell_rows if r.get("score") is not None]
+        text = "failed" if not values else f"{statistics.fmean(values):.1f}"
+        if values:
+            scores.setdefault(column, {})[f"{task}/{size}"] = statistics.fmean(values)
+        if len(values) > 1:
+            text += f" <sub>{len(values)} seeds: {', '.join(f'{v:.1f}' for v in values)}</sub>"
+        first = cell_rows[0]
+        if first["rule"] != "zero-shot" and values:
+            hp = first["hyperparameters"]
+            minutes = statistics.fmean(r.get("job_seconds", 0) for r in cell_rows) / 60
             text += (
                 f" <sub>e{hp['n_epochs']} b{hp['batch_size']} "
                 f"×{hp['learning_rate_multiplier']:g}, {minutes:.1f} min</sub>"
             )
-        for size in [row["size"]] if row["size"] else sorted({r["size"] for r in rows} - {0}):
-            cells.setdefault((row["task"], size), {})[column] = text
-            if value is not None:
-                scores.setdefault(column, {})[f"{row['task']}/{size}"] = 100 * value
+        cells.setdefault((task, size), {})[column] = text
     lines = [
         "| task | size | " + " | ".join(columns) + " |",
         "| --- | --- |" + " --- |" * len(columns),

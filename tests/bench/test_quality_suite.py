@@ -78,3 +78,23 @@ def test_build_writes_nested_sizes_fixed_splits_and_licences(tmp_path: Path) -> 
     assert (tmp_path / "again" / "letter_fields" / "test.jsonl").read_text() == (
         tmp_path / "letter_fields" / "test.jsonl"
     ).read_text()
+
+
+def test_sweep_table_averages_seeds_and_means_common_cells(tmp_path: Path) -> None:
+    from bench.quality.sweep import table
+
+    hp = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.25}
+    base = {"task": "stdlib_module", "size": 500, "hyperparameters": hp, "job_seconds": 120}
+    rows = [
+        base | {"rule": "small", "early_stopping": "auto", "seed": 0, "score": 0.88},
+        base | {"rule": "small", "early_stopping": "auto", "seed": 1, "score": 0.91},
+        base | {"rule": "openai", "early_stopping": False, "score": 0.90},
+        base | {"task": "unicode_category", "rule": "openai", "early_stopping": False, "score": 0.5},
+    ]
+    path = tmp_path / "sweep.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    text = table(path)
+
+    assert "| stdlib_module (accuracy) | 500 | 89.5 <sub>2 seeds: 88.0, 91.0</sub>" in text
+    assert "| **mean of 1** | | **89.5** | **90.0** |" in text

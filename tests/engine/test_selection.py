@@ -185,3 +185,64 @@ def test_a_resumed_run_selects_over_the_epochs_before_the_interruption_too(
         resumed.selection["evaluations"], straight.selection["evaluations"], strict=True
     ):
         assert a["metrics"][LOSS] == pytest.approx(b["metrics"][LOSS], rel=1e-4)
+
+
+# --- ranking labelled data by accuracy --------------------------------------------------------
+
+
+def labelled(n: int, labels: tuple[str, ...] = (" spam", " ham")) -> list[dict[str, str]]:
+    return [{"prompt": f"message {i} ->", "completion": labels[i % len(labels)]} for i in range(n)]
+
+
+def examples(rows: list[dict[str, str]]) -> list[Any]:
+    from engine.data import Example
+
+    return [Example([1], [0.0], [False], 1, r["completion"]) for r in rows]
+
+
+def test_a_closed_label_set_is_a_few_labels_each_seen_in_training() -> None:
+    from engine.trainer import closed_label_set
+
+    train_rows = labelled(12, (" a", " b", " c"))
+    assert closed_label_set(examples(train_rows), []) == [" a", " b", " c"]
+    # A validation label training never saw, too few examples a label, or free text: not a set.
+    assert closed_label_set(examples(train_rows), examples([{"completion": " d"}])) is None
+    assert closed_label_set(examples(labelled(11, (" a", " b", " c"))), []) is None
+    assert closed_label_set(examples(word_rows(40)), []) is None
+    assert closed_label_set(examples(labelled(12, (" a",))), []) is None
+
+
+def test_best_checkpoint_ranks_labelled_data_by_accuracy_unasked(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    train_path = write_jsonl(tmp_path / "train.jsonl", labelled(12))
+    valid_path = write_jsonl(tmp_path / "valid.jsonl", labelled(6))
+    hooks = Recorder()
+
+    result = train(
+        spec_for(
+            tiny_model_dir,
+            train_path,
+            tmp_path / "out",
+            validation_path=str(valid_path),
+            best_checkpoint=True,
+        ),
+        hooks,
+    )
+
+    assert result.selection is not None and result.selection["metric"] == ACCURACY
+    assert all(ACCURACY in e["metrics"] for e in result.selection["evaluations"])
+    assert "classification/accuracy" in read_rows(result.results_csv)[0]
+    assert any(m.startswith("The completions are 2 labels") for _, m in hooks.events)
+
+
+def test_labelled_data_without_selection_gets_no_metrics_it_did_not_ask_for(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    train_path = write_jsonl(tmp_path / "train.jsonl", labelled(12))
+
+    result = train(
+        spec_for(tiny_model_dir, train_path, tmp_path / "out", validation_path=str(train_path))
+    )
+
+    assert "classification/accuracy" not in read_rows(result.results_csv)[0]
