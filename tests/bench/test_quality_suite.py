@@ -89,7 +89,8 @@ def test_sweep_table_averages_seeds_and_means_common_cells(tmp_path: Path) -> No
         base | {"rule": "small", "early_stopping": "auto", "seed": 0, "score": 0.88},
         base | {"rule": "small", "early_stopping": "auto", "seed": 1, "score": 0.91},
         base | {"rule": "openai", "early_stopping": False, "score": 0.90},
-        base | {"task": "unicode_category", "rule": "openai", "early_stopping": False, "score": 0.5},
+        base
+        | {"task": "unicode_category", "rule": "openai", "early_stopping": False, "score": 0.5},
     ]
     path = tmp_path / "sweep.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
