@@ -113,7 +113,7 @@ def main() -> None:
     )
     collator: Any = DataCollatorForSeq2Seq(tok, padding=True)
     if args.flatten:
-        collator = DataCollatorWithFlattening()  # type: ignore[no-untyped-call]
+        collator = DataCollatorWithFlattening()  # type: ignore[no-untyped-call]  # transformers: untyped
     trainer = Trainer(
         model=model, args=targs, train_dataset=feats, data_collator=collator, callbacks=[Clock()]
     )

@@ -121,7 +121,7 @@ def attention_variants(lens: list[int]) -> dict[str, Callable[..., torch.Tensor]
 
 def step(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> None:
     *inputs, grad = tensors
-    fn(*inputs).backward(grad)  # type: ignore[no-untyped-call]
+    fn(*inputs).backward(grad)  # type: ignore[no-untyped-call]  # torch's backward is untyped
 
 
 def attention_table(lens: list[int], calls: int) -> None:
