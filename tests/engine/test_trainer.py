@@ -512,21 +512,28 @@ def test_evaluate_classification_reproduces_the_results_file(
         assert float(last[key]) == pytest.approx(value, abs=1e-5), key
 
 
-def test_bf16_lora_preparation_computes_what_autocast_computes(tiny_model_dir: Path) -> None:
-    """`prepare_bf16_lora` only removes casts: its forward pass equals plain autocast's."""
+def _tiny_lora_model(model_dir: Path, **lora: Any) -> tuple[Any, Any]:
+    """The tiny model with rank-4 LoRA on every linear layer, seeded: (causal LM, peft model)."""
     from peft import LoraConfig, get_peft_model
 
-    from engine.trainer import ATTENTION, prepare_bf16_lora, register_packed_attention
+    from engine.trainer import ATTENTION, register_packed_attention
 
     register_packed_attention()
+    torch.manual_seed(0)
+    causal_lm, _ = load_model_and_tokenizer(model_dir, device="cpu", attn_implementation=ATTENTION)
+    return causal_lm, get_peft_model(
+        causal_lm, LoraConfig(r=4, target_modules="all-linear", **lora)
+    )
+
+
+def test_bf16_lora_preparation_computes_what_autocast_computes(tiny_model_dir: Path) -> None:
+    """`prepare_bf16_lora` only removes casts: its forward pass equals plain autocast's."""
+    from engine.trainer import prepare_bf16_lora
+
     ids = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 4]])
     outputs = []
     for prepared in (False, True):
-        torch.manual_seed(0)
-        causal_lm, _ = load_model_and_tokenizer(
-            tiny_model_dir, device="cpu", attn_implementation=ATTENTION
-        )
-        model = get_peft_model(causal_lm, LoraConfig(r=4, target_modules="all-linear"))
+        causal_lm, model = _tiny_lora_model(tiny_model_dir)
         head = causal_lm.get_output_embeddings()
         if prepared:
             head = prepare_bf16_lora(causal_lm, head)
@@ -551,21 +558,13 @@ def test_bf16_lora_preparation_computes_what_autocast_computes(tiny_model_dir: P
 def test_lean_lora_forward_matches_peft(tiny_model_dir: Path, bf16: bool) -> None:
     """engine.lora's forward computes peft's function: same outputs, same LoRA gradients, and
     peft's own path (here: the adapter disabled) where it does not apply."""
-    from peft import LoraConfig, get_peft_model
-
     from engine.lora import use_lean_forward
-    from engine.trainer import ATTENTION, prepare_bf16_lora, register_packed_attention
+    from engine.trainer import prepare_bf16_lora
 
-    register_packed_attention()
     ids = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 4]])
     results = []
     for lean in (False, True):
-        torch.manual_seed(0)
-        causal_lm, _ = load_model_and_tokenizer(
-            tiny_model_dir, device="cpu", attn_implementation=ATTENTION
-        )
-        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
-        model = get_peft_model(causal_lm, config)
+        causal_lm, model = _tiny_lora_model(tiny_model_dir, lora_alpha=8)
         for name, param in model.named_parameters():
             if "lora_B" in name:  # peft starts B at zero, which would hide B's path
                 torch.nn.init.normal_(param, std=0.1)
