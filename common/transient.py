@@ -60,13 +60,13 @@ def backoff(attempt: int, *, first: float = 0.5, cap: float = 15.0) -> float:
 
 
 def retry(fn: Callable[[], T], *, what: str, budget: float | None = None) -> T:
-    """Run `fn`, re-running it after transient errors for up to `budget` seconds
-    (TUNERY_DB_RETRY_SECONDS); then the last error propagates. Other errors propagate at once.
+    """Run `fn`, re-running it after transient errors for up to `budget` seconds from the first
+    one (TUNERY_DB_RETRY_SECONDS); then the last error propagates. Other errors propagate at once.
 
     `fn` must be safe to run again: a transaction that rolled back, a guarded UPDATE.
     """
     budget = settings.TUNERY_DB_RETRY_SECONDS if budget is None else budget
-    deadline = time.monotonic() + budget
+    deadline: float | None = None
     attempt = 0
     while True:
         try:
@@ -74,6 +74,11 @@ def retry(fn: Callable[[], T], *, what: str, budget: float | None = None) -> T:
         except TRANSIENT as exc:
             if connection.in_atomic_block:
                 raise  # the enclosing transaction is lost: retry it as a whole, not this part
+            # The budget runs from the first failure, not from the call: a process frozen in
+            # the middle of `fn` (SIGSTOP, a paused VM) wakes to a dead connection and still
+            # gets its retries, which tell it whether it lost its job meanwhile.
+            if deadline is None:
+                deadline = time.monotonic() + budget
             delay = backoff(attempt)
             if time.monotonic() + delay > deadline:
                 logger.error("%s: giving up after %d tries: %s", what, attempt + 1, exc)

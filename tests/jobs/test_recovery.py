@@ -218,11 +218,17 @@ def test_a_zombie_worker_that_wakes_after_its_job_was_requeued_writes_nothing(
             )
             written_by_zombie = JobEvent.objects.filter(job=job, attempt=1).count()
             os.killpg(zombie.pid, signal.SIGCONT)
-            wait_for(
-                lambda: "attempt 1 stopped" in Path(zombie.log_path).read_text(),  # type: ignore[attr-defined]  # tests.workers sets it
-                120,
-                what="the zombie to notice it lost the job",
-            )
+            zombie_log = Path(zombie.log_path)  # type: ignore[attr-defined]  # tests.workers sets it
+            try:
+                wait_for(
+                    lambda: "attempt 1 stopped" in zombie_log.read_text(),
+                    120,
+                    what="the zombie to notice it lost the job",
+                )
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}; its log ends:\n{zombie_log.read_text()[-4000:]}"
+                ) from exc
             wait_for(lambda: FineTuneJob.objects.get(pk=job.pk).status in FineTuneJob.FINISHED, 180)
         model_dir = paths.models_root() / str(owner.org.pk) / job.public_id
         before = _digest(model_dir)
@@ -238,7 +244,7 @@ def test_a_zombie_worker_that_wakes_after_its_job_was_requeued_writes_nothing(
     assert (model_dir / "adapter_model.safetensors").is_file()
     assert _digest(model_dir) == before
     assert job.result_model.artifact_dir == str(model_dir)
-    assert "attempt 2 stopped" not in Path(zombie.log_path).read_text()  # type: ignore[attr-defined]  # tests.workers sets it
+    assert "attempt 2 stopped" not in zombie_log.read_text()
 
 
 def test_a_job_rides_out_its_database_connections_being_killed(

@@ -1,0 +1,40 @@
+"""common.transient.retry: how long it keeps retrying."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import OperationalError
+
+from common import transient
+
+
+def test_a_call_frozen_past_the_budget_still_gets_its_retries() -> None:
+    """A worker stopped (SIGSTOP, a paused VM) in the middle of a write wakes to a connection
+    the database dropped. The budget counts from that first failure, so it retries, learns
+    whether it still owns its job, and does not give up as if the database were gone."""
+    calls = []
+
+    def write() -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(0.3)  # frozen longer than the whole budget...
+            raise OperationalError("server closed the connection unexpectedly")  # ...woke to this
+        return "written"
+
+    assert transient.retry(write, what="a write", budget=0.6) == "written"
+    assert len(calls) == 2
+
+
+def test_a_database_that_stays_away_past_the_budget_fails_the_call() -> None:
+    calls = []
+
+    def write() -> str:
+        calls.append(time.monotonic())
+        raise OperationalError("connection refused")
+
+    with pytest.raises(OperationalError):
+        transient.retry(write, what="a write", budget=0.6)
+    # Backoff 0.5 s: the first retry fits in the budget, the second (after 1 s more) would not.
+    assert len(calls) == 2
