@@ -501,6 +501,9 @@ class JobHooks(engine.Hooks):
                 "full_valid_mean_token_accuracy": info.metrics.get(
                     "full_validation_token_accuracy"
                 ),
+                # Not one of OpenAI's checkpoint metrics (the API leaves it out): the job page
+                # shows it beside them when labelled data is ranked by it (docs/adr/0018).
+                "classification_accuracy": info.metrics.get("classification/accuracy"),
             }
         )
 

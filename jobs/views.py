@@ -225,6 +225,14 @@ def _detail_context(job: FineTuneJob, shown: _Shown) -> dict[str, Any]:
                 strict=True,
             )
         ],
+        # The whole-validation-set columns, where some checkpoint has them (best-checkpoint
+        # selection scores each epoch's; docs/adr/0018).
+        "checkpoint_columns": {
+            key
+            for key in ("full_valid_loss", "classification_accuracy")
+            if any(c.metrics.get(key) is not None for c in shown.checkpoints)
+        },
+        "best_step": (job.final_metrics or {}).get("best_checkpoint_step"),
         # The devices of the worker that runs (or ran) it, as it announced them (jobs.fleet).
         "worker_devices": selectors.worker_find(name=job.worker),
         "forecast_figure": (

@@ -159,3 +159,32 @@ def test_a_render_costs_the_same_queries_for_one_checkpoint_as_for_three(owner: 
 
     assert html.count('data-testid="checkpoint-prepare"') == 3
     assert counts[0] == counts[1] == counts[2], counts
+
+
+def test_checkpoints_show_their_whole_validation_set_scores_and_which_one_is_the_model(
+    owner: Persona,
+) -> None:
+    """With best-checkpoint selection each epoch's checkpoint was scored on the whole validation
+    set (and, for labelled data, by accuracy): the table shows those scores and marks the
+    winner; a job without them keeps the plain columns."""
+    job = make_job(owner)
+    FineTuneJob.objects.filter(pk=job.pk).update(
+        status="succeeded", final_metrics={"best_checkpoint_step": 8}
+    )
+    client = browser_for(owner)
+    plain = client.get(job.get_absolute_url()).content.decode()
+    for step, accuracy in ((4, 0.61), (8, 0.88)):
+        Checkpoint.objects.create(
+            job=job,
+            step_number=step,
+            epoch=step // 4,
+            exposed=True,
+            metrics={"full_valid_loss": 1 / step, "classification_accuracy": accuracy},
+        )
+
+    html = client.get(job.get_absolute_url()).content.decode()
+
+    assert "Full valid loss" not in plain and "Full valid loss" in html
+    assert ">0.8800<" in html and ">0.1250<" in html  # step 8's accuracy and full loss
+    (best,) = re.findall(r'<tr data-testid="best-checkpoint">.*?</tr>', html, re.S)
+    assert "<td>8</td>" in best and "final model" in best
