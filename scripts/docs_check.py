@@ -40,6 +40,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -557,19 +558,33 @@ def plan(root: Path = ROOT) -> Plan:
     return result
 
 
-def run_all(work: Plan, ctx: Context) -> list[str]:
-    """Run every runner-matched command the context allows; returns the failures."""
-    failures = []
-    for cmd, runner in work.run:
-        if (runner.needs_server and not ctx.server) or (
-            runner.needs_database and not ctx.database_env
-        ):
-            continue
+def run_all(work: Plan, ctx: Context, parallel: int = 4) -> list[str]:
+    """Run every runner-matched command the context allows; returns the failures.
+
+    Each command is its own process in its own scratch directory (a service on a free port),
+    and most wait on start-up, so `parallel` of them run at once. Those that use the server or
+    the database run one at a time afterwards: SQLite takes one writer."""
+    allowed = [
+        (cmd, runner)
+        for cmd, runner in work.run
+        if not (runner.needs_server and not ctx.server)
+        and not (runner.needs_database and not ctx.database_env)
+    ]
+
+    def one(item: tuple[DocCommand, Runner]) -> str | None:
+        cmd, runner = item
         try:
             runner.run(cmd, ctx)
         except (CheckFailed, subprocess.TimeoutExpired) as exc:
-            failures.append(f"{cmd}\n    [{runner.name}] {exc}")
-    return failures
+            return f"{cmd}\n    [{runner.name}] {exc}"
+        return None
+
+    shared = [item for item in allowed if item[1].needs_server or item[1].needs_database]
+    alone = [item for item in allowed if item not in shared]
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(pool.map(one, alone))
+    results += [one(item) for item in shared]
+    return [failure for failure in results if failure is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
