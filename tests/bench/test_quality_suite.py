@@ -99,3 +99,12 @@ def test_sweep_table_averages_seeds_and_means_common_cells(tmp_path: Path) -> No
 
     assert "| stdlib_module (accuracy) | 500 | 89.5 <sub>2 seeds: 88.0, 91.0</sub>" in text
     assert "| **mean of 1** | | **89.5** | **90.0** |" in text
+
+
+def test_the_sms_benchmark_reports_the_model_the_run_produced() -> None:
+    from bench.quality.run import final_accuracy
+
+    epochs = [{"step": 63, "accuracy": 0.99}, {"step": 126, "accuracy": 0.98}]
+    assert final_accuracy(epochs, {"step": 63}) == 0.99  # the selected epoch's
+    assert final_accuracy(epochs, None) == 0.98  # without selection, the last
+    assert final_accuracy([], None) is None
