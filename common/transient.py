@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, InternalError, OperationalError, connection
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,22 @@ def _transient_types() -> tuple[type[BaseException], ...]:
 TRANSIENT = _transient_types()
 
 
+# PostgreSQL's SQLSTATE for a session it ended for idling in a transaction past
+# idle_in_transaction_session_timeout.
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
+
+
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT)
+    """A dropped connection or an unreachable database or broker: reconnect and try again.
+
+    Besides the connection errors proper, a session PostgreSQL ended for idling in a transaction
+    (a worker frozen mid-write: SIGSTOP, a paused VM, a long GC pause) is one. psycopg calls it
+    an InternalError (class 25, transaction state), but the connection is gone, not wrong."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, InternalError) and (
+        getattr(exc.__cause__, "sqlstate", None) == IDLE_IN_TRANSACTION_TIMEOUT
+    )
 
 
 def reconnect() -> None:
@@ -71,7 +85,9 @@ def retry(fn: Callable[[], T], *, what: str, budget: float | None = None) -> T:
     while True:
         try:
             return fn()
-        except TRANSIENT as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             if connection.in_atomic_block:
                 raise  # the enclosing transaction is lost: retry it as a whole, not this part
             # The budget runs from the first failure, not from the call: a process frozen in
@@ -108,16 +124,16 @@ class Renewer(threading.Thread):
             while not self.stopped.wait(delay):
                 try:
                     owned = self.renew()
-                except TRANSIENT as exc:
+                except Exception as exc:
+                    if not is_transient(exc):
+                        logger.exception("%s: renew failed; retrying", self.name)
+                        self.failures += 1
+                        delay = self.interval
+                        continue
                     self.failures += 1
                     delay = min(self.interval, backoff(self.failures - 1))
                     logger.warning("%s: transient error (%s); retrying", self.name, exc)
                     reconnect()
-                    continue
-                except Exception:
-                    logger.exception("%s: renew failed; retrying", self.name)
-                    self.failures += 1
-                    delay = self.interval
                     continue
                 if self.failures:
                     logger.info("%s: recovered after %d failures", self.name, self.failures)

@@ -636,12 +636,14 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
         except engine.TrainingError as exc:
             _finish_failed(job, attempt, str(exc), code="training_error")
             return
-        except transient.TRANSIENT:
-            # The database stayed away longer than TUNERY_DB_RETRY_SECONDS: not the job's
-            # fault. Stop here; the reaper requeues it and the next attempt resumes.
-            logger.exception("Job %s: lost the database; leaving it to the reaper", job.public_id)
-            return
         except Exception as exc:
+            if transient.is_transient(exc):
+                # The database stayed away longer than TUNERY_DB_RETRY_SECONDS: not the job's
+                # fault. Stop here; the reaper requeues it and the next attempt resumes.
+                logger.exception(
+                    "Job %s: lost the database; leaving it to the reaper", job.public_id
+                )
+                return
             logger.exception("Job %s crashed", job.public_id)
             _finish_failed(
                 job, attempt, f"internal error ({type(exc).__name__}: {exc})", code="internal_error"
