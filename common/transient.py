@@ -125,15 +125,14 @@ class Renewer(threading.Thread):
                 try:
                     owned = self.renew()
                 except Exception as exc:
-                    if not is_transient(exc):
-                        logger.exception("%s: renew failed; retrying", self.name)
-                        self.failures += 1
-                        delay = self.interval
-                        continue
                     self.failures += 1
-                    delay = min(self.interval, backoff(self.failures - 1))
-                    logger.warning("%s: transient error (%s); retrying", self.name, exc)
-                    reconnect()
+                    if is_transient(exc):
+                        delay = min(self.interval, backoff(self.failures - 1))
+                        logger.warning("%s: transient error (%s); retrying", self.name, exc)
+                        reconnect()
+                    else:
+                        logger.exception("%s: renew failed; retrying", self.name)
+                        delay = self.interval
                     continue
                 if self.failures:
                     logger.info("%s: recovered after %d failures", self.name, self.failures)
