@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# The suite mostly waits on subprocesses, servers and browsers: two workers keep two cores busy.
+TEST_WORKERS ?= 2
 # The 0.28 CLI cannot share a venv with the current SDK; tests drive it from its own.
 VENV028 := .venv-openai028
 # The main venv has the newest SDK (requirements-dev.txt); the last 1.x is tested from its own.
@@ -97,7 +99,9 @@ test: venv assets $(VENV028)/.installed $(VENV1)/.installed
 	$(BIN)/lint-imports
 	# The whole project, tests included (pyproject.toml [tool.mypy]; docs/adr/0015-*.md).
 	source scripts/test-env.sh && $(BIN)/mypy
-	source scripts/test-env.sh && $(BIN)/pytest $(PYTEST_ARGS)
+	# TEST_WORKERS pytest processes, a test file at a time (tests/parallel.py isolates them).
+	source scripts/test-env.sh && PYTHONPATH=$(CURDIR) $(BIN)/pytest -p tests.parallel \
+	  -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 check-deploy: venv
 	DJANGO_DEBUG=false DJANGO_SECURE=true DJANGO_SECRET_KEY=$$($(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))") \

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth.models import User
+from django.db.models.signals import post_migrate
+from django.dispatch import receiver
 from django.http import StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.test import Client
@@ -210,14 +213,15 @@ def inference(settings: Any, inference_service: str) -> str:
     return inference_service
 
 
-@pytest.fixture
-def embedded_base(db: None) -> None:
-    """The embedded base and its legacy names (ada, curie…), as migration 0002 registers it:
-    a transactional test that ran before may have flushed the table."""
-    from django.apps import apps as django_apps
-
-    migration = importlib.import_module("models_app.migrations.0002_default_base_model")
-    migration.add_default(django_apps, None)
+@receiver(post_migrate)
+def _restore_migration_rows(sender: Any, **kwargs: Any) -> None:
+    """The embedded base and its legacy names (ada, curie…), as migration 0002 registers them,
+    after every flush: a transactional test empties every table when it ends (then Django sends
+    post_migrate, as it does to restore content types), and the next test on that worker may
+    need them. Which test ran before which depends on how pytest-xdist shares the files out."""
+    if sender.label == "models_app":
+        migration = importlib.import_module("models_app.migrations.0002_default_base_model")
+        migration.add_default(django_apps, None)
 
 
 @pytest.fixture

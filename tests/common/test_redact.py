@@ -46,10 +46,12 @@ def assert_no_server_path(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
-        (f"denied: '{settings.DATA_DIR}/wandb/run-1'", "denied: '<data>/wandb/run-1'"),
-        (f"in {settings.BASE_DIR}/engine/models.py", "in <app>/engine/models.py"),
+        # {data}, {app} and {home}: this process's roots (test ids must not depend on them:
+        # every pytest-xdist worker has its own DATA_DIR).
+        ("denied: '{data}/wandb/run-1'", "denied: '<data>/wandb/run-1'"),
+        ("in {app}/engine/models.py", "in <app>/engine/models.py"),
         ("cannot open /tmp/abc/x.bin", "cannot open <tmp>/abc/x.bin"),
-        (f"{Path.home()}/.cache/hf", "<home>/.cache/hf"),
+        ("{home}/.cache/hf", "<home>/.cache/hf"),
         # Not paths of this server: URLs, API routes, look-alikes.
         ("Invalid URL (GET /v1/files/x)", "Invalid URL (GET /v1/files/x)"),
         ("see http://host/tmp/x", "see http://host/tmp/x"),
@@ -57,7 +59,8 @@ def assert_no_server_path(text: str) -> None:
     ],
 )
 def test_redact_replaces_server_roots_only(text: str, shown: str) -> None:
-    assert redact(text) == shown
+    roots = {"data": settings.DATA_DIR, "app": settings.BASE_DIR, "home": Path.home()}
+    assert redact(text.format(**roots)) == shown
 
 
 def make_job(owner: Persona, **base: Any) -> FineTuneJob:

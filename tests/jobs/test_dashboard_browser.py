@@ -72,8 +72,11 @@ def test_dashboard_tour(
     purge_broker()
     training = upload(owner, sms_subset(tmp_path, 32))
     validation = upload(owner, sms_subset(tmp_path, 16, name="valid.jsonl", split="valid"))
+    # The running job must still be running when the tour cancels it, a minute or more later
+    # on a loaded machine: 10,240 steps of the tiny model, where the tour needs a few dozen.
+    long_training = upload(owner, sms_subset(tmp_path, 256, name="long.jsonl"))
 
-    def create(**fields: Any) -> FineTuneJob:
+    def create(training: str = training, **fields: Any) -> FineTuneJob:
         return services.job_create(
             organization=owner.org,
             created_by=owner.user,
@@ -109,7 +112,7 @@ def test_dashboard_tour(
             classification_positive_class=" spam",
             suffix="tour",
         )
-        running = create(n_epochs=40, batch_size=1, suffix="long")
+        running = create(long_training, n_epochs=40, batch_size=1, suffix="long")
 
         # --- mid-run: the charts are drawn once and extended by each poll -------------------
         page.goto(f"{base}{running.get_absolute_url()}")

@@ -29,11 +29,6 @@ CPU = {"kind": "cpu", "count": 2, "memory_gib": 7.5, "names": []}
 GPUS = {"kind": "cuda", "count": 2, "memory_gib": 79.1, "names": ["NVIDIA H100 80GB HBM3"]}
 
 
-@pytest.fixture(autouse=True)
-def _bases(embedded_base: None) -> None:
-    """`ada` and SmolLM2-135M-Instruct, which an earlier transactional test may have flushed."""
-
-
 def _announce(name: str, cls: str, info: dict[str, Any] = GPUS) -> TrainingWorker:
     # Its queues as scripts/training-worker subscribes them (the default class is not its own).
     queues = routing.worker_queues(cls, int(info["count"]), "none")

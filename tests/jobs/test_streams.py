@@ -28,11 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _embedded_base(embedded_base: None) -> None:
-    """`curie` below is one of its legacy names."""
-
-
-@pytest.fixture(autouse=True)
 def no_queue() -> Any:
     with mock.patch("jobs.tasks.run_training_job.delay"):
         yield

@@ -59,7 +59,6 @@ def base(request: pytest.FixtureRequest) -> str:
     if BASE == "tiny-llama":
         request.getfixturevalue("tiny_base")
     else:
-        request.getfixturevalue("embedded_base")
         request.getfixturevalue("inference")
     return BASE
 

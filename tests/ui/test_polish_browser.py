@@ -47,11 +47,6 @@ def no_queue() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(autouse=True)
-def _embedded_base(embedded_base: None) -> None:
-    pass
-
-
 def tab_until(page: Any, done: Any, *, limit: int = 60, back: bool = False) -> list[dict[str, Any]]:
     """Press Tab (Shift+Tab with back) until done(focused) is true; every stop on the way."""
     stops = []
