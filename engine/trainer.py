@@ -340,7 +340,10 @@ def build_runtime(
             target_modules=spec.lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(causal_lm, config)
+        try:
+            model = get_peft_model(causal_lm, config)
+        except ValueError as error:  # target modules this model does not have, mostly
+            raise TrainingError(f"The LoRA settings do not fit this model: {error}") from error
     core, head = _split_model(causal_lm)
     bf16 = use_bf16(device) if spec.bf16 is None else spec.bf16
     if spec.method == "lora":

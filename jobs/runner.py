@@ -38,7 +38,7 @@ from engine import checkpoints as ckpt
 from jobs import checkpoints, events, forecast, liveness, paths
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
 from jobs.wandb import JobRun
-from models_app.models import FineTunedModel
+from models_app.models import BaseModel, FineTunedModel
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,26 @@ def job_spec(job: FineTuneJob, work: Path, *, resume_from: Path | None) -> engin
         data_fraction=job.data_fraction,
         final_full_validation=job.in_forecast,
         **early_stopping(job),
+        **base_model_shape(base),
     )
+
+
+def base_model_shape(base: BaseModel) -> dict[str, Any]:
+    """The LoRA adapter and warm-up the base model asks for (set in the admin), as TrainSpec
+    fields; the engine's defaults where it sets none. Alpha follows the rank (2r, as the
+    default 16 for 8) so a bigger rank keeps the update's scale and the learning rate fits."""
+    rank = base.lora_rank or engine.LoraSpec.r
+    targets = [name.strip() for name in base.lora_target_modules.split(",") if name.strip()]
+    shape: dict[str, Any] = {
+        "lora": engine.LoraSpec(
+            r=rank,
+            alpha=base.lora_alpha or 2 * rank,
+            target_modules=targets or engine.LoraSpec.target_modules,
+        )
+    }
+    if base.warmup_ratio is not None:
+        shape["warmup_ratio"] = base.warmup_ratio
+    return shape
 
 
 def _run_engine(

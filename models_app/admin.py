@@ -21,9 +21,20 @@ class BaseModelForm(forms.ModelForm[BaseModel]):
         model = BaseModel
         fields = [
             "name", "display_name", "source", "aliases", "context_length", "has_chat_template",
-            "base_lr_lora", "base_lr_full", "price_train_per_1k", "price_generate_per_1k",
-            "enabled",
+            "base_lr_lora", "base_lr_full", "lora_rank", "lora_alpha", "lora_target_modules",
+            "warmup_ratio", "price_train_per_1k", "price_generate_per_1k", "enabled",
         ]  # fmt: skip
+
+    def clean_lora_target_modules(self) -> str:
+        names = [n.strip() for n in self.cleaned_data["lora_target_modules"].split(",")]
+        names = [n for n in names if n]
+        # Module names as peft matches them: q_proj, model.layers.0.mlp.up_proj…
+        bad = [n for n in names if not all(p.isidentifier() or p.isdigit() for p in n.split("."))]
+        if bad:
+            raise ValidationError(
+                f"Not a layer name: {', '.join(bad)}. Give names such as q_proj,v_proj."
+            )
+        return ",".join(names)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -18,6 +19,36 @@ class BaseModel(models.Model):
     has_chat_template = models.BooleanField(default=True)
     base_lr_lora = models.FloatField(null=True, blank=True)  # None: the engine's default
     base_lr_full = models.FloatField(null=True, blank=True)
+    # The LoRA adapter a job on this model trains, and its warm-up: a size class of models may
+    # want another shape than the engine's default, which was swept on the 135M model only
+    # (docs/adr/0019). A job reads them when it starts; a resumed or continued one keeps the
+    # adapter shape it has.
+    lora_rank = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(512)],
+        help_text="LoRA rank r. Empty: 8.",
+    )
+    lora_alpha = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(1024)],
+        help_text="LoRA alpha (the update is scaled by alpha / r). Empty: twice the rank.",
+    )
+    lora_target_modules = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="Comma-separated names of the layers LoRA adapts, e.g. q_proj,v_proj. "
+        "Empty: every linear layer but the output head.",
+    )
+    warmup_ratio = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Share of a job's optimizer steps spent warming the learning rate up. "
+        "Empty: 0.03.",
+    )
     price_train_per_1k = models.DecimalField(max_digits=10, decimal_places=6, default=0)
     price_generate_per_1k = models.DecimalField(max_digits=10, decimal_places=6, default=0)
     enabled = models.BooleanField(default=True)

@@ -6,6 +6,9 @@ one worker and one inference service. A rule is a name from `engine.spec.AUTO_RU
 OpenAI's published rules; "small": the candidate for small open models), optionally with
 overrides, e.g. `small:learning_rate_multiplier=0.5`; the sweep resolves it to explicit values
 with `engine.resolve_hyperparameters`, so it measures exactly what "auto" would train with.
+The LoRA shape and warm-up are the base model's settings (`lora_rank`, `lora_alpha`,
+`lora_target_modules` with `+` between names, `warmup_ratio`), set for the run:
+`small:lora_rank=16`, `small:lora_target_modules=q_proj+v_proj`.
 Runs are appended to a JSON-lines file as they finish and skipped when already there, so an
 interrupted sweep continues where it stopped.
 
@@ -21,6 +24,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +47,20 @@ from bench.quality.tasks import TASKS  # noqa: E402
 from engine import resolve_hyperparameters  # noqa: E402
 
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+# The base model's training shape (set in the admin; jobs.runner.base_model_shape), swept by
+# setting it on the base model for the run and putting it back afterwards.
+BASE_MODEL_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules", "warmup_ratio")
 
 
-def parse_rule(text: str) -> tuple[str, dict[str, float]]:
-    """ "small:learning_rate_multiplier=0.5;n_epochs=3" → ("small", {...})."""
+def parse_rule(text: str) -> tuple[str, dict[str, str]]:
+    """ "small:learning_rate_multiplier=0.5;n_epochs=3;lora_rank=16" → ("small", {...})."""
     name, _, rest = text.partition(":")
-    overrides: dict[str, float] = {}
+    overrides: dict[str, str] = {}
     for item in filter(None, rest.split(";")):
         key, _, value = item.partition("=")
-        if key not in HYPERPARAMETERS:
-            raise SystemExit(f"Unknown hyperparameter {key!r} in rule {text!r}")
-        overrides[key] = float(value)
+        if key not in HYPERPARAMETERS + BASE_MODEL_FIELDS:
+            raise SystemExit(f"Unknown setting {key!r} in rule {text!r}")
+        overrides[key] = value
     return name, overrides
 
 
@@ -62,10 +70,34 @@ def resolved(rule: str, n_examples: int) -> dict[str, Any]:
         n_examples,
         int(overrides["n_epochs"]) if "n_epochs" in overrides else None,
         int(overrides["batch_size"]) if "batch_size" in overrides else None,
-        overrides.get("learning_rate_multiplier"),
+        float(overrides["learning_rate_multiplier"])
+        if "learning_rate_multiplier" in overrides
+        else None,
         rule=name,
     )
     return {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": multiplier}
+
+
+@contextmanager
+def base_model_shape(model: str, rule: str) -> Iterator[dict[str, Any]]:
+    """The rule's LoRA and warm-up settings on the base model for one run (the engine's
+    defaults for those it does not name); the model's own settings again afterwards."""
+    from models_app.models import BaseModel
+
+    _, overrides = parse_rule(rule)
+    shape: dict[str, Any] = {
+        "lora_rank": int(overrides["lora_rank"]) if "lora_rank" in overrides else None,
+        "lora_alpha": int(overrides["lora_alpha"]) if "lora_alpha" in overrides else None,
+        "lora_target_modules": overrides.get("lora_target_modules", "").replace("+", ","),
+        "warmup_ratio": float(overrides["warmup_ratio"]) if "warmup_ratio" in overrides else None,
+    }
+    base = BaseModel.objects.get(name=model)
+    saved = {field: getattr(base, field) for field in BASE_MODEL_FIELDS}
+    BaseModel.objects.filter(pk=base.pk).update(**shape)
+    try:
+        yield {key: value for key, value in shape.items() if value not in (None, "")}
+    finally:
+        BaseModel.objects.filter(pk=base.pk).update(**saved)
 
 
 def count_lines(path: Path) -> int:
@@ -116,16 +148,17 @@ def sweep(args: argparse.Namespace) -> None:
                         continue
                     hyperparameters = resolved(rule, n)
                     started = time.perf_counter()
-                    summary = train_and_score(
-                        client,
-                        task=task,
-                        size=size,
-                        model=args.model,
-                        early=early,
-                        seed=args.seed,
-                        hyperparameters=hyperparameters,
-                        test=test,
-                    )
+                    with base_model_shape(args.model, rule) as shape:
+                        summary = train_and_score(
+                            client,
+                            task=task,
+                            size=size,
+                            model=args.model,
+                            early=early,
+                            seed=args.seed,
+                            hyperparameters=hyperparameters,
+                            test=test,
+                        )
                     append(
                         {
                             "task": task,
@@ -138,6 +171,7 @@ def sweep(args: argparse.Namespace) -> None:
                             "score": summary.get("fine_tuned", {}).get(metric),
                             "test_examples": len(test),
                             "total_seconds": round(time.perf_counter() - started, 1),
+                            "base_model_shape": shape,
                             **summary,
                         }
                     )

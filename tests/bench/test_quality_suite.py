@@ -108,3 +108,29 @@ def test_the_sms_benchmark_reports_the_model_the_run_produced() -> None:
     assert final_accuracy(epochs, {"step": 63}) == 0.99  # the selected epoch's
     assert final_accuracy(epochs, None) == 0.98  # without selection, the last
     assert final_accuracy([], None) is None
+
+
+def test_a_sweep_rule_sets_the_base_models_lora_shape_for_its_run_only(db: None) -> None:
+    from bench.quality.sweep import base_model_shape, parse_rule, resolved
+    from models_app.models import BaseModel
+
+    rule = "small:n_epochs=3;lora_rank=16;lora_target_modules=q_proj+v_proj;warmup_ratio=0.1"
+    assert parse_rule(rule)[1]["lora_rank"] == "16"
+    assert resolved(rule, 500)["n_epochs"] == 3
+    with pytest.raises(SystemExit, match="lora_r"):
+        parse_rule("small:lora_r=16")
+
+    with base_model_shape("SmolLM2-135M-Instruct", rule) as shape:
+        base = BaseModel.objects.get(name="SmolLM2-135M-Instruct")
+        assert (base.lora_rank, base.lora_target_modules, base.warmup_ratio) == (
+            16,
+            "q_proj,v_proj",
+            0.1,
+        )
+        assert shape == {
+            "lora_rank": 16,
+            "lora_target_modules": "q_proj,v_proj",
+            "warmup_ratio": 0.1,
+        }
+    base.refresh_from_db()
+    assert (base.lora_rank, base.lora_target_modules, base.warmup_ratio) == (None, "", None)

@@ -479,6 +479,15 @@ def test_lora_settings_are_applied(tiny_model_dir: Path, train_file: Path, tmp_p
     assert all(t.shape[0] == 4 for k, t in tensors.items() if "lora_A" in k)
 
 
+def test_lora_targets_the_model_lacks_are_a_readable_error(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    lora = LoraSpec(target_modules=["query_key_value"])  # another architecture's name
+
+    with pytest.raises(TrainingError, match="The LoRA settings do not fit this model"):
+        train(spec_for(tiny_model_dir, train_file, tmp_path / "out", n_epochs=1, lora=lora))
+
+
 def test_evaluate_classification_reproduces_the_results_file(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -175,3 +175,29 @@ def test_the_auto_rule_setting_reaches_the_engine(
     settings.TUNERY_AUTO_HYPERPARAMETERS = rule
     job = make_job(owner)
     assert runner.job_spec(job, tmp_path, resume_from=None).auto_rule == rule
+
+
+def test_the_base_models_lora_shape_and_warmup_reach_the_engine(
+    owner: Persona, tmp_path: Any
+) -> None:
+    job = make_job(owner)
+    spec = runner.job_spec(job, tmp_path, resume_from=None)
+    assert (spec.lora.r, spec.lora.alpha, spec.lora.target_modules) == (8, 16, "all-linear")
+    assert spec.warmup_ratio == engine.TrainSpec.warmup_ratio
+
+    base = job.base_model
+    base.lora_rank, base.lora_target_modules, base.warmup_ratio = 32, "q_proj,v_proj", 0.1
+    base.save()
+    job.refresh_from_db()
+    spec = runner.job_spec(job, tmp_path, resume_from=None)
+    # Alpha follows the rank (2r) unless the base model sets it.
+    assert (spec.lora.r, spec.lora.alpha, spec.lora.target_modules) == (
+        32,
+        64,
+        ["q_proj", "v_proj"],
+    )
+    assert spec.warmup_ratio == 0.1
+    base.lora_alpha = 8
+    base.save()
+    job.refresh_from_db()
+    assert runner.job_spec(job, tmp_path, resume_from=None).lora.alpha == 8

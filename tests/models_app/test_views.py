@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -343,3 +344,27 @@ def test_deleting_removes_the_jobs_copy_of_the_weights_too(
     assert not engine_output.exists()
     assert not Path(model.artifact_dir).exists()
     shutil.rmtree(job_dir(job), ignore_errors=True)
+
+
+def test_admin_form_checks_the_lora_shape(db: None) -> None:
+    from django.forms.models import model_to_dict
+
+    from models_app.admin import BaseModelForm
+
+    def form(**shape: Any) -> BaseModelForm:
+        # A fresh instance each time: a bound form writes its values into the one it edits.
+        base = BaseModel.objects.get(name="SmolLM2-135M-Instruct")
+        data = {k: v for k, v in model_to_dict(base).items() if v is not None}
+        data["aliases"] = json.dumps(base.aliases)
+        return BaseModelForm(data=data | shape, instance=base)
+
+    bad = form(lora_rank=0, lora_target_modules="q_proj, v-proj", warmup_ratio=0.9)
+    assert not bad.is_valid()
+    assert "v-proj" in bad.errors["lora_target_modules"][0]
+    assert set(bad.errors) == {"lora_rank", "lora_target_modules", "warmup_ratio"}
+
+    good = form(lora_rank=16, lora_target_modules=" q_proj , model.layers.0.mlp.up_proj,")
+    assert good.is_valid(), good.errors
+    saved = good.save()
+    assert saved.lora_target_modules == "q_proj,model.layers.0.mlp.up_proj"
+    assert (saved.lora_rank, saved.lora_alpha, saved.warmup_ratio) == (16, None, None)
