@@ -38,7 +38,7 @@ from engine import checkpoints as ckpt
 from jobs import checkpoints, events, forecast, liveness, paths
 from jobs.models import Checkpoint, FineTuneJob, JobEvent
 from jobs.wandb import JobRun
-from models_app.models import BaseModel, FineTunedModel
+from models_app.models import BaseModel, FineTunedModel, layer_names
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def base_model_shape(base: BaseModel) -> dict[str, Any]:
     fields; the engine's defaults where it sets none. Alpha follows the rank (2r, as the
     default 16 for 8) so a bigger rank keeps the update's scale and the learning rate fits."""
     rank = base.lora_rank or engine.LoraSpec.r
-    targets = [name.strip() for name in base.lora_target_modules.split(",") if name.strip()]
+    targets = layer_names(base.lora_target_modules)
     shape: dict[str, Any] = {
         "lora": engine.LoraSpec(
             r=rank,

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from accounts.models import Membership
 from common.admin import OrgScopedAdmin, owned_org_ids
 from models_app import services
-from models_app.models import BaseModel, FineTunedModel, ModelPermission
+from models_app.models import BaseModel, FineTunedModel, ModelPermission, layer_names
 
 
 class BaseModelForm(forms.ModelForm[BaseModel]):
@@ -26,8 +26,7 @@ class BaseModelForm(forms.ModelForm[BaseModel]):
         ]  # fmt: skip
 
     def clean_lora_target_modules(self) -> str:
-        names = [n.strip() for n in self.cleaned_data["lora_target_modules"].split(",")]
-        names = [n for n in names if n]
+        names = layer_names(self.cleaned_data["lora_target_modules"])
         # Module names as peft matches them: q_proj, model.layers.0.mlp.up_proj…
         bad = [n for n in names if not all(p.isidentifier() or p.isdigit() for p in n.split("."))]
         if bad:

@@ -6,6 +6,12 @@ from django.db import models
 from django.db.models import Q
 
 
+def layer_names(text: str) -> list[str]:
+    """A comma-separated list of layer names (a base model's `lora_target_modules`), without
+    blanks: "q_proj, v_proj," → ["q_proj", "v_proj"]."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 class BaseModel(models.Model):
     """A model Tunery can fine-tune and serve, e.g. the embedded SmolLM2-135M-Instruct."""
 

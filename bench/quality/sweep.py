@@ -79,7 +79,7 @@ def resolved(rule: str, n_examples: int) -> dict[str, Any]:
 
 
 @contextmanager
-def base_model_shape(model: str, rule: str) -> Iterator[dict[str, Any]]:
+def rule_on_base_model(model: str, rule: str) -> Iterator[dict[str, Any]]:
     """The rule's LoRA and warm-up settings on the base model for one run (the engine's
     defaults for those it does not name); the model's own settings again afterwards."""
     from models_app.models import BaseModel
@@ -148,7 +148,7 @@ def sweep(args: argparse.Namespace) -> None:
                         continue
                     hyperparameters = resolved(rule, n)
                     started = time.perf_counter()
-                    with base_model_shape(args.model, rule) as shape:
+                    with rule_on_base_model(args.model, rule) as shape:
                         summary = train_and_score(
                             client,
                             task=task,

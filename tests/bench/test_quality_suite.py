@@ -111,7 +111,7 @@ def test_the_sms_benchmark_reports_the_model_the_run_produced() -> None:
 
 
 def test_a_sweep_rule_sets_the_base_models_lora_shape_for_its_run_only(db: None) -> None:
-    from bench.quality.sweep import base_model_shape, parse_rule, resolved
+    from bench.quality.sweep import parse_rule, resolved, rule_on_base_model
     from models_app.models import BaseModel
 
     rule = "small:n_epochs=3;lora_rank=16;lora_target_modules=q_proj+v_proj;warmup_ratio=0.1"
@@ -120,7 +120,7 @@ def test_a_sweep_rule_sets_the_base_models_lora_shape_for_its_run_only(db: None)
     with pytest.raises(SystemExit, match="lora_r"):
         parse_rule("small:lora_r=16")
 
-    with base_model_shape("SmolLM2-135M-Instruct", rule) as shape:
+    with rule_on_base_model("SmolLM2-135M-Instruct", rule) as shape:
         base = BaseModel.objects.get(name="SmolLM2-135M-Instruct")
         assert (base.lora_rank, base.lora_target_modules, base.warmup_ratio) == (
             16,
