@@ -30,18 +30,21 @@ class BaseModel(models.Model):
     # (docs/adr/0019). A job reads them when it starts; a resumed or continued one keeps the
     # adapter shape it has.
     lora_rank = models.PositiveSmallIntegerField(
+        "LoRA rank",
         null=True,
         blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(512)],
         help_text="LoRA rank r. Empty: 8.",
     )
     lora_alpha = models.PositiveSmallIntegerField(
+        "LoRA alpha",
         null=True,
         blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(1024)],
         help_text="LoRA alpha (the update is scaled by alpha / r). Empty: twice the rank.",
     )
     lora_target_modules = models.CharField(
+        "LoRA target modules",
         max_length=300,
         blank=True,
         default="",
@@ -49,6 +52,7 @@ class BaseModel(models.Model):
         "Empty: every linear layer but the output head.",
     )
     warmup_ratio = models.FloatField(
+        "warm-up ratio",
         null=True,
         blank=True,
         validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],

@@ -368,3 +368,9 @@ def test_admin_form_checks_the_lora_shape(db: None) -> None:
     saved = good.save()
     assert saved.lora_target_modules == "q_proj,model.layers.0.mlp.up_proj"
     assert (saved.lora_rank, saved.lora_alpha, saved.warmup_ratio) == (16, None, None)
+    # The admin spells the settings as the docs do.
+    assert [good.fields[f].label for f in ("lora_rank", "lora_alpha", "warmup_ratio")] == [
+        "LoRA rank",
+        "LoRA alpha",
+        "Warm-up ratio",
+    ]
