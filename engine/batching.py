@@ -54,6 +54,7 @@ from engine.generation import (
     _model_device,
     check_streamable,
 )
+from engine.models import ThreadsFollowLoad
 from engine.ragged import RaggedCache, RowCache, ragged_forward, use_ragged_attention
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class BatchSettings:
     max_adapters: int = 16  # LoRA adapters kept loaded per model, least recently used evicted
     max_prompt_tokens: int | None = None  # None: the model's context length
     max_tokens: int | None = None  # the most tokens one request may ask for; None: no cap
+    # CPU torch threads for decoding. None: the cores other processes leave free, re-read
+    # every few seconds (engine.models.ThreadsFollowLoad), at most OMP_NUM_THREADS if set.
+    threads: int | None = None
 
 
 class Cancelled(Exception):
@@ -295,6 +299,9 @@ class Scheduler:
             )
         self.adapters = _Adapters(model, self.settings.max_adapters)
         self.device = _model_device(model)
+        # On a CPU shared with training jobs, decode with the cores they leave free.
+        follow = self.device.type == "cpu" and self.settings.threads is None
+        self._threads = ThreadsFollowLoad() if follow else None
         self.context = _context_length(model)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.num_layers = int(model.config.num_hidden_layers)
@@ -391,6 +398,8 @@ class Scheduler:
     # --- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.settings.threads is not None:
+            torch.set_num_threads(self.settings.threads)  # per thread: this loop's own
         while True:
             with self._cond:
                 while not (self._waiting or self._jobs or self._unloads or self._closed):
@@ -401,6 +410,8 @@ class Scheduler:
                     break
                 unloads, self._unloads = self._unloads, []
                 admitted = self._take_admissible()
+            if self._threads is not None:
+                self._threads.refresh()
             try:
                 self._run_unloads(unloads)
                 for job in admitted:

@@ -527,6 +527,7 @@ class JobHooks(engine.Hooks):
         )
 
         def record() -> None:
+            exposure = checkpoints.exposure(self.job, info)
             Checkpoint.objects.update_or_create(
                 job=self.job,
                 step_number=info.step,
@@ -534,12 +535,19 @@ class JobHooks(engine.Hooks):
                     "epoch": info.epoch,
                     "metrics": metrics,
                     "path": str(info.path),
-                    **checkpoints.exposure(self.job, info),
+                    **exposure,
                 },
             )
-            events.emit(
-                self.job, "checkpoint", step=info.step, written_by=self.attempt, at_step=info.step
-            )
+            # Announced as OpenAI does, for the checkpoints a user can see and use; the earlier
+            # epochs' are kept for resuming and best-checkpoint selection only.
+            if exposure["exposed"]:
+                events.emit(
+                    self.job,
+                    "checkpoint",
+                    step=info.step,
+                    written_by=self.attempt,
+                    at_step=info.step,
+                )
 
         self._write("checkpoint", record)
 

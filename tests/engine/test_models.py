@@ -285,3 +285,32 @@ def test_auto_threads_leaves_the_cores_other_processes_use(monkeypatch: pytest.M
 def test_busy_cores_is_a_current_sample() -> None:
     busy = engine_models._busy_cores(2, seconds=0.2)
     assert busy is not None and 0 <= busy <= (__import__("os").cpu_count() or 1)
+
+
+def test_threads_follow_the_load_of_other_processes() -> None:
+    """A real process spinning on one core: the next refresh leaves that core to it."""
+    import os
+    import subprocess
+    import time
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs two cores")
+    before = torch.get_num_threads()
+    follow = engine_models.ThreadsFollowLoad(every=0.5)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert follow.refresh() is None  # samples are at least `every` apart
+        time.sleep(1.0)
+        threads = follow.refresh()
+        assert threads is not None and 1 <= threads <= cores - 1
+        assert torch.get_num_threads() == threads
+    finally:
+        spinner.kill()
+        spinner.wait()
+        torch.set_num_threads(before)
+
+
+def test_omp_num_threads_is_the_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert engine_models.ThreadsFollowLoad().cores == 1

@@ -168,6 +168,28 @@ def test_an_attempt_that_lost_its_job_writes_nothing_and_is_told_to_stop(
     assert (live.should_stop(), live.may_write()) == (True, False)
 
 
+def test_only_the_checkpoints_a_user_can_use_are_announced(owner: Persona) -> None:
+    # OpenAI keeps (and announces) the last 3 epochs' checkpoints; earlier epochs' are kept
+    # here too, for resuming and best-checkpoint selection, but are not models to announce.
+    job = make_job(owner)
+    FineTuneJob.objects.filter(pk=job.pk).update(
+        status="running", attempts=1, resolved_hyperparameters={"n_epochs": 5}
+    )
+    job.refresh_from_db()
+    hooks = runner.JobHooks(job, attempt=1)
+    for epoch in range(1, 6):
+        hooks.on_checkpoint(engine.CheckpointInfo(epoch=epoch, step=2 * epoch, path="/x"))
+
+    exposed = job.checkpoints.filter(exposed=True).values_list("step_number", flat=True)
+    assert sorted(exposed) == [6, 8, 10] and job.checkpoints.count() == 5
+    announced = job.events.filter(message__startswith="Checkpoint saved at step")  # legacy API
+    assert sorted(announced.values_list("message", flat=True)) == [
+        "Checkpoint saved at step 10",
+        "Checkpoint saved at step 6",
+        "Checkpoint saved at step 8",
+    ]
+
+
 @pytest.mark.parametrize("rule", ["openai", "small"])
 def test_the_auto_rule_setting_reaches_the_engine(
     owner: Persona, settings: Any, tmp_path: Any, rule: str
