@@ -5,7 +5,8 @@ through `engine.batching.Scheduler` on the embedded SmolLM2-135M-Instruct, alter
 programs in fresh processes: the scheduler as it is (its torch threads follow the cores other
 processes leave free, `engine.models.ThreadsFollowLoad`) and the same scheduler pinned to
 every core (`BatchSettings(threads=N)`: what it did before). With `--load`, a process spinning
-on one core runs beside them, so the comparison does not depend on what else the machine happens to be doing.
+on one core runs beside them, so the comparison does not depend on what else the machine
+happens to be doing.
 
     .venv/bin/python bench/serving/decode_threads.py --load --rounds 2
 """
