@@ -97,7 +97,7 @@ def preflight(owner: Persona, examples: int, **extra: str) -> str:
 
 def test_preflight_follows_the_auto_rule_setting(owner: Persona, settings: Any) -> None:
     settings.TUNERY_AUTO_HYPERPARAMETERS = "small"
-    assert "80000" in preflight(owner, 1000)  # the small rule: 2 epochs (batch 16) x 40k tokens
+    assert "120000" in preflight(owner, 1000)  # the small rule: 3 epochs (batch 16) x 40k tokens
 
 
 def test_preflight_shows_auto_values_and_an_estimate(owner: Persona, settings: Any) -> None:
