@@ -184,9 +184,14 @@ def auto_learning_rate_multiplier(batch_size: int) -> float:
 
 
 # The "small" rule (ADR 0019; the sweep behind it is in docs/benchmarks/quality.md).
-SMALL_BATCH = 8  # below SMALL_BATCH_LARGE_SET examples
+SMALL_BATCH = 8  # from SMALL_BATCH_TINY_SET to SMALL_BATCH_LARGE_SET examples
 SMALL_BATCH_LARGE = 16
 SMALL_BATCH_LARGE_SET = 1000
+# Below 250 examples, batches of 4 (twice the steps for the same passes): at 100 examples
+# batches of 8 trailed OpenAI's rules (batch 1) by 2 points over three seeds, batches of 4 did
+# not (docs/benchmarks/quality.md, 2026-12-07 evening).
+SMALL_BATCH_TINY = 4
+SMALL_BATCH_TINY_SET = 250
 SMALL_MULTIPLIER_AT_8 = 0.25  # LoRA: 1e-3 at batch 8
 # 200 steps was tried too: no better within the sweep's noise, and twice the training time.
 SMALL_MIN_STEPS = 100
@@ -198,6 +203,8 @@ SMALL_MAX_EPOCHS = 10
 
 
 def _small_batch(n_examples: int) -> int:
+    if n_examples < SMALL_BATCH_TINY_SET:
+        return SMALL_BATCH_TINY
     return SMALL_BATCH_LARGE if n_examples >= SMALL_BATCH_LARGE_SET else SMALL_BATCH
 
 
@@ -208,9 +215,11 @@ def _small_multiplier(batch_size: int) -> float:
 
 
 def _small_epochs(n_examples: int, batch_size: int) -> int:
-    """Enough epochs for about SMALL_MIN_STEPS optimizer steps, between SMALL_MIN_EPOCHS and
-    SMALL_MAX_EPOCHS: a small set needs many passes, and a large one still gains from three."""
-    wanted = math.ceil(SMALL_MIN_STEPS * batch_size / max(1, n_examples))
+    """Enough epochs for about SMALL_MIN_STEPS optimizer steps, a step counted as at least
+    SMALL_BATCH examples, between SMALL_MIN_EPOCHS and SMALL_MAX_EPOCHS: a small set needs many
+    passes, and a large one still gains from three. Smaller batches make more steps of the same
+    passes rather than fewer passes."""
+    wanted = math.ceil(SMALL_MIN_STEPS * max(batch_size, SMALL_BATCH) / max(1, n_examples))
     return max(SMALL_MIN_EPOCHS, min(SMALL_MAX_EPOCHS, wanted))
 
 
@@ -238,8 +247,9 @@ def resolve_hyperparameters(
 
     "openai": n_epochs 4; batch_size round(0.2% of n_examples), at least 1 and at most 256;
     learning_rate_multiplier: see `auto_learning_rate_multiplier`.
-    "small": batch_size 8 (16 from 1,000 examples); learning_rate_multiplier 0.25 at batch 8,
-    scaled by the square root of the batch size; n_epochs enough for about 100 steps, 3 to 10.
+    "small": batch_size 8 (4 below 250 examples, 16 from 1,000); learning_rate_multiplier 0.25
+    at batch 8, scaled by the square root of the batch size; n_epochs enough for about 100 steps
+    of at least 8 examples, 3 to 10.
     Either way the batch size never exceeds the number of examples.
     """
     if rule not in AUTO_RULES:

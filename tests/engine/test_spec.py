@@ -45,7 +45,9 @@ def test_invalid_values_are_training_errors() -> None:
     ("n_examples", "expected"),
     [
         (3, (10, 3, 0.1531)),  # the batch never exceeds the examples; at most 10 epochs
-        (100, (8, 8, 0.25)),  # about 100 steps of 8
+        (100, (8, 4, 0.1768)),  # below 250, batches of 4: the passes of 100 steps of 8
+        (249, (4, 4, 0.1768)),
+        (250, (4, 8, 0.25)),  # about 100 steps of 8
         (500, (3, 8, 0.25)),  # at least 3 epochs
         (1000, (3, 16, 0.3536)),  # 16 from 1,000 examples, the multiplier scaled by √2
         (5000, (3, 16, 0.3536)),  # a large set still gains from 3 passes
@@ -59,6 +61,8 @@ def test_the_small_rule_follows_explicit_values() -> None:
     # The multiplier follows the batch size given; the epochs, the steps it makes.
     assert resolve_hyperparameters(100, None, 32, None, rule="small") == (10, 32, 0.5)
     assert resolve_hyperparameters(1000, 3, None, 0.1, rule="small") == (3, 16, 0.1)
+    # A batch below 8 makes more steps of the same passes, not fewer passes.
+    assert resolve_hyperparameters(100, None, 2, None, rule="small") == (8, 2, 0.125)
 
 
 def test_an_unknown_rule_is_a_training_error() -> None:
