@@ -193,7 +193,7 @@ SMALL_BATCH_LARGE_SET = 1000
 SMALL_BATCH_TINY = 4
 SMALL_BATCH_TINY_SET = 250
 SMALL_MULTIPLIER_AT_8 = 0.25  # LoRA: 1e-3 at batch 8
-# 200 steps was tried too: no better within the sweep's noise, and twice the training time.
+# 200 steps of 8 were tried too: no better within the sweep's noise, and twice the training time.
 SMALL_MIN_STEPS = 100
 # At 2,000 examples one or two epochs left 3 points on the table against OpenAI's 4 epochs
 # (docs/benchmarks/quality.md, 2026-12-07 Xeon); best-checkpoint selection keeps an earlier
