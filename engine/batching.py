@@ -661,17 +661,19 @@ class Scheduler:
             if deltas:
                 job.ticket._put("deltas", deltas)
         if state.done:
+            # Book the request out before its caller wakes: whoever reads stats() after
+            # result() returns must not still count it as running.
+            self._completed += 1
+            self._durations.append(time.monotonic() - job.started)
+            self._remove(job)
             if job.ticket.stream:
                 job.ticket._put("end")
             else:
                 job.ticket._put("result", state.result())
-            self._completed += 1
-            self._durations.append(time.monotonic() - job.started)
-            self._remove(job)
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
-        job.ticket._put("error", exc)
         self._remove(job)
+        job.ticket._put("error", exc)
 
     def _remove(self, job: _Job) -> None:
         if job in self._jobs:
