@@ -123,14 +123,6 @@ class World:
         dist.broadcast(value, src=0)
         return bool(value.item())
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def die_with_parent() -> None:
     """Linux: this process gets SIGKILL when its parent dies, so a training worker killed -9
@@ -179,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                 out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
             with open(args.result, "w") as fh:
                 json.dump(out, fh, default=str)
+        if dist.is_available() and dist.is_initialized():
+            # Leave together: rank 0 is often still writing a checkpoint the others helped
+            # gather, and a rank that tore its gloo group down meanwhile could die in gloo
+            # with SIGABRT ("terminate called without an active exception", a stopped
+            # FSDP run in CI), which fails the whole run.
+            dist.barrier()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -36,6 +36,8 @@ FULL_VALIDATION_COLUMNS = [
     "full_validation_sequence_accuracy",
     "full_validation_token_accuracy",
 ]
+# Free-text jobs that select also score greedy generations at each epoch end (engine.free_text).
+GENERATION_COLUMNS = ["generation/rouge_l"]
 SELECTION_COLUMN = "selected_checkpoint"
 # A DPO run's (engine.dpo): `*_loss` is the DPO loss; no token accuracies (no single target).
 DPO_COLUMNS = [
@@ -69,12 +71,17 @@ def binary_columns(betas: Sequence[float]) -> list[str]:
 
 
 def results_columns(
-    classification: str | None, betas: Sequence[float] = (1.0,), *, selection: bool = False
+    classification: str | None,
+    betas: Sequence[float] = (1.0,),
+    *,
+    selection: bool = False,
+    generation: bool = False,
 ) -> list[str]:
     """The header of compiled_results.csv (reference §4.1). `classification` is None, "binary" or
     "multiclass". The validation columns are always present: without a validation file they
     stay empty, as in OpenAI's files. `selection` adds the best-checkpoint columns at the end
-    (readers of OpenAI's files look columns up by name). "dpo" gives a DPO run's columns."""
+    (readers of OpenAI's files look columns up by name), with `generation` the generation
+    metric's too. "dpo" gives a DPO run's columns."""
     if classification == "dpo":
         return list(DPO_COLUMNS)
     columns = BASE_COLUMNS + VALIDATION_COLUMNS
@@ -83,7 +90,9 @@ def results_columns(
     elif classification == "multiclass":
         columns += MULTICLASS_COLUMNS
     if selection:
-        columns += [*FULL_VALIDATION_COLUMNS, SELECTION_COLUMN]
+        columns += FULL_VALIDATION_COLUMNS
+        columns += GENERATION_COLUMNS if generation else []
+        columns.append(SELECTION_COLUMN)
     return columns
 
 

@@ -5,8 +5,9 @@ checkpoint. The rule that picks the best one:
 
 - the metric is `classification/accuracy` when the run computes classification metrics (the
   task's own measure; the trainer computes them for data that is a closed label set even when
-  the job did not ask), ties broken by the lower `full_validation_loss`; otherwise the
-  `full_validation_loss` alone (lower is better);
+  the job did not ask); for free text, `generation/rouge_l`, the ROUGE-L of greedy generations
+  (engine.free_text); either way ties are broken by the lower `full_validation_loss`. Without
+  either, the `full_validation_loss` alone (lower is better);
 - a checkpoint improves on the best so far only if it is strictly better; on equal scores the
   earlier checkpoint stays best (it saw less of the training data for the same result);
 - training stops early once `patience` evaluations in a row have not improved on the best.
@@ -21,7 +22,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ACCURACY = "classification/accuracy"
+ROUGE_L = "generation/rouge_l"  # engine.free_text.METRIC
 LOSS = "full_validation_loss"
+# Metrics where higher is better, in order of preference, and how the reason names them.
+SCORES = {ACCURACY: "classification accuracy", ROUGE_L: "ROUGE-L of greedy generations"}
+
+
+def scored_on(metric: str) -> str:
+    """What `metric` was measured on: greedy generations cost far more than a loss pass, so
+    they score a fixed sample of the validation set (engine.free_text.MAX_EXAMPLES)."""
+    return "validation sample" if metric == ROUGE_L else "whole validation set"
 
 
 @dataclass
@@ -35,22 +45,21 @@ class Evaluation:
 
 
 def metric_of(metrics: dict[str, float]) -> str:
-    """The metric that ranks checkpoints: classification accuracy when measured, else loss."""
-    return ACCURACY if ACCURACY in metrics else LOSS
+    """The metric that ranks checkpoints: classification accuracy or ROUGE-L when measured,
+    else the loss."""
+    return next((m for m in SCORES if m in metrics), LOSS)
 
 
 def _key(ev: Evaluation, metric: str) -> tuple[float, float]:
     """A sort key where smaller is better."""
     loss = ev.metrics.get(LOSS, float("inf"))
-    if metric == ACCURACY:
-        return (-ev.metrics.get(ACCURACY, float("-inf")), loss)
+    if metric in SCORES:
+        return (-ev.metrics.get(metric, float("-inf")), loss)
     return (loss, 0.0)
 
 
 def _describe(metric: str, value: float) -> str:
-    if metric == ACCURACY:
-        return f"classification accuracy {value:.4f}"
-    return f"full validation loss {value:.4f}"
+    return f"{SCORES.get(metric, 'full validation loss')} {value:.4f}"
 
 
 @dataclass
@@ -102,15 +111,15 @@ class Selection:
         metric = self.metric
         n = len(self.evaluations)
         value = best.metrics.get(metric, float("nan"))
-        rule = "highest" if metric == ACCURACY else "lowest"
+        rule = "highest" if metric in SCORES else "lowest"
         text = (
             f"step {best.step} (epoch {best.epoch}) has the {rule} {_describe(metric, value)} "
-            f"of {n} evaluation{'s' if n != 1 else ''} on the whole validation set"
+            f"of {n} evaluation{'s' if n != 1 else ''} on the {scored_on(metric)}"
         )
-        if metric == ACCURACY and any(
-            ev is not best and ev.metrics.get(ACCURACY) == value for ev in self.evaluations
+        if metric in SCORES and any(
+            ev is not best and ev.metrics.get(metric) == value for ev in self.evaluations
         ):
-            text += f" (tied on accuracy; full validation loss {best.metrics.get(LOSS, 0):.4f})"
+            text += f" (tied; full validation loss {best.metrics.get(LOSS, 0):.4f})"
         if stopped_early:
             text += f"; stopped early: {patience} evaluation{'s' if patience != 1 else ''} "
             text += "in a row without improvement"

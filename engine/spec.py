@@ -200,6 +200,14 @@ SMALL_MIN_STEPS = 100
 # epoch where the last ones overshoot.
 SMALL_MIN_EPOCHS = 3
 SMALL_MAX_EPOCHS = 10
+# A job that keeps its best checkpoint (a validation file, early stopping "auto": ADR 0018) gets
+# passes enough to see SELECTING_MIN_EXAMPLES examples, at most SELECTING_MAX_FLOOR epochs: at
+# 500 examples 6 epochs instead of 3 won 11 runs of 11 over five tasks and up to three seeds
+# (+0.3 to +4.0, 1.5-2.3 times the job time), and selection keeps an earlier epoch where the
+# last ones overshoot. Bounded in examples, the extra time stays bounded too: from 1,000 examples the
+# floor is 3 as before (at 2,000, 6 epochs gained 0.5 on one task for twice the time).
+SELECTING_MIN_EXAMPLES = 3000
+SELECTING_MAX_FLOOR = 6
 
 
 def _small_batch(n_examples: int) -> int:
@@ -214,13 +222,18 @@ def _small_multiplier(batch_size: int) -> float:
     return round(SMALL_MULTIPLIER_AT_8 * math.sqrt(batch_size / SMALL_BATCH), 4)
 
 
-def _small_epochs(n_examples: int, batch_size: int) -> int:
+def _small_epochs(n_examples: int, batch_size: int, selecting: bool) -> int:
     """Enough epochs for about SMALL_MIN_STEPS optimizer steps, a step counted as at least
     SMALL_BATCH examples, between SMALL_MIN_EPOCHS and SMALL_MAX_EPOCHS: a small set needs many
     passes, and a large one still gains from three. Smaller batches make more steps of the same
-    passes rather than fewer passes."""
-    wanted = math.ceil(SMALL_MIN_STEPS * max(batch_size, SMALL_BATCH) / max(1, n_examples))
-    return max(SMALL_MIN_EPOCHS, min(SMALL_MAX_EPOCHS, wanted))
+    passes rather than fewer passes. A run that selects its best checkpoint has a higher floor
+    (SELECTING_MIN_EXAMPLES)."""
+    n = max(1, n_examples)
+    wanted = math.ceil(SMALL_MIN_STEPS * max(batch_size, SMALL_BATCH) / n)
+    floor = SMALL_MIN_EPOCHS
+    if selecting:
+        floor = max(floor, min(SELECTING_MAX_FLOOR, math.ceil(SELECTING_MIN_EXAMPLES / n)))
+    return max(floor, min(SMALL_MAX_EPOCHS, wanted))
 
 
 def auto_rule_for(rule: str, objective: str) -> str:
@@ -242,6 +255,7 @@ def resolve_hyperparameters(
     batch_size: int | None,
     learning_rate_multiplier: float | None,
     rule: str = "openai",
+    selecting: bool = False,
 ) -> tuple[int, int, float]:
     """Fill in the automatic values where the caller gave None, by `rule`.
 
@@ -249,7 +263,8 @@ def resolve_hyperparameters(
     learning_rate_multiplier: see `auto_learning_rate_multiplier`.
     "small": batch_size 8 (4 below 250 examples, 16 from 1,000); learning_rate_multiplier 0.25
     at batch 8, scaled by the square root of the batch size; n_epochs enough for about 100 steps
-    of at least 8 examples, 3 to 10.
+    of at least 8 examples, 3 to 10, and when `selecting` (the run keeps its best checkpoint)
+    at least enough to see 3,000 examples, up to 6 (6 at 500 examples, 3 from 1,000).
     Either way the batch size never exceeds the number of examples.
     """
     if rule not in AUTO_RULES:
@@ -264,7 +279,7 @@ def resolve_hyperparameters(
     if n_epochs is not None:
         epochs = int(n_epochs)
     elif rule == "small":
-        epochs = _small_epochs(n_examples, batch)
+        epochs = _small_epochs(n_examples, batch, selecting)
     else:
         epochs = AUTO_N_EPOCHS
     if learning_rate_multiplier is not None:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import checkpoints as ckpt
-from engine import dpo, fsdp, metrics
+from engine import dpo, free_text, fsdp, metrics
 from engine.cadence import CheckpointCadence
 from engine.data import (
     Example,
@@ -53,7 +53,7 @@ from engine.models import (
     resolve_model_source,
     use_bf16,
 )
-from engine.selection import Evaluation, Selection
+from engine.selection import Evaluation, Selection, scored_on
 from engine.spec import (
     DEFAULT_BASE_LEARNING_RATE,
     CheckpointInfo,
@@ -707,6 +707,34 @@ def classification_metrics(
     return metrics.multiclass_metrics(truth, probs.argmax(-1))
 
 
+def validation_order(seed: int, n: int) -> list[int]:
+    """The run's fixed order of its validation examples (batches, the generation sample)."""
+    return [int(i) for i in np.random.default_rng([seed, 7919]).permutation(n)]
+
+
+def setup_free_text(
+    runtime: Runtime, tokenizing: Tokenizing, validation: Sequence[Example], hooks: Hooks
+) -> free_text.FreeText | None:
+    """The generation metric for free-text data: greedy answers to the first validation
+    examples (in the order given), stopping where the model ends its turn."""
+    configured = getattr(runtime.model, "generation_config", None)
+    configured = getattr(configured, "eos_token_id", None)
+    stops = [tokenizing.eos_id, *(configured if isinstance(configured, list) else [configured])]
+    pad = runtime.tokenizer.pad_token_id
+    work = free_text.setup(
+        validation,
+        [s for s in stops if s is not None],
+        tokenizing.eos_id if pad is None else pad,
+    )
+    if work is not None:
+        hooks.on_event(
+            "info",
+            "The completions are free text: checkpoints are ranked by the ROUGE-L of greedy "
+            f"generations for {len(work.prompts)} validation examples",
+        )
+    return work
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -781,6 +809,8 @@ class Trainer:
         self.dpo = spec.objective == "dpo"
         self.beta = float(spec.beta if spec.beta is not None else dpo.DEFAULT_BETA)
         self.reference_file: Path | None = None
+        # Whether the run keeps its best checkpoint: known once the data is loaded (setup).
+        self.selecting = False
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -834,6 +864,7 @@ class Trainer:
             spec.batch_size,
             spec.learning_rate_multiplier,
             rule=auto_rule_for(spec.auto_rule, spec.objective),
+            selecting=self.selecting,
         )
         base = spec.base_learning_rate or DEFAULT_BASE_LEARNING_RATE[spec.method]
         steps_per_epoch = math.ceil(len(self.train_examples) / batch_size)
@@ -1065,12 +1096,21 @@ class Trainer:
         self.hooks.on_checkpoint(info)
         return info
 
+    def _setup_free_text(self) -> free_text.FreeText | None:
+        """The generation metric's work when this run selects a checkpoint of free text: no
+        classification metrics ranking it. Not when sharded: generating would need every rank
+        in each decode step."""
+        if not self.selecting or self.classification is not None or self.sharded:
+            return None
+        ordered = [self.validation_examples[i] for i in self.validation_order]
+        return setup_free_text(self.runtime, self.tokenizing, ordered, self.hooks)
+
     def _record_evaluation(self, row: dict[str, float]) -> None:
         """Score the checkpoint this epoch ends (its whole-validation-set row) for selection."""
         kept = {
             k: v
             for k, v in row.items()
-            if (k.startswith("full_validation_") or k.startswith("classification/"))
+            if k.startswith(("full_validation_", "classification/", "generation/"))
             and not _isnan(v)
         }
         evaluation = Evaluation(self.state.step, self.state.epoch, kept)
@@ -1082,8 +1122,8 @@ class Trainer:
         )
         self.hooks.on_event(
             "info",
-            f"Epoch {self.state.epoch} checkpoint (step {self.state.step}) on the whole "
-            f"validation set: {metric} {kept.get(metric, math.nan):.4f} ({standing})",
+            f"Epoch {self.state.epoch} checkpoint (step {self.state.step}) on the "
+            f"{scored_on(metric)}: {metric} {kept.get(metric, math.nan):.4f} ({standing})",
         )
 
     def _resume_source(self) -> Path | None:
@@ -1130,10 +1170,10 @@ class Trainer:
                 "weights, gradients and optimizer state",
             )
         self._load_data(runtime.tokenizer, model_dir)
-        self.plan = plan = self._plan(device, runtime.bf16)
         # Best-checkpoint selection needs something to select on.
         # (Not for DPO: its evaluations are preference statistics, not the rule's metrics.)
         self.selecting = bool(spec.best_checkpoint and self.validation_examples and not self.dpo)
+        self.plan = plan = self._plan(device, runtime.bf16)
         self.classification = (
             None
             if self.dpo
@@ -1146,9 +1186,8 @@ class Trainer:
                 for_selection=self.selecting,
             )
         )
-        self.validation_order = list(
-            np.random.default_rng([spec.seed, 7919]).permutation(len(self.validation_examples))
-        )
+        self.validation_order = validation_order(spec.seed, len(self.validation_examples))
+        self.free_text = self._setup_free_text()
 
         self.trainable = [p for p in runtime.model.parameters() if p.requires_grad]
         # fused: one kernel over all parameters instead of a dozen per tensor; LoRA has 420
@@ -1189,7 +1228,9 @@ class Trainer:
             "dpo" if self.dpo else None if self.classification is None else self.classification.kind
         )
         betas = self.classification.betas if self.classification else [1.0]
-        columns = metrics.results_columns(kind, betas, selection=self.selecting)
+        columns = metrics.results_columns(
+            kind, betas, selection=self.selecting, generation=self.free_text is not None
+        )
         self.results_path = results_path = self.output_dir / RESULTS_FILE
         writer = metrics.ResultsWriter(
             results_path,
@@ -1271,6 +1312,15 @@ class Trainer:
                             row.update(
                                 self._evaluate(self.validation_examples).row("full_validation")
                             )
+                            if self.free_text is not None:
+                                row.update(
+                                    free_text.score(
+                                        runtime.model,
+                                        runtime.tokenizer,
+                                        self.free_text,
+                                        runtime.autocast,
+                                    )
+                                )
                     writer.write(row)
                     hooks.on_metrics(row)
                     last_row = row

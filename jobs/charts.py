@@ -7,7 +7,7 @@ import io
 import math
 from typing import Any
 
-from engine.metrics import SELECTION_COLUMN
+from engine.metrics import GENERATION_COLUMNS, SELECTION_COLUMN
 from jobs.forecast import PowerLaw, leave_one_out, project
 from jobs.models import FineTuneJob
 from jobs.runner import metric_rows
@@ -50,6 +50,8 @@ def is_share(column: str) -> bool:
 
 def metric_label(column: str) -> str:
     """A column as people read it: "classification/f1.0" → "F1", "training_loss" → "Training loss"."""
+    if column in GENERATION_COLUMNS:  # the one free-text metric (docs/adr/0018)
+        return "ROUGE-L of greedy generations"
     if column.startswith(CLASSIFICATION):
         name = column[len(CLASSIFICATION) :]
         if name.startswith("f") and name[1:].replace(".", "", 1).isdigit():
@@ -65,6 +67,10 @@ def _family(column: str) -> tuple[str, str]:
     """(chart, series) for a results column: every metric series goes somewhere."""
     if column.startswith(CLASSIFICATION):
         return "classification", metric_label(column)
+    if column in GENERATION_COLUMNS:
+        # At epoch ends, like the full validation loss, but on a fixed sample of at most 100
+        # validation examples (engine.free_text.MAX_EXAMPLES): decoding costs far more.
+        return column, "validation sample"
     for prefix, name in SPLITS:
         if column.startswith(prefix):
             return column[len(prefix) :], name

@@ -12,7 +12,8 @@ Two kinds of checkpoint (engine/checkpoints.py):
 
 OpenAI's policy, kept here: of the model checkpoints, those of the last 3 epochs are exposed
 (listed by `GET /fine_tuning/jobs/{id}/checkpoints` and usable as a model named
-`ft:{base}:{org}:{suffix}:{id}:ckpt-step-{N}`). Their files stay where the engine wrote them,
+`ft:{base}:{org}:{suffix}:{id}:ckpt-step-{N}`); of the last 3 epochs trained, once a job that
+stopped early has succeeded (`expose_trained_epochs`). Their files stay where the engine wrote them,
 while the job runs and after it succeeds: that one directory is what `model_resolve` serves,
 what sharing grants, what the job page exports and what a new job continues from. Only the
 retention GC removes them (jobs.retention: earlier epochs once the job finished, exposed ones
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Max
 
 from common import artifacts
 from common.store import COMPLETE, get_tree
@@ -61,6 +63,24 @@ def exposure(job: FineTuneJob, info: Any) -> dict[str, Any]:
         and info.epoch > n_epochs - EXPOSED_EPOCHS
     )
     return {"name": checkpoint_name(job, info.step), "exposed": exposed}
+
+
+def expose_trained_epochs(job: FineTuneJob) -> list[int]:
+    """On success: the last EXPOSED_EPOCHS epochs the job trained are exposed; the steps of
+    those that were not already. `exposure` counts back from `n_epochs`, which a job that
+    stopped early (docs/adr/0018) never reached: without this it would list fewer checkpoints,
+    or none at all."""
+    if job.is_forecast_run:
+        return []
+    last = Checkpoint.objects.filter(job=job).aggregate(last=Max("epoch"))["last"]
+    if last is None:
+        return []
+    hidden = Checkpoint.objects.filter(
+        job=job, epoch__gt=last - EXPOSED_EPOCHS, epoch__gte=1, exposed=False
+    )
+    steps = sorted(hidden.values_list("step_number", flat=True))
+    hidden.update(exposed=True)
+    return steps
 
 
 def stored_key(checkpoint: Checkpoint) -> str:

@@ -74,6 +74,8 @@ def preflight_context(*, organization: Organization, params: QueryDict) -> dict[
         device_class=target,
         device_count=count or 1,
         objective="dpo" if params.get("method_type") == "dpo" else "supervised",
+        # The form has no early-stopping field: its jobs ask for "auto" (jobs.runner).
+        selecting=bool(params.get("validation_file")) and settings.TUNERY_EARLY_STOPPING == "auto",
     )
     estimate["device_class"] = target
     estimate["device_count"] = count

@@ -354,6 +354,29 @@ def early_stopping(job: FineTuneJob) -> dict[str, Any]:
     return {"best_checkpoint": True, "early_stopping_patience": patience}
 
 
+def resolved_hyperparameters(job: FineTuneJob, spec: engine.TrainSpec) -> dict[str, Any]:
+    """The values `spec` trains with, "auto" ones filled in as the engine will (the job's
+    `hyperparameters` as the API shows them once it runs)."""
+    n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
+        job.training_file.example_count,
+        spec.n_epochs,
+        spec.batch_size,
+        spec.learning_rate_multiplier,
+        rule=engine.spec.auto_rule_for(spec.auto_rule, spec.objective),
+        selecting=spec.best_checkpoint,  # more passes for a run that keeps its best checkpoint
+    )
+    resolved: dict[str, Any] = {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": lrm,
+        "prompt_loss_weight": spec.prompt_loss_weight,
+    }
+    if job.method_type == FineTuneJob.MethodType.DPO:
+        del resolved["prompt_loss_weight"]  # DPO trains the outputs only
+        resolved["beta"] = spec.beta if spec.beta is not None else engine.spec.DEFAULT_BETA
+    return resolved
+
+
 def _continue_from(job: FineTuneJob) -> str | None:
     if job.parent_checkpoint is not None:
         return checkpoints.model_dir_of(job.parent_checkpoint)
@@ -523,6 +546,8 @@ class JobHooks(engine.Hooks):
                 # Not one of OpenAI's checkpoint metrics (the API leaves it out): the job page
                 # shows it beside them when labelled data is ranked by it (docs/adr/0018).
                 "classification_accuracy": info.metrics.get("classification/accuracy"),
+                # Likewise for free text, ranked by the ROUGE-L of greedy generations.
+                "generation_rouge_l": info.metrics.get("generation/rouge_l"),
             }
         )
 
@@ -628,28 +653,12 @@ def _train(job: FineTuneJob, wandb_run: JobRun | None = None) -> None:
     heartbeat.start()
     try:
         spec = job_spec(job, work, resume_from=resume_from)
-        n_examples = job.training_file.example_count
-        n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
-            n_examples,
-            spec.n_epochs,
-            spec.batch_size,
-            spec.learning_rate_multiplier,
-            rule=engine.spec.auto_rule_for(spec.auto_rule, spec.objective),
-        )
-        resolved = {
-            "n_epochs": n_epochs,
-            "batch_size": batch_size,
-            "learning_rate_multiplier": lrm,
-            "prompt_loss_weight": spec.prompt_loss_weight,
-        }
-        if job.method_type == FineTuneJob.MethodType.DPO:
-            del resolved["prompt_loss_weight"]  # DPO trains the outputs only
-            resolved["beta"] = spec.beta if spec.beta is not None else engine.spec.DEFAULT_BETA
+        resolved = resolved_hyperparameters(job, spec)
         if job.in_forecast:
             # A forecast's runs all train with the values resolved from the full training set
             # (the engine would resolve a ¼ run's auto batch size from its ¼).
-            spec.n_epochs, spec.batch_size = n_epochs, batch_size
-            spec.learning_rate_multiplier = lrm
+            spec.n_epochs, spec.batch_size = resolved["n_epochs"], resolved["batch_size"]
+            spec.learning_rate_multiplier = resolved["learning_rate_multiplier"]
         transient.retry(
             lambda: liveness.owned(job.pk, attempt).update(resolved_hyperparameters=resolved),
             what=f"job {job.public_id}: hyperparameters",
@@ -780,6 +789,9 @@ def _finish_succeeded(job: FineTuneJob, attempt: int, result: Any) -> None:
                 finished_at=now,
                 estimated_finish=None,
             )
+            # Announced as the live ones were, so the events name every listed checkpoint.
+            for step in checkpoints.expose_trained_epochs(job):
+                events.emit(job, "checkpoint", step=step, written_by=attempt, at_step=step)
             if keep_model:
                 if not remote:
                     shutil.rmtree(target, ignore_errors=True)  # only the job's owner gets here

@@ -148,16 +148,21 @@ def job_preflight(
     device_class: str | None = None,
     device_count: int | None = None,
     objective: str = "supervised",
+    selecting: bool = False,
 ) -> dict[str, Any]:
-    """The auto hyperparameters and a time estimate, shown on the create form."""
+    """The auto hyperparameters and a time estimate, shown on the create form. `selecting`: the
+    job would keep its best checkpoint (jobs.runner.early_stopping), which raises the rule's
+    epochs on some sizes."""
     import engine
 
+    selecting = selecting and not scaling_forecast  # a forecast's runs never select
     n_epochs, batch_size, lrm = engine.resolve_hyperparameters(
         examples,
         n_epochs,
         batch_size,
         learning_rate_multiplier,
         rule=engine.spec.auto_rule_for(settings.TUNERY_AUTO_HYPERPARAMETERS, objective),
+        selecting=selecting,
     )
     measured, scope = measured_tokens_per_second(
         base_model_id=base_model_id, device_class=device_class, device_count=device_count
@@ -168,6 +173,7 @@ def job_preflight(
         "n_epochs": n_epochs,
         "batch_size": batch_size,
         "learning_rate_multiplier": lrm,
+        "selecting": selecting,
         "tokens_to_train": to_train,
         "tokens_per_second": speed,
         "speed_is_measured": measured is not None,

@@ -229,7 +229,7 @@ def _detail_context(job: FineTuneJob, shown: _Shown) -> dict[str, Any]:
         # selection scores each epoch's; docs/adr/0018).
         "checkpoint_columns": {
             key
-            for key in ("full_valid_loss", "classification_accuracy")
+            for key in ("full_valid_loss", "classification_accuracy", "generation_rouge_l")
             if any(c.metrics.get(key) is not None for c in shown.checkpoints)
         },
         "best_step": (job.final_metrics or {}).get("best_checkpoint_step"),
@@ -350,6 +350,7 @@ COMPARE_COLUMNS = [
     ("classification/auroc", "AUROC"),
     ("classification/auprc", "AUPRC"),
     ("classification/weighted_f1_score", "Weighted F1"),
+    ("generation/rouge_l", "ROUGE-L"),
 ]
 
 

@@ -64,7 +64,9 @@ def parse_rule(text: str) -> tuple[str, dict[str, str]]:
     return name, overrides
 
 
-def resolved(rule: str, n_examples: int) -> dict[str, Any]:
+def resolved(rule: str, n_examples: int, selecting: bool) -> dict[str, Any]:
+    """The values "auto" would train with under `rule` (the job gets them explicitly);
+    `selecting`: the job keeps its best checkpoint, as one with early stopping does."""
     name, overrides = parse_rule(rule)
     epochs, batch, multiplier = resolve_hyperparameters(
         n_examples,
@@ -74,6 +76,7 @@ def resolved(rule: str, n_examples: int) -> dict[str, Any]:
         if "learning_rate_multiplier" in overrides
         else None,
         rule=name,
+        selecting=selecting,
     )
     return {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": multiplier}
 
@@ -146,7 +149,7 @@ def sweep(args: argparse.Namespace) -> None:
                 for rule in args.rule:
                     if (task, size, rule, early, args.seed) in have:
                         continue
-                    hyperparameters = resolved(rule, n)
+                    hyperparameters = resolved(rule, n, selecting=early is not False)
                     started = time.perf_counter()
                     with rule_on_base_model(args.model, rule) as shape:
                         summary = train_and_score(

@@ -116,7 +116,9 @@ def test_a_sweep_rule_sets_the_base_models_lora_shape_for_its_run_only(db: None)
 
     rule = "small:n_epochs=3;lora_rank=16;lora_target_modules=q_proj+v_proj;warmup_ratio=0.1"
     assert parse_rule(rule)[1]["lora_rank"] == "16"
-    assert resolved(rule, 500)["n_epochs"] == 3
+    assert resolved(rule, 500, selecting=True)["n_epochs"] == 3  # the rule's own epochs
+    assert resolved("small", 500, selecting=True)["n_epochs"] == 6  # what "auto" would give
+    assert resolved("small", 500, selecting=False)["n_epochs"] == 3
     with pytest.raises(SystemExit, match="lora_r"):
         parse_rule("small:lora_r=16")
 

@@ -11,7 +11,7 @@ import pytest
 
 from engine import train
 from engine.metrics import FULL_VALIDATION_COLUMNS, SELECTION_COLUMN
-from engine.selection import ACCURACY, LOSS, Evaluation, Selection
+from engine.selection import ACCURACY, LOSS, ROUGE_L, Evaluation, Selection
 from tests.engine.conftest import word_rows, write_jsonl
 from tests.engine.test_trainer import Recorder, spec_for
 
@@ -48,8 +48,20 @@ def test_accuracy_comes_first_and_loss_breaks_ties_and_the_earlier_wins_a_full_t
 
     assert selection.metric == ACCURACY
     assert selection.best is not None and selection.best.step == 30  # same accuracy, lower loss
-    assert "tied on accuracy" in selection.reason(stopped_early=False, patience=None)
+    assert "(tied; full validation loss" in selection.reason(stopped_early=False, patience=None)
     assert selection.since_best == 1  # step 40 ties: no improvement
+
+
+def test_rouge_l_says_it_scored_the_validation_sample() -> None:
+    # Generations are scored on a sample of at most 100 validation examples, not the whole file.
+    selection = Selection()
+    for step, rouge in ((10, 0.2), (20, 0.3)):
+        selection.add(Evaluation(step=step, epoch=step // 10, metrics={LOSS: 1.0, ROUGE_L: rouge}))
+
+    assert selection.reason(stopped_early=False, patience=None) == (
+        "step 20 (epoch 2) has the highest ROUGE-L of greedy generations 0.3000 of 2 "
+        "evaluations on the validation sample"
+    )
 
 
 def test_selection_survives_a_resume() -> None:
@@ -75,9 +87,11 @@ def test_validation_that_gets_worse_stops_early_and_keeps_the_best_checkpoint(
 ) -> None:
     rows = word_rows(8)
     train_path = write_jsonl(tmp_path / "train.jsonl", rows)
-    # Same prompts, other answers: the better the model learns the training answers, the worse
-    # it does here, so the first epoch's checkpoint is the best.
-    wrong = [{**r, "completion": " moon moon moon"} for r in rows]
+    # Same prompts, a word the training answers never use: the better the model learns them, the
+    # worse it does here, so the first epoch's checkpoint is the best (validation loss 4.8, then
+    # 6.1). Full fine-tuning: LoRA on the random tiny model barely moves its loss, and noise
+    # decided which epoch was better.
+    wrong = [{**r, "completion": " zebra zebra zebra"} for r in rows]
     valid_path = write_jsonl(tmp_path / "valid.jsonl", wrong)
     hooks = Recorder()
 
@@ -88,7 +102,8 @@ def test_validation_that_gets_worse_stops_early_and_keeps_the_best_checkpoint(
             tmp_path / "out",
             validation_path=str(valid_path),
             n_epochs=6,
-            base_learning_rate=5e-2,
+            method="full",
+            base_learning_rate=2e-2,
             best_checkpoint=True,
             early_stopping_patience=1,
         ),

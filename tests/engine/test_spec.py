@@ -57,6 +57,30 @@ def test_the_small_rule(n_examples: int, expected: tuple[int, int, float]) -> No
     assert resolve_hyperparameters(n_examples, None, None, None, rule="small") == expected
 
 
+@pytest.mark.parametrize(
+    ("n_examples", "epochs"),
+    [
+        (100, 8),  # the rule's own 8 passes (100 steps of 8) are above the floor of 6
+        (249, 6),
+        (500, 6),  # 3,000 examples
+        (750, 4),
+        (1000, 3),  # from 1,000 examples the floor of 3 sees 3,000 already
+        (5000, 3),
+    ],
+)
+def test_a_selecting_run_sees_3000_examples_in_at_most_6_epochs(
+    n_examples: int, epochs: int
+) -> None:
+    # Best-checkpoint selection keeps an earlier epoch where the last ones overshoot, so a run
+    # that selects can afford more passes; only the epochs change.
+    plain = resolve_hyperparameters(n_examples, None, None, None, rule="small")
+    selecting = resolve_hyperparameters(n_examples, None, None, None, "small", selecting=True)
+    assert selecting == (epochs, *plain[1:])
+    # Epochs the caller gives, and OpenAI's rules, are left alone.
+    assert resolve_hyperparameters(500, 2, None, None, "small", selecting=True)[0] == 2
+    assert resolve_hyperparameters(500, None, None, None, "openai", selecting=True)[0] == 4
+
+
 def test_the_small_rule_follows_explicit_values() -> None:
     # The multiplier follows the batch size given; the epochs, the steps it makes.
     assert resolve_hyperparameters(100, None, 32, None, rule="small") == (10, 32, 0.5)

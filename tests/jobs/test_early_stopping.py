@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,16 @@ def test_a_job_that_overfits_stops_early_and_keeps_its_best_checkpoint(
     owner: Persona, tiny_base: Any, tmp_path: Path
 ) -> None:
     purge_broker()
+    # Full fine-tuning: LoRA on the random tiny model barely moves its loss (its untrained output
+    # head caps the logits), so whether validation got worse was decided by rounding noise.
+    tiny_base.base_lr_full = 2e-2
+    tiny_base.save(update_fields=["base_lr_full"])
     rows = word_rows(16)
     training = upload(owner, "train.jsonl", rows)
-    # Same prompts, other answers: learning the training answers makes these worse.
+    # Same prompts, a word the training answers never use: learning them makes these worse
+    # (validation loss 5.2 after epoch 1, 6.1-7.0 after 2-6 on this setup).
     validation = upload(
-        owner, "valid.jsonl", [{**r, "completion": " moon moon moon"} for r in rows]
+        owner, "valid.jsonl", [{**r, "completion": " zebra zebra zebra"} for r in rows]
     )
     response = owner.api().post(
         "/v1/fine-tunes",
@@ -72,9 +78,10 @@ def test_a_job_that_overfits_stops_early_and_keeps_its_best_checkpoint(
                 "model": "tiny-llama",
                 "training_file": training,
                 "validation_file": validation,
+                "training_method": "full",
                 "n_epochs": 6,
                 "batch_size": 4,
-                "learning_rate_multiplier": 5.0,
+                "learning_rate_multiplier": 1.0,
                 "early_stopping": 1,
                 "seed": 5,
             }
@@ -97,19 +104,21 @@ def test_a_job_that_overfits_stops_early_and_keeps_its_best_checkpoint(
     assert job.status == "succeeded", job.error
     with job.result_file.blob.open("rb") as fh:
         table = list(csv.DictReader(io.StringIO(fh.read().decode())))
-    # 4 steps an epoch: each epoch end was scored on the whole validation set. The exact losses
-    # vary with the CPU's bf16 kernels, so the rule is checked against the file's own numbers.
+    # 4 steps an epoch: each epoch end was scored on the whole validation set, and free text by
+    # the ROUGE-L of greedy generations (the loss breaks ties). The exact scores vary with the
+    # CPU's kernels (bf16 where it has them), so the rule is checked against the file's own
+    # numbers.
     scored = [
-        (int(r["step"]), float(r["full_validation_loss"]))
+        (int(r["step"]), -float(r["generation/rouge_l"]), float(r["full_validation_loss"]))
         for r in table
         if r["full_validation_loss"]
     ]
-    assert [step for step, _ in scored] == [4 * (i + 1) for i in range(len(scored))]
-    best_step = min(scored, key=lambda s: s[1])[0]  # min keeps the earliest of equal losses
+    assert [step for step, *_ in scored] == [4 * (i + 1) for i in range(len(scored))]
+    best_step = min(scored, key=lambda s: s[1:])[0]  # min keeps the earliest of equal scores
     assert job.final_metrics["best_checkpoint_step"] == best_step
     messages = list(job.events.values_list("message", flat=True))
     assert any(
-        m.startswith(f"Best checkpoint: step {best_step} (epoch {best_step // 4}) has the lowest")
+        m.startswith(f"Best checkpoint: step {best_step} (epoch {best_step // 4}) has the highest")
         for m in messages
     ), messages
     marked = [r for r in table if r["selected_checkpoint"]]
@@ -123,7 +132,17 @@ def test_a_job_that_overfits_stops_early_and_keeps_its_best_checkpoint(
     # The model is the best checkpoint's weights, not the last step's.
     model = FineTunedModel.objects.get(job=job)
     checkpoint = job.checkpoints.get(step_number=best_step)
-    name = "adapter_model.safetensors"
+    name = "model.safetensors"
     assert (Path(model.artifact_dir) / name).read_bytes() == (
         Path(checkpoint.path) / "model" / name
     ).read_bytes()
+    # The checkpoints API lists the last 3 epochs it trained (up to 3 when it stopped sooner),
+    # though the 6 it was given would have exposed epochs 4-6 only.
+    listed = owner.api().get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    trained = [step for step, *_ in scored]
+    assert sorted(c["step_number"] for c in listed) == trained[-3:]
+    # and the events announce each of them, as they would the live ones.
+    announced = [
+        int(m.rsplit(" ", 1)[1]) for m in messages if re.fullmatch(r"Checkpoint \w+ at step \d+", m)
+    ]
+    assert sorted(announced) == trained[-3:]

@@ -161,30 +161,39 @@ def test_a_render_costs_the_same_queries_for_one_checkpoint_as_for_three(owner: 
     assert counts[0] == counts[1] == counts[2], counts
 
 
+@pytest.mark.parametrize(
+    ("key", "title", "other"),
+    [
+        ("classification_accuracy", "Accuracy", "ROUGE-L"),
+        ("generation_rouge_l", "ROUGE-L", "Accuracy"),
+    ],
+)
 def test_checkpoints_show_their_whole_validation_set_scores_and_which_one_is_the_model(
-    owner: Persona,
+    owner: Persona, key: str, title: str, other: str
 ) -> None:
     """With best-checkpoint selection each epoch's checkpoint was scored on the whole validation
-    set (and, for labelled data, by accuracy): the table shows those scores and marks the
-    winner; a job without them keeps the plain columns."""
+    set and by what ranks it (accuracy for labelled data, the ROUGE-L of greedy generations for
+    free text): the table shows those scores and marks the winner; a job without them keeps the
+    plain columns."""
     job = make_job(owner)
     FineTuneJob.objects.filter(pk=job.pk).update(
         status="succeeded", final_metrics={"best_checkpoint_step": 8}
     )
     client = browser_for(owner)
     plain = client.get(job.get_absolute_url()).content.decode()
-    for step, accuracy in ((4, 0.61), (8, 0.88)):
+    for step, score in ((4, 0.61), (8, 0.88)):
         Checkpoint.objects.create(
             job=job,
             step_number=step,
             epoch=step // 4,
             exposed=True,
-            metrics={"full_valid_loss": 1 / step, "classification_accuracy": accuracy},
+            metrics={"full_valid_loss": 1 / step, key: score},
         )
 
     html = client.get(job.get_absolute_url()).content.decode()
 
     assert "Full valid loss" not in plain and "Full valid loss" in html
-    assert ">0.8800<" in html and ">0.1250<" in html  # step 8's accuracy and full loss
+    assert f">{title}<" in html and f">{other}<" not in html
     (best,) = re.findall(r'<tr data-testid="best-checkpoint">.*?</tr>', html, re.S)
     assert "<td>8</td>" in best and "final model" in best
+    assert "<td>0.8800</td>" in best and "<td>0.1250</td>" in best  # its score and full loss

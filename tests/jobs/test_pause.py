@@ -280,6 +280,8 @@ def test_paused_and_resumed_job_ends_exactly_where_an_uninterrupted_one_does(
     for row in result.rows:
         assert 0 < row["metrics"]["full_validation_loss"] < 20
         assert 0 <= row["metrics"]["full_validation_token_accuracy"] <= 1
+        # What training ranked the checkpoints by: the labels' accuracy (ham/spam, unasked).
+        assert 0 <= row["metrics"]["classification/accuracy"] <= 1
     comparison.comparison_run(job_id=paused.pk)  # a duplicate task message does nothing
     assert CheckpointComparison.objects.get(job=paused).rows == result.rows
 

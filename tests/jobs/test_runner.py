@@ -17,13 +17,16 @@ from tests.conftest import Persona
 from tests.factories import FileFactory
 
 
-def make_job(owner: Persona, **file_fields: Any) -> FineTuneJob:
+def make_job(owner: Persona, validation: bool = False, **file_fields: Any) -> FineTuneJob:
     training = FileFactory.create(organization=owner.org, **file_fields)
+    valid = FileFactory.create(organization=owner.org).public_id if validation else None
     with mock.patch("jobs.tasks.run_training_job.delay"):
         return services.job_create(
             organization=owner.org,
             created_by=owner.user,
-            req=JobRequest(api="legacy", model="ada", training_file=training.public_id),
+            req=JobRequest(
+                api="legacy", model="ada", training_file=training.public_id, validation_file=valid
+            ),
         )
 
 
@@ -223,3 +226,16 @@ def test_the_base_models_lora_shape_and_warmup_reach_the_engine(
     base.save()
     job.refresh_from_db()
     assert runner.job_spec(job, tmp_path, resume_from=None).lora.alpha == 8
+
+
+@pytest.mark.parametrize(("early_stopping", "epochs"), [("auto", 6), ("off", 3)])
+def test_a_job_that_keeps_its_best_checkpoint_gets_the_rules_extra_passes(
+    owner: Persona, settings: Any, tmp_path: Any, early_stopping: str, epochs: int
+) -> None:
+    # 500 examples and a validation file: the "small" rule's 3 epochs become 6 when the job
+    # selects its best checkpoint, and the job's hyperparameters say what it trains with.
+    settings.TUNERY_AUTO_HYPERPARAMETERS = "small"
+    settings.TUNERY_EARLY_STOPPING = early_stopping
+    job = make_job(owner, validation=True, stats={"examples": 500, "tokens": {"total": 20000}})
+    spec = runner.job_spec(job, tmp_path, resume_from=None)
+    assert runner.resolved_hyperparameters(job, spec)["n_epochs"] == epochs

@@ -100,6 +100,19 @@ def test_preflight_follows_the_auto_rule_setting(owner: Persona, settings: Any) 
     assert "120000" in preflight(owner, 1000)  # the small rule: 3 epochs (batch 16) x 40k tokens
 
 
+def test_preflight_counts_the_epochs_a_selecting_job_gets(owner: Persona, settings: Any) -> None:
+    # With a validation file the job keeps its best checkpoint, and the rule gives 500 examples
+    # 6 epochs instead of 3 (engine.spec.SELECTING_MIN_EXAMPLES); the estimate says so.
+    settings.TUNERY_AUTO_HYPERPARAMETERS = "small"
+    settings.TUNERY_EARLY_STOPPING = "auto"
+    validation = FileFactory.create(organization=owner.org).public_id
+    assert "120000" in preflight(owner, 500)  # 3 epochs x 40k tokens
+    selecting = preflight(owner, 500, validation_file=validation)
+    assert "240000" in selecting and "the best epoch is kept" in selecting  # 6 epochs, and why
+    settings.TUNERY_EARLY_STOPPING = "off"  # OpenAI's behaviour: no selection, no extra passes
+    assert "120000" in preflight(owner, 500, validation_file=validation)
+
+
 def test_preflight_shows_auto_values_and_an_estimate(owner: Persona, settings: Any) -> None:
     settings.TUNERY_AUTO_HYPERPARAMETERS = "openai"
     page = preflight(owner, 1000)

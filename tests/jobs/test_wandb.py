@@ -477,8 +477,8 @@ def test_a_wandb_failure_is_a_warning_and_wandb_sync_logs_the_job_afterwards(
     assert "already logged" in second.getvalue()
     assert offline_runs(run_dir) == [path]
     call_command("wandb_sync", "-n", "5", "--force", "--project", "again", stdout=io.StringIO())
+    # (W&B names a run's directory by the second it started: the path may be the same one)
     [again] = offline_runs(run_dir)
-    assert again != path
     assert read_offline_run(again).run.project == "again"
 
 
