@@ -72,9 +72,10 @@ RESULTS_FILE = "compiled_results.csv"
 # keep activations small; a GPU needs far bigger rows to be busy.
 DEFAULT_PACK_TOKENS = {"cpu": 2048, "cuda": 16384}
 # With bf16 autocast on CPU, oneDNN builds and caches kernels per input shape: a reference run
-# with unbucketed shapes grew from 2 to 5.7 GB in 75 steps. Rounding rows up to a multiple of this
-# keeps the number of shapes small. In fp32 (and on CUDA) measured RSS stays flat without it.
-BF16_CPU_BUCKET = 64
+# with unbucketed shapes grew from 2 to 5.7 GB in 75 steps. Rounding rows up (engine.data's
+# padded_length: to a multiple of this, or of 1/16 of the next power of two) keeps the number of
+# shapes small. In fp32 (and on CUDA) measured RSS stays flat without it.
+BF16_CPU_BUCKET = 16
 # Positions scored by the output head at once. Without autograd (validation, classification)
 # this bounds the [positions, vocab] logits in memory; with it, the softmax buffers of every
 # chunk are kept for backward anyway, which is why packs are capped in tokens.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine.data import Tokenizing, load_examples, make_packs
+from engine.data import Tokenizing, load_examples, make_packs, padded_length
 from engine.models import load_model_and_tokenizer, load_tokenizer
 from engine.spec import TrainingError
 from engine.trainer import ATTENTION, _hidden, register_packed_attention
@@ -139,6 +139,17 @@ def test_bucketed_packs_add_an_isolated_filler(tokenizer: Any) -> None:
     assert pack.n_tokens == len(example)
     assert sum(pack.seq_lens) == pack.input_ids.shape[1]
     assert int(pack.source.max()) < len(example)  # the filler carries no loss
+
+
+def test_rows_pad_to_few_shapes_with_little_filler() -> None:
+    lengths = range(1, 2049)
+    padded = {n: padded_length(n, 16) for n in lengths}
+
+    assert all(p >= n and p % 16 == 0 for n, p in padded.items())
+    assert padded[245] == 256 and padded[300] == 320 and padded[1000] == 1024
+    assert len(set(padded.values())) == 40  # 16 shapes up to 256 tokens, then 8 per doubling
+    assert all(p - n < n / 8 for n, p in padded.items() if n > 128)
+    assert [padded_length(n, 1) for n in (1, 245)] == [1, 245]  # no bucket: no filler
 
 
 def test_packed_attention_matches_separate_forward_passes(tiny_model_dir: Path) -> None:
