@@ -135,6 +135,22 @@ def emit(
     return event
 
 
+def emit_once(
+    job: FineTuneJob, kind: str, *, written_by: int | None = None, at_step: int | None = None
+) -> None:
+    """emit(), unless the job already has this very event (same text, attempt and step).
+
+    For an event written outside a transaction under `transient.retry`, which runs the write
+    again after a connection error: when the first try had committed and only its reply was
+    lost, the second finds the event instead of writing it twice."""
+    event = _message(job, kind, written_by=written_by, at_step=at_step)
+    written = JobEvent.objects.filter(
+        job=job, type=event.type, message=event.message, attempt=written_by, step=at_step
+    )
+    if not written.exists():
+        emit(job, kind, written_by=written_by, at_step=at_step)
+
+
 def _message(
     job: FineTuneJob,
     kind: str,

@@ -604,7 +604,7 @@ def _begin(job: FineTuneJob, attempt: int, resume_from: Path | None) -> int | No
     as an uninterrupted run's. Returns that step (None for a first attempt)."""
     if attempt == 1:
         transient.retry(
-            lambda: events.emit(job, "started", written_by=attempt, at_step=0),
+            lambda: events.emit_once(job, "started", written_by=attempt, at_step=0),
             what=f"job {job.public_id}: start",
         )
         return None

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 from unittest import mock
 
+import pytest
 from django.test import Client
 from django.utils import timezone
 
@@ -134,3 +135,32 @@ def test_a_queued_job_has_no_worker_yet(owner: Persona) -> None:
     body = owner.api().get(f"/v1/fine_tuning/jobs/{job.public_id}").json()
 
     assert body["worker"] is None
+
+
+@pytest.mark.django_db(transaction=True)  # the retry reconnects, as outside a test transaction
+def test_a_start_whose_reply_was_lost_is_announced_once(owner: Persona) -> None:
+    """The first attempt's "started" event is written under transient.retry: when the insert
+    committed but the connection dropped before its reply, the retry must not write it again
+    (seen in CI as two "Fine-tuning job started" events)."""
+    from django.db import OperationalError
+
+    from jobs import events, runner
+    from jobs.models import JobEvent
+
+    job = make_job(owner)
+    real_emit = events.emit
+    calls = []
+
+    def committed_then_dropped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        event = real_emit(*args, **kwargs)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return event
+
+    with mock.patch.object(events, "emit", committed_then_dropped):
+        runner._begin(job, 1, None)
+
+    started = JobEvent.objects.filter(job=job, message="Fine-tuning job started")
+    assert len(calls) == 1 and started.count() == 1
+    assert (started.get().attempt, started.get().step) == (1, 0)
