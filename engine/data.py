@@ -402,11 +402,11 @@ def _pack_rows(examples: Sequence[Example], bucket: int, filler_id: int) -> Pack
                 target.append(example.target[i])
                 owner.append(index)
     n_tokens = len(ids)
-    if padded_length(n_tokens, bucket) > n_tokens:
+    extra = padded_length(n_tokens, bucket) - n_tokens
+    if extra:
         # Round the row up with a filler segment that is attended only by itself and carries no
         # loss. Few distinct shapes keep allocator caches and kernel choices from piling up
         # (see the RSS note in trainer.py).
-        extra = padded_length(n_tokens, bucket) - n_tokens
         ids += [filler_id] * extra
         positions += range(extra)
         seq_lens.append(extra)
